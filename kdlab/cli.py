@@ -1,0 +1,139 @@
+"""The ``kdlab`` command line: run, validate, plugins, report.
+
+User errors (a bad recipe, a missing file) print one message per problem and exit with code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import attrs
+import tomli_w
+
+from kdlab.engine import report
+from kdlab.engine.errors import KdlabError, RecipeError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdlab", description="Knowledge-distillation experiments from TOML recipes.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, recipe=True):
+        if recipe:
+            p.add_argument("recipe", help="recipe file (TOML)")
+            p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a recipe key, e.g. --set stages.student.epochs=5 (repeatable)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+    p = sub.add_parser("run", help="train every stage of a recipe")
+    common(p)
+    p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+
+    p = sub.add_parser("validate", help="check a recipe and show the plugins and hook order, without training")
+    common(p)
+
+    p = sub.add_parser("plugins", help="list installed plugins, their hooks and settings")
+    common(p, recipe=False)
+
+    p = sub.add_parser("report", help="one comparison table over runs and stages")
+    common(p, recipe=False)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["md", "csv"], default="md")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from kdlab.engine.runner import run
+
+    result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume)
+    rows = [{"stage": s, **m} for s, m in result.metrics.items()]
+    print(report.markdown(rows, with_run=False))
+    print(f"\nrun directory: {result.run_dir}\ntensorboard --logdir {result.run_dir / 'tb'}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from kdlab.engine.recipe import load_recipe, recipe_to_dict
+    from kdlab.engine.registry import call_order, discover
+    from kdlab.engine.runner import stage_plugins
+
+    catalogue = discover()
+    recipe = load_recipe(args.recipe, catalogue, args.overrides)
+    print(f"# {args.recipe}: valid\n# resolved recipe\n")
+    print(tomli_w.dumps(recipe_to_dict(recipe)))
+    for name in recipe.stages:
+        names = stage_plugins(recipe, catalogue, name)
+        print(f"# stage {name}: plugins {', '.join(names)}")
+        for hook, order in call_order(catalogue.manager(names)).items():
+            print(f"#   {hook}: {' -> '.join(order)}")
+        print()
+    return 0
+
+
+def _fields(cls) -> list[str]:
+    out = []
+    for a in attrs.fields(cls):
+        t = a.type if isinstance(a.type, str) else getattr(a.type, "__name__", str(a.type))
+        if a.default is attrs.NOTHING:
+            default = "required"
+        elif isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
+            default = f"default {a.default.factory()!r}"
+        else:
+            default = f"default {a.default!r}"
+        out.append(f"{a.name}: {t} ({default})")
+    return out
+
+
+def cmd_plugins(args) -> int:
+    from kdlab.engine.registry import discover
+
+    catalogue = discover()
+    for name, info in catalogue.plugins.items():
+        kind = "on by default, table [plugins.%s]" % name if info.default_enabled else "method, table [stages.<s>.methods.%s]" % name
+        print(f"{name}  ({kind})\n  from: {info.origin}\n  hooks: {', '.join(info.hooks)}")
+        if info.config_class is not None:
+            for line in _fields(info.config_class):
+                print(f"  - {line}")
+        print()
+    for title, registry in (("data sets", catalogue.datasets), ("model architectures", catalogue.models)):
+        print(f"{title}:")
+        for key, cls in sorted(registry.items()):
+            print(f"  {key}: " + "; ".join(_fields(cls)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    rows = report.collect(args.run_dirs)
+    print(report.markdown(rows) if args.format == "md" else report.to_csv(rows), end="\n" if args.format == "md" else "")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except RecipeError as exc:
+        if args.debug:
+            raise
+        for message in exc.messages:
+            print(f"kdlab: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KdlabError as exc:
+        if args.debug:
+            raise
+        print(f"kdlab: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kdlab: interrupted; continue with: kdlab run RECIPE --resume RUN_DIR", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""The core: hook specifications, recipe validation, the training loop and the runner."""

@@ -1,0 +1,209 @@
+"""The training loop of one stage. Every hook (see ``hookspecs.py``) is named where it fires::
+
+    fit(stage):
+        seed the RNG from the recipe seed
+        student  = kdlab_build_model(spec, data)           # firstresult
+        load `init` weights                                 # if the stage names one
+        teachers = kdlab_load_teachers(stage)              # firstresult; frozen, eval mode
+        attach feature taps to student and teachers
+        kdlab_stage_start(stage)
+        extra    = kdlab_extra_modules(stage, probe)       # collected; only if implemented
+        optimizer = kdlab_configure_optimizer(stage, params)
+        scheduler = kdlab_configure_scheduler(stage, optimizer)
+        state = kdlab_resume_state(stage)                   # firstresult; then
+            stage.load_state_dict(state) -> kdlab_load_state_dict(stage, state) per plugin
+        for epoch in range(stage.epoch, epochs):
+            kdlab_epoch_start(stage, epoch)
+            for batch in train:
+                student_out  = kdlab_student_forward(stage, batch)       # firstresult
+                teacher_outs = kdlab_teacher_outputs(stage, batch)       # firstresult, if teachers
+                terms = kdlab_loss_terms(stage, batch, student_out, teacher_outs)   # collected
+                loss  = sum(loss_weights[name] * term)
+                kdlab_backward(stage, loss)                               # firstresult
+                kdlab_before_optimizer_step(stage)
+                kdlab_optimizer_step(stage)                               # firstresult
+                kdlab_after_optimizer_step(stage)
+                kdlab_step_end(stage, loss, terms)
+            scheduler.step()
+            metrics = evaluate("val") -> kdlab_eval_metrics(...)          # every eval_every epochs
+            kdlab_epoch_end(stage, epoch, metrics)                        # checkpoints written here
+        metrics = evaluate("val") + evaluate("test")
+        kdlab_stage_end(stage, metrics)                                   # e.g. pruning made permanent
+        export the student; add params, MACs, bytes, latency to metrics
+        kdlab_stage_summary(stage, metrics)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kdlab.engine import checkpoint
+from kdlab.engine.errors import KdlabError
+from kdlab.engine.recipe import CONVERTER
+from kdlab.engine.stats import model_stats
+from kdlab.engine.types import ModelOutput, ModelSpec, Stage, Taps
+
+
+def fit(stage: Stage) -> dict[str, float]:
+    hook, cfg = stage.hook, stage.config
+
+    # Same seed for every stage: two students of the same architecture start from the same
+    # weights, so a KD stage and its baseline differ only by the method.
+    torch.manual_seed(stage.recipe.seed)
+    stage.student = build_model(stage, cfg.model).to(stage.device)
+    if cfg.init is not None:
+        stage.student.load_state_dict(load_model(stage, cfg.init).state_dict())
+    if cfg.teachers:
+        stage.teachers = hook.kdlab_load_teachers(stage=stage)
+        for teacher in stage.teachers:
+            teacher.to(stage.device).eval().requires_grad_(False)
+    stage.student_taps = Taps(stage.student, cfg.taps.student, f"stages.{stage.name}.taps.student")
+    stage.teacher_taps = [Taps(t, cfg.taps.teacher, f"stages.{stage.name}.taps.teacher") for t in stage.teachers]
+
+    hook.kdlab_stage_start(stage=stage)
+    if hook.kdlab_extra_modules.get_hookimpls():
+        for extra in hook.kdlab_extra_modules(stage=stage, probe=_probe(stage)):
+            for name, module in extra.items():
+                if name in stage.extra:
+                    raise KdlabError(f"stage {stage.name}: two plugins add an extra module named '{name}'")
+                stage.extra[name] = module.to(stage.device)
+    stage.optimizer = hook.kdlab_configure_optimizer(stage=stage, params=stage.trainable_parameters())
+    stage.scheduler = hook.kdlab_configure_scheduler(stage=stage, optimizer=stage.optimizer)
+    state = hook.kdlab_resume_state(stage=stage)
+    if state is not None:
+        stage.load_state_dict(state)
+
+    weights = cfg.loss_weights
+    for epoch in range(stage.epoch, cfg.epochs):
+        stage.data.train.set_epoch(epoch)  # shuffling is a function of (seed, epoch): resumable
+        stage.student.train()
+        stage.extra.train()
+        hook.kdlab_epoch_start(stage=stage, epoch=epoch)
+        for batch in stage.data.train:
+            batch = batch.to(stage.device)
+            student_out = hook.kdlab_student_forward(stage=stage, batch=batch)
+            teacher_outs = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if stage.teachers else []
+            terms = _merge_terms(stage, hook.kdlab_loss_terms(
+                stage=stage, batch=batch, student_out=student_out, teacher_outs=teacher_outs))
+            loss = sum(weights.get(name, 1.0) * term for name, term in terms.items())
+            stage.optimizer.zero_grad(set_to_none=True)
+            hook.kdlab_backward(stage=stage, loss=loss)
+            hook.kdlab_before_optimizer_step(stage=stage)
+            hook.kdlab_optimizer_step(stage=stage)
+            hook.kdlab_after_optimizer_step(stage=stage)
+            stage.step += 1
+            hook.kdlab_step_end(stage=stage, loss=loss.detach(), terms={k: t.detach() for k, t in terms.items()})
+        if stage.scheduler is not None:
+            stage.scheduler.step()
+        due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        metrics = evaluate(stage, "val") if due else {}
+        stage.epoch = epoch + 1
+        hook.kdlab_epoch_end(stage=stage, epoch=epoch, metrics=metrics)
+
+    metrics = {**evaluate(stage, "val"), **evaluate(stage, "test")}
+    hook.kdlab_stage_end(stage=stage, metrics=metrics)
+    for taps in [stage.student_taps, *stage.teacher_taps]:
+        taps.remove()
+    checkpoint.export_model(
+        stage.run_dir / "models" / f"{stage.name}.pt",
+        model=stage.student,
+        arch=cfg.model.arch,
+        config=_plain_config(cfg.model.config),
+        num_classes=stage.data.num_classes,
+        input_shape=stage.data.input_shape,
+    )
+    metrics.update(model_stats(stage.student, stage.data.input_shape, _batch_size(stage)))
+    hook.kdlab_stage_summary(stage=stage, metrics=metrics)
+    return metrics
+
+
+def evaluate(stage: Stage, split: str) -> dict[str, float]:
+    """Run the student over a whole split and ask the plugins for metrics on it."""
+    loader = getattr(stage.data, split)
+    if loader is None:
+        return {}
+    stage.student.eval()
+    outputs, targets = [], []
+    with torch.no_grad():
+        for batch in loader:
+            batch = batch.to(stage.device)
+            outputs.append(stage.hook.kdlab_student_forward(stage=stage, batch=batch))
+            targets.append(batch.targets)
+    if not outputs:
+        return {}
+    output, target = ModelOutput.cat(outputs), torch.cat(targets)
+    metrics = {}
+    for result in stage.hook.kdlab_eval_metrics(stage=stage, split=split, output=output, targets=target):
+        metrics.update({f"{split}/{k}": float(val) for k, val in result.items()})
+    return metrics
+
+
+def build_model(stage: Stage, spec: ModelSpec) -> torch.nn.Module:
+    model = stage.hook.kdlab_build_model(spec=spec, data=stage.data)
+    if model is None:
+        raise KdlabError(f"stage {stage.name}: no plugin builds model arch '{spec.arch}'")
+    return model
+
+
+def load_model(stage: Stage, ref: str) -> torch.nn.Module:
+    """Rebuild an exported model (an earlier stage's, or a file) with its weights."""
+    path = stage.resolve_model_ref(ref)
+    data = checkpoint.load_model_file(path)
+    registry = stage.catalogue.models
+    if data["arch"] not in registry:
+        raise KdlabError(f"{path}: model arch '{data['arch']}' is not provided by any installed plugin")
+    spec = ModelSpec(arch=data["arch"], config=CONVERTER.structure(data["config"], registry[data["arch"]]))
+    if data["num_classes"] != stage.data.num_classes:
+        raise KdlabError(f"{path}: model has {data['num_classes']} classes, the data has {stage.data.num_classes}")
+    model = build_model(stage, spec)
+    model.load_state_dict(data["state_dict"])
+    return model
+
+
+def _probe(stage: Stage) -> tuple[ModelOutput, list[ModelOutput]]:
+    """Outputs for one training batch (eval mode, no grad) so plugins can size their modules."""
+    stage.data.train.set_epoch(0)
+    batch = next(iter(stage.data.train)).to(stage.device)
+    stage.student.eval()
+    with torch.no_grad():
+        student_out = stage.hook.kdlab_student_forward(stage=stage, batch=batch)
+        teacher_outs = stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch) if stage.teachers else []
+    return student_out, teacher_outs
+
+
+def _merge_terms(stage: Stage, results: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    terms: dict[str, torch.Tensor] = {}
+    for result in results:
+        for name, term in result.items():
+            if name in terms:
+                raise KdlabError(
+                    f"stage {stage.name}: two methods return the loss term '{name}' "
+                    f"(methods: {', '.join(stage.config.methods)}); enable only one of them"
+                )
+            terms[name] = term
+    if not terms:
+        raise KdlabError(
+            f"stage {stage.name}: no method returned a loss term; enable one under "
+            f"[stages.{stage.name}.methods] (e.g. supervised)"
+        )
+    if stage.step == 0:
+        unknown = sorted(set(stage.config.loss_weights) - set(terms))
+        if unknown:
+            raise KdlabError(
+                f"stages.{stage.name}.loss_weights names {', '.join(unknown)}, but the methods "
+                f"return only: {', '.join(sorted(terms))}"
+            )
+        for name, term in terms.items():
+            if not math.isfinite(float(term)):
+                raise KdlabError(f"stage {stage.name}: loss term '{name}' is not finite at the first step")
+    return terms
+
+
+def _plain_config(config) -> dict:
+    return CONVERTER.unstructure(config)
+
+
+def _batch_size(stage: Stage) -> int:
+    return getattr(stage.recipe.data.config, "batch_size", 1)

@@ -1,0 +1,534 @@
+"""Recipes: TOML -> one cattrs converter (extra keys forbidden) -> frozen attrs classes.
+
+A recipe is data. Nothing in it is executed or imported: plugins are chosen by their
+entry-point names, models and data sets by the names their plugins declare. Every problem is
+collected and reported together, each with the file, the line where it can be found, and the
+key path (``recipes/x.toml:12: temperature must be > 0, got -1 @ $.stages.kd.methods.logit_kd``).
+
+Layout of a recipe::
+
+    name = "digits_kd"          # optional, defaults to the file name
+    seed = 0
+    [data]                      # shared by all stages; `dataset` selects the data-set table
+    [plugins.<name>]            # settings of default-on plugins (tensorboard, checkpoint, ...)
+    [defaults]                  # any stage key; merged under every stage (the stage wins)
+    [stages.<stage>]            # stages run in file order
+    [stages.<stage>.model]      # `arch` selects the model table
+    [stages.<stage>.methods.<method>]   # enables a method plugin for the stage
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from attrs import Factory, field
+from attrs import validators as v
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from kdlab.engine.errors import RecipeError
+from kdlab.engine.registry import Catalogue
+from kdlab.engine.types import DataSpec, ModelSpec
+
+# ---------------------------------------------------------------------------------------------
+# The core's own tables. Method and infrastructure plugins contribute the rest.
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class OptimizerConfig:
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = field(default=1e-3, validator=v.gt(0))
+    momentum: float = field(default=0.9, validator=[v.ge(0), v.lt(1)])
+    weight_decay: float = field(default=0.0, validator=v.ge(0))
+    nesterov: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class SchedulerConfig:
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: Literal["constant", "cosine", "multistep"] = "constant"
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
+    gamma: float = field(default=0.1, validator=v.gt(0))
+    warmup_epochs: int = field(default=0, validator=v.ge(0))
+
+
+@attrs.frozen(kw_only=True)
+class TapsConfig:
+    """Feature taps: ``{alias: dotted module path}``; ``teacher`` applies to every teacher."""
+
+    student: dict[str, str] = Factory(dict)
+    teacher: dict[str, str] = Factory(dict)
+
+
+def _weights_non_negative(_inst, _attr, value):
+    bad = {k: w for k, w in value.items() if w < 0}
+    if bad:
+        raise ValueError(f"weights must be >= 0, got {bad}")
+
+
+@attrs.frozen(kw_only=True)
+class StageConfig:
+    epochs: int = field(validator=v.ge(1))
+    model: ModelSpec
+    teachers: tuple[str, ...] = ()  # earlier stage names or exported model files
+    init: str | None = None  # start the student from an earlier stage's (or a file's) weights
+    optimizer: OptimizerConfig = Factory(OptimizerConfig)
+    scheduler: SchedulerConfig = Factory(SchedulerConfig)
+    methods: dict[str, Any] = Factory(dict)  # method name -> its structured table (or None)
+    loss_weights: dict[str, float] = field(factory=dict, validator=_weights_non_negative)
+    taps: TapsConfig = Factory(TapsConfig)
+    eval_every: int = field(default=1, validator=v.ge(1))
+    monitor: str = "val/accuracy"  # metric that decides the best checkpoint
+    monitor_mode: Literal["max", "min"] = "max"
+
+
+@attrs.frozen(kw_only=True)
+class Recipe:
+    name: str
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn only)
+    data: DataSpec
+    stages: dict[str, StageConfig]
+    plugins: dict[str, Any]  # default-on plugin name -> its structured table (or None)
+    disabled: tuple[str, ...] = ()  # default-on plugins switched off
+
+
+# ---------------------------------------------------------------------------------------------
+# The converter.
+# ---------------------------------------------------------------------------------------------
+
+
+def _strict(kind: type):
+    """TOML already has types: refuse the silent coercions cattrs would do (bool("false"))."""
+
+    def structure(value, _type):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise TypeError(f"must be {_type_name(kind)}, got {value!r}")
+        return value
+
+    return structure
+
+
+def make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    for kind in (int, float, bool, str):
+        conv.register_structure_hook(kind, _strict(kind))
+    return conv
+
+
+CONVERTER = make_converter()
+
+
+def _type_name(t) -> str:
+    if typing.get_origin(t) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(t))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        t, getattr(t, "__name__", str(t))
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+# ---------------------------------------------------------------------------------------------
+
+class _Problems:
+    """Collects (key path, message) pairs; turns them into one RecipeError at the end."""
+
+    def __init__(self, file: str, text: str | None, overridden: set[tuple]):
+        self.file, self.text, self.overridden = file, text, overridden
+        self.items: list[tuple[tuple, str]] = []
+
+    def add(self, path: tuple, message: str) -> None:
+        self.items.append((tuple(path), message))
+
+    def structure(self, raw: Any, cls: type, path: tuple) -> Any:
+        """Structure ``raw`` into ``cls``, recording every problem under ``path``; None on error."""
+        if not isinstance(raw, dict):
+            self.add(path, f"must be a table, got {raw!r}")
+            return None
+        try:
+            with attrs.validators.disabled():  # validators run below, to report all at once
+                obj = CONVERTER.structure(raw, cls)
+        except Exception as exc:  # noqa: BLE001 - every structuring problem becomes a message
+            self._walk(exc, path, cls)
+            return None
+        before = len(self.items)
+        self._validate(obj, path)
+        return obj if len(self.items) == before else None
+
+    def _walk(self, exc: BaseException, path: tuple, cls: Any) -> None:
+        if isinstance(exc, ClassValidationError):
+            with_notes, without = exc.group_exceptions()
+            for sub, note in with_notes:
+                self._walk_field(sub, path + (note.name,), note.type)
+            for sub in without:
+                self._walk(sub, path, cls)
+        elif isinstance(exc, IterableValidationError):
+            with_notes, without = exc.group_exceptions()
+            for sub, note in with_notes:
+                self._walk_field(sub, path + (note.index,), note.type)
+            for sub in without:
+                self._walk(sub, path, cls)
+        elif isinstance(exc, ForbiddenExtraKeysError):
+            allowed = ", ".join(a.name for a in attrs.fields(exc.cl))
+            for key in sorted(exc.extra_fields):
+                self.add(path + (key,), f"unknown key '{key}' (allowed: {allowed})")
+        else:
+            self.add(path, str(exc))
+
+    def _walk_field(self, exc: BaseException, path: tuple, type_: Any) -> None:
+        if isinstance(exc, (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError)):
+            self._walk(exc, path, type_)
+        elif isinstance(exc, KeyError):
+            self.add(path, f"{path[-1]} is required")
+        elif typing.get_origin(type_) is Literal:
+            self.add(path, f"{path[-1]} must be {_type_name(type_)}")
+        elif isinstance(exc, TypeError) and str(exc).startswith("must be"):
+            self.add(path, f"{path[-1]} {exc}")
+        else:
+            self.add(path, f"{path[-1]} must be {_type_name(type_)}")
+
+    def _validate(self, obj: Any, path: tuple) -> None:
+        """Run the attrs validators of ``obj`` and of everything nested in it."""
+        if attrs.has(type(obj)):
+            for a in attrs.fields(type(obj)):
+                value = getattr(obj, a.name)
+                if a.validator is not None:
+                    try:
+                        a.validator(obj, a, value)
+                    except (ValueError, TypeError) as exc:
+                        self.add(path + (a.name,), _validator_message(a.name, exc))
+                self._validate(value, path + (a.name,))
+        elif isinstance(obj, dict):
+            for k, item in obj.items():
+                self._validate(item, path + (k,))
+        elif isinstance(obj, (DataSpec, ModelSpec)):
+            self._validate(obj.config, path)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        lines = []
+        for path, message in self.items:
+            line = None if path[:1] in self.overridden or path in self.overridden else _find_line(self.text, path)
+            where = f"{self.file}:{line}" if line else self.file
+            origin = " (from --set)" if any(path[: len(o)] == o for o in self.overridden) else ""
+            lines.append(f"{where}: {message} @ {format_path(path)}{origin}")
+        raise RecipeError(lines)
+
+
+def _validator_message(name: str, exc: Exception) -> str:
+    text = str(exc)
+    m = re.match(r"^'[^']+' (must be .+?): (.*)$", text)
+    if m:  # attrs' comparison validators: "'lr' must be > 0: -1"
+        return f"{name} {m.group(1)}, got {m.group(2)}"
+    return f"{name}: " + re.sub(r"^'[^']+' ", "", text)
+
+
+def format_path(path: tuple) -> str:
+    return "$" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)
+
+
+def _find_line(text: str | None, path: tuple) -> int | None:
+    """The line where the deepest existing prefix of ``path`` is written (best effort: tables,
+    dotted keys and plain keys; not keys inside inline tables)."""
+    if not text or not path:
+        return None
+    table: tuple = ()
+    best, best_len = None, 0
+    want = tuple(str(k) for k in path)
+    for number, line in enumerate(text.splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        if s.startswith("["):
+            table = tuple(_key_parts(s.strip("[]")))
+            keys = table
+        elif "=" in s:
+            keys = table + tuple(_key_parts(s.split("=", 1)[0]))
+        else:
+            continue
+        n = len(keys)
+        if want[:n] == keys and n > best_len:
+            best, best_len = number, n
+        elif table == want[: len(table)] and len(table) > best_len:
+            best, best_len = number, len(table)
+    return best
+
+
+def _key_parts(key: str) -> list[str]:
+    return [p.strip().strip("\"'") for p in key.split(".")]
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``a.b.c=value`` -> (("a","b","c"), value); the value is read as TOML, else as a string."""
+    if "=" not in text:
+        raise RecipeError([f"--set {text}: expected KEY.PATH=VALUE"])
+    key, raw = text.split("=", 1)
+    path = tuple(p for p in key.strip().split("."))
+    if not all(path):
+        raise RecipeError([f"--set {text}: empty key in '{key}'"])
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string (--set data.root=/data/cifar)
+    return path, value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, val in over.items():
+        out[k] = _merge(out[k], val) if isinstance(out.get(k), dict) and isinstance(val, dict) else copy.deepcopy(val)
+    return out
+
+
+def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = ()) -> Recipe:
+    """Read, override, validate and structure a recipe file. Raises RecipeError listing all problems."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError([f"{path}: cannot read recipe ({exc.strerror})"]) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        raise RecipeError([f"{path}{f':{line}' if line else ''}: not valid TOML: {exc.msg if hasattr(exc, 'msg') else exc}"]) from exc
+    return structure_recipe(raw, catalogue, file=str(path), text=text, overrides=overrides, default_name=path.stem)
+
+
+def structure_recipe(
+    raw: dict,
+    catalogue: Catalogue,
+    *,
+    file: str = "<recipe>",
+    text: str | None = None,
+    overrides: list[str] = (),
+    default_name: str = "recipe",
+) -> Recipe:
+    raw = copy.deepcopy(raw)
+    overridden = set()
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise RecipeError([f"--set {item}: '{k}' is not a table"])
+        node[keys[-1]] = value
+        overridden.add(keys)
+    problems = _Problems(file, text, overridden)
+
+    known_top = {"name", "seed", "device", "deterministic", "data", "plugins", "defaults", "stages"}
+    for key in raw:
+        if key not in known_top:
+            problems.add((key,), f"unknown key '{key}' (allowed: {', '.join(sorted(known_top))})")
+
+    scalars = {k: raw[k] for k in ("name", "seed", "device", "deterministic") if k in raw}
+    scalars.setdefault("name", default_name)
+    top = problems.structure(scalars, _TopLevel, ()) or _TopLevel(name=default_name)
+
+    data = _structure_named(problems, raw.get("data", {}), "dataset", catalogue.datasets, ("data",), "data set")
+    plugins, disabled = _structure_default_plugins(problems, raw.get("plugins", {}), catalogue)
+
+    stages: dict[str, StageConfig] = {}
+    raw_stages = raw.get("stages")
+    if not isinstance(raw_stages, dict) or not raw_stages:
+        problems.add(("stages",), "a recipe needs at least one [stages.<name>] table")
+        raw_stages = {}
+    defaults = raw.get("defaults", {})
+    if not isinstance(defaults, dict):
+        problems.add(("defaults",), "defaults must be a table")
+        defaults = {}
+    for name, raw_stage in raw_stages.items():
+        where = ("stages", name)
+        if not isinstance(raw_stage, dict):
+            problems.add(where, f"stage '{name}' must be a table")
+            continue
+        merged = _merge(defaults, raw_stage)
+        stage = _structure_stage(problems, merged, catalogue, where)
+        if stage is not None:
+            _check_refs(problems, name, stage, list(stages), where)
+            stages[name] = stage
+        else:
+            stages[name] = None  # keep the name so later references to it are not also reported
+    problems.raise_if_any()
+    return Recipe(
+        name=top.name,
+        seed=top.seed,
+        device=top.device,
+        deterministic=top.deterministic,
+        data=data,
+        stages=stages,
+        plugins=plugins,
+        disabled=disabled,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class _TopLevel:
+    name: str = field(validator=v.matches_re(r"^[A-Za-z0-9_.-]+$"))
+    seed: int = field(default=0, validator=v.ge(0))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+
+
+def _structure_named(problems: _Problems, raw: Any, selector: str, registry: dict, where: tuple, what: str):
+    if not isinstance(raw, dict):
+        problems.add(where, f"must be a table, got {raw!r}")
+        return None
+    raw = dict(raw)
+    name = raw.pop(selector, None)
+    if name is None:
+        problems.add(where + (selector,), f"{selector} is required (one of: {', '.join(sorted(registry))})")
+        return None
+    if name not in registry:
+        problems.add(where + (selector,), f"unknown {what} '{name}' (available: {', '.join(sorted(registry))})")
+        return None
+    config = problems.structure(raw, registry[name], where)
+    if config is None:
+        return None
+    return DataSpec(name=name, config=config) if selector == "dataset" else ModelSpec(arch=name, config=config)
+
+
+def _structure_plugin_table(problems: _Problems, raw: Any, info, where: tuple):
+    if raw is True:  # `logit_kd = true` enables with defaults
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.add(where, f"must be a table (or true), got {raw!r}")
+        return None
+    raw = {k: val for k, val in raw.items() if k != "enabled"}
+    if info.config_class is None:
+        for key in raw:
+            problems.add(where + (key,), f"plugin '{info.name}' takes no settings, got '{key}'")
+        return None
+    return problems.structure(raw, info.config_class, where)
+
+
+def _structure_default_plugins(problems: _Problems, raw: Any, catalogue: Catalogue):
+    plugins, disabled = {}, []
+    if not isinstance(raw, dict):
+        problems.add(("plugins",), "plugins must be a table")
+        raw = {}
+    for name in raw:
+        info = catalogue.plugins.get(name)
+        if info is None or not info.default_enabled:
+            hint = " (it is a method: enable it under [stages.<stage>.methods])" if info else ""
+            defaults = ", ".join(n for n, p in catalogue.plugins.items() if p.default_enabled)
+            problems.add(("plugins", name), f"unknown default plugin '{name}'{hint}; default plugins: {defaults}")
+    for name, info in catalogue.plugins.items():
+        if not info.default_enabled:
+            continue
+        table = raw.get(name, {})
+        enabled = table.get("enabled", True) if isinstance(table, dict) else True
+        if not isinstance(enabled, bool):
+            problems.add(("plugins", name, "enabled"), f"enabled must be true or false, got {enabled!r}")
+        elif not enabled:
+            disabled.append(name)
+            continue
+        plugins[name] = _structure_plugin_table(problems, table, info, ("plugins", name))
+    return plugins, tuple(disabled)
+
+
+def _structure_stage(problems: _Problems, raw: dict, catalogue: Catalogue, where: tuple) -> StageConfig | None:
+    raw = dict(raw)
+    before = len(problems.items)
+    model = _structure_named(problems, raw.pop("model", None) or {}, "arch", catalogue.models, where + ("model",), "model")
+    methods = {}
+    raw_methods = raw.pop("methods", {})
+    if not isinstance(raw_methods, dict):
+        problems.add(where + ("methods",), "methods must be a table of [methods.<name>] tables")
+        raw_methods = {}
+    for name, table in raw_methods.items():
+        info = catalogue.plugins.get(name)
+        if info is None or info.default_enabled:
+            why = f"'{name}' is on by default: configure it under [plugins.{name}]" if info else f"unknown method '{name}'"
+            problems.add(where + ("methods", name), f"{why} (methods: {', '.join(catalogue.methods)})")
+            continue
+        if isinstance(table, dict) and table.get("enabled", True) is False:
+            continue
+        methods[name] = _structure_plugin_table(problems, table, info, where + ("methods", name))
+    rest = problems.structure(raw, _StageRest, where) if "epochs" in raw else None
+    if "epochs" not in raw:
+        problems.add(where + ("epochs",), "epochs is required")
+    if len(problems.items) > before or rest is None:
+        return None
+    return StageConfig(model=model, methods=methods, **attrs.asdict(rest, recurse=False))
+
+
+# The stage table minus the parts structured by hand above (model, methods), so that cattrs
+# reports unknown keys with the allowed ones.
+attrs.resolve_types(StageConfig, globals())
+_StageRest = attrs.make_class(
+    "_StageRest",
+    {
+        a.name: attrs.field(type=a.type, default=a.default, validator=a.validator, kw_only=True)
+        for a in attrs.fields(StageConfig)
+        if a.name not in ("model", "methods")
+    },
+    frozen=True,
+)
+
+
+def _check_refs(problems: _Problems, name: str, stage: StageConfig, earlier: list[str], where: tuple) -> None:
+    refs = [("teachers", i, r) for i, r in enumerate(stage.teachers)]
+    if stage.init is not None:
+        refs.append(("init", None, stage.init))
+    for key, i, ref in refs:
+        path = where + ((key, i) if i is not None else (key,))
+        if ref == name:
+            problems.add(path, f"stage '{name}' cannot use itself")
+        elif ref in earlier:
+            continue
+        elif not Path(ref).is_file():
+            problems.add(
+                path,
+                f"'{ref}' is neither an earlier stage ({', '.join(earlier) or 'none'}) nor an existing model file",
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the resolved recipe back (run directories keep it as recipe.toml).
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain(obj: Any) -> Any:
+    """Unstructure, dropping None (TOML has no null) and turning tuples into lists."""
+    data = CONVERTER.unstructure(obj)
+    if isinstance(data, dict):
+        return {k: _plain(x) for k, x in data.items() if x is not None}
+    if isinstance(data, (list, tuple)):
+        return [_plain(x) for x in data]
+    return data
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as plain data; loading it again gives an equal Recipe."""
+    out: dict[str, Any] = {
+        "name": recipe.name,
+        "seed": recipe.seed,
+        "device": recipe.device,
+        "deterministic": recipe.deterministic,
+        "data": {"dataset": recipe.data.name, **_plain(recipe.data.config)},
+        "plugins": {n: _plain(c) if c is not None else {} for n, c in recipe.plugins.items()},
+        "stages": {},
+    }
+    out["plugins"].update({n: {"enabled": False} for n in recipe.disabled})
+    for name, stage in recipe.stages.items():
+        table = {a.name: _plain(getattr(stage, a.name)) for a in attrs.fields(StageConfig)
+                 if a.name not in ("model", "methods") and getattr(stage, a.name) is not None}
+        table["model"] = {"arch": stage.model.arch, **_plain(stage.model.config)}
+        table["methods"] = {n: _plain(c) if c is not None else {} for n, c in stage.methods.items()}
+        out["stages"][name] = table
+    return out

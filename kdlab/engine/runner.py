@@ -1,0 +1,131 @@
+"""Runs a recipe: makes (or reopens) the run directory, builds the data, fits each stage in turn.
+
+Run directory layout::
+
+    <out>/<recipe name>/<run id>/
+        recipe.toml              the resolved recipe (defaults merged, --set applied)
+        metrics.json             stage -> metric -> final value, rewritten after each stage
+        tb/<stage>/              TensorBoard event files
+        checkpoints/<stage>/     last.pt and best.pt (resume state)
+        models/<stage>.pt        the exported student of each finished stage
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import attrs
+import tomli_w
+import torch
+
+from kdlab.engine import checkpoint
+from kdlab.engine.errors import KdlabError
+from kdlab.engine.loop import fit
+from kdlab.engine.recipe import Recipe, load_recipe, recipe_to_dict
+from kdlab.engine.registry import Catalogue, discover
+from kdlab.engine.types import Stage
+
+log = logging.getLogger("kdlab")
+
+
+@attrs.frozen
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, dict[str, float]]
+
+
+def resolve_device(recipe: Recipe) -> torch.device:
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise KdlabError("device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if recipe.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(recipe.device)
+
+
+def stage_plugins(recipe: Recipe, catalogue: Catalogue, stage_name: str) -> list[str]:
+    """Plugins registered for a stage: default-on ones not switched off, plus its methods."""
+    on = [n for n, p in catalogue.plugins.items() if p.default_enabled and n not in recipe.disabled]
+    return on + list(recipe.stages[stage_name].methods)
+
+
+def _new_run_dir(out: Path, recipe: Recipe) -> Path:
+    base = out / recipe.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        run_dir = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise KdlabError(f"{base}: cannot create a new run directory")
+
+
+def _reopen(run_dir: Path, recipe: Recipe, catalogue: Catalogue) -> None:
+    saved_path = run_dir / "recipe.toml"
+    if not saved_path.is_file():
+        raise KdlabError(f"{run_dir}: not a kdlab run directory (no recipe.toml)")
+    saved = recipe_to_dict(load_recipe(saved_path, catalogue))
+    now = recipe_to_dict(recipe)
+    if saved != now:
+        keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise KdlabError(
+            f"{run_dir}: the recipe differs from the one this run started with (in: {', '.join(keys)}); "
+            "resume with the same recipe and --set options"
+        )
+
+
+def run(
+    recipe_path: str | Path,
+    *,
+    overrides: list[str] = (),
+    out: str | Path = "runs",
+    resume: str | Path | None = None,
+    catalogue: Catalogue | None = None,
+) -> RunResult:
+    catalogue = catalogue or discover()
+    recipe = load_recipe(recipe_path, catalogue, overrides)
+    if resume is not None:
+        run_dir = Path(resume)
+        _reopen(run_dir, recipe, catalogue)
+        log.info("resuming %s", run_dir)
+    else:
+        run_dir = _new_run_dir(Path(out), recipe)
+        (run_dir / "recipe.toml").write_text(tomli_w.dumps(recipe_to_dict(recipe)), encoding="utf-8")
+        log.info("run directory: %s", run_dir)
+
+    device = resolve_device(recipe)
+    if recipe.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    data_pm = catalogue.manager([n for n in catalogue.plugins if catalogue.plugins[n].default_enabled
+                                 and n not in recipe.disabled])
+    data = data_pm.hook.kdlab_build_data(spec=recipe.data, seed=recipe.seed)
+    if data is None:
+        raise KdlabError(f"no plugin builds data set '{recipe.data.name}'")
+
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    for index, (name, config) in enumerate(recipe.stages.items()):
+        if name in metrics and (run_dir / "models" / f"{name}.pt").is_file():
+            log.info("stage %s: already complete, skipped", name)
+            continue
+        names = stage_plugins(recipe, catalogue, name)
+        stage = Stage(
+            name=name,
+            index=index,
+            config=config,
+            recipe=recipe,
+            run_dir=run_dir,
+            device=device,
+            data=data,
+            pm=catalogue.manager(names),
+            catalogue=catalogue,
+            method_configs={**recipe.plugins, **config.methods},
+        )
+        log.info("stage %s: plugins %s", name, ", ".join(names))
+        metrics[name] = fit(stage)
+        checkpoint.save_json(metrics, metrics_path)
+    return RunResult(run_dir=run_dir, metrics=metrics)

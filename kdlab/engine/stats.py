@@ -1,0 +1,48 @@
+"""Model statistics for the final table: parameters, MACs, saved size, CPU latency."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdlab.engine.types import state_dict_bytes
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward on ``example`` (flop_counter counts 2 flops per MAC)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(example)
+    return counter.get_total_flops() // 2
+
+
+def cpu_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10) -> float:
+    """Median wall time of a forward on ``example`` on the CPU, after two warm-up calls."""
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            model(example)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def model_stats(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> dict[str, float]:
+    """``params``, ``macs`` (one sample), ``bytes`` (saved state_dict), ``latency_ms`` (one batch, CPU)."""
+    cpu = copy.deepcopy(model).cpu().eval()
+    one = torch.zeros(1, *input_shape)
+    return {
+        "params": count_parameters(cpu),
+        "macs": count_macs(cpu, one),
+        "bytes": state_dict_bytes(cpu),
+        "latency_ms": round(cpu_latency_ms(cpu, torch.zeros(batch_size, *input_shape)), 4),
+    }

@@ -1,0 +1,205 @@
+"""The objects that hooks receive: batches, model outputs, data, and the running stage."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import pluggy
+import torch
+from torch import nn
+
+from kdlab.engine.errors import KdlabError
+
+
+@attrs.frozen
+class Batch:
+    """One batch: ``inputs`` (a tensor), ``targets``, and ``index`` (dataset positions)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    index: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        if self.inputs.device == device:
+            return self
+        nb = device.type == "cuda"
+        return Batch(self.inputs.to(device, non_blocking=nb), self.targets.to(device, non_blocking=nb), self.index)
+
+
+@attrs.frozen
+class ModelOutput:
+    """What a forward produced: ``logits`` and the tapped ``features`` by alias."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = attrs.field(factory=dict)
+
+    @staticmethod
+    def cat(outputs: list[ModelOutput]) -> ModelOutput:
+        first = outputs[0]
+        return ModelOutput(
+            torch.cat([o.logits for o in outputs]),
+            {k: torch.cat([o.features[k] for o in outputs]) for k in first.features},
+        )
+
+
+class Loader(Protocol):
+    """What a data set supplies per split: iterable over :class:`Batch`, sized, and re-seedable
+    per epoch (like ``DistributedSampler.set_epoch``) so that shuffling is a function of
+    (seed, epoch) and a resumed run sees the same order."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class DataBundle:
+    train: Loader
+    val: Loader | None
+    test: Loader | None
+    num_classes: int
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
+
+
+@attrs.frozen(kw_only=True)
+class DataSpec:
+    """``[data]``: the data-set name and its structured settings."""
+
+    name: str
+    config: Any
+
+
+@attrs.frozen(kw_only=True)
+class ModelSpec:
+    """``[stages.<s>.model]``: the architecture name and its structured settings."""
+
+    arch: str
+    config: Any
+
+
+class Taps:
+    """Forward hooks on named submodules that keep their latest outputs, so plugins can read
+    intermediate features without editing model code."""
+
+    def __init__(self, model: nn.Module, paths: dict[str, str], where: str):
+        self.captured: dict[str, torch.Tensor] = {}
+        self._handles = []
+        modules = dict(model.named_modules())
+        for alias, path in paths.items():
+            if path not in modules:
+                near = [n for n in modules if n and (path.split(".")[0] in n)][:8] or [n for n in modules if n][:8]
+                raise KdlabError(
+                    f"{where}.{alias}: no module '{path}' in the model; some that exist: {', '.join(near)}"
+                )
+            self._handles.append(modules[path].register_forward_hook(self._keeper(alias)))
+
+    def _keeper(self, alias: str):
+        def hook(_module, _inputs, output):
+            self.captured[alias] = output
+
+        return hook
+
+    def collect(self) -> dict[str, torch.Tensor]:
+        out, self.captured = self.captured, {}
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@attrs.define(kw_only=True, eq=False)
+class Stage:
+    """The running stage, passed to every stage hook. The core owns the fields; plugins read them
+    (and step the optimizer through the hooks meant for it)."""
+
+    name: str
+    index: int
+    config: Any  # StageConfig
+    recipe: Any  # Recipe
+    run_dir: Path
+    device: torch.device
+    data: DataBundle
+    pm: pluggy.PluginManager
+    catalogue: Any  # Catalogue: installed plugins, data sets and model architectures
+    method_configs: dict[str, Any]
+    student: nn.Module | None = None
+    teachers: list[nn.Module] = attrs.field(factory=list)
+    student_taps: Taps | None = None
+    teacher_taps: list[Taps] = attrs.field(factory=list)
+    extra: nn.ModuleDict = attrs.field(factory=nn.ModuleDict)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+    def config_for(self, plugin: object) -> Any:
+        """The structured recipe table of ``plugin`` (pass ``self``)."""
+        return self.method_configs[self.pm.get_name(plugin)]
+
+    def resolve_model_ref(self, ref: str) -> Path:
+        """A stage name -> that stage's exported model in this run; otherwise a file path."""
+        if ref in self.recipe.stages:
+            return self.run_dir / "models" / f"{ref}.pt"
+        return Path(ref)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return params + [p for p in self.extra.parameters() if p.requires_grad]
+
+    # -- checkpoint state -------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue this stage exactly where it is now."""
+        plugins = {}
+        for impl in self.hook.kdlab_state_dict.get_hookimpls():
+            state = impl.function(**_accepted(impl, stage=self))
+            if state is not None:
+                plugins[impl.plugin_name] = state
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "student": self.student.state_dict(),
+            "extra": self.extra.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "plugins": plugins,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.student.load_state_dict(state["student"])
+        self.extra.load_state_dict(state["extra"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for impl in self.hook.kdlab_load_state_dict.get_hookimpls():
+            if impl.plugin_name in state["plugins"]:
+                impl.function(**_accepted(impl, stage=self, state=state["plugins"][impl.plugin_name]))
+
+
+def _accepted(impl, **kwargs):
+    """Call a single hookimpl the way pluggy would: with the arguments it asks for."""
+    return {k: v for k, v in kwargs.items() if k in impl.argnames}
+
+
+def state_dict_bytes(module: nn.Module) -> int:
+    """Size in bytes of the module's state_dict as ``torch.save`` writes it."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getbuffer().nbytes

@@ -1,0 +1,108 @@
+"""Image classifiers: a compact CNN family (seed 000) and torchvision ResNet-18/50.
+
+The compact family is a stack of conv blocks (regular or depthwise-separable 3x3, batch norm,
+ReLU, optional squeeze-and-excitation), 2x2 max-pooling after each block while the feature map
+is at least 4 pixels wide, global average pooling and a linear head. Tap points: ``blocks.<i>``,
+``embed`` (the pooled vector) and ``head``.
+"""
+
+from __future__ import annotations
+
+import attrs
+from attrs import field
+from attrs import validators as v
+from torch import nn
+
+from kdlab import hookimpl
+
+
+def _non_empty_positive(_inst, attr, value):
+    if not value or any(c < 1 for c in value):
+        raise ValueError(f"must be a non-empty list of positive integers, got {list(value)}")
+
+
+@attrs.frozen(kw_only=True)
+class CompactCNNConfig:
+    channels: tuple[int, ...] = field(default=(16, 32), validator=_non_empty_positive)
+    separable: bool = False  # depthwise-separable convs in every block but the first
+    se: bool = False  # squeeze-and-excitation after every block
+    se_reduction: int = field(default=4, validator=v.ge(1))
+    dropout: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
+
+
+@attrs.frozen(kw_only=True)
+class ResNetConfig:
+    cifar_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for 32x32 inputs
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1), nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        return x * self.gate(x)
+
+
+def conv_block(cin: int, cout: int, *, separable: bool, se: bool, se_reduction: int, pool: bool) -> nn.Sequential:
+    if separable:
+        layers = [nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False)]
+    else:
+        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False)]
+    layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    if se:
+        layers.append(SqueezeExcite(cout, se_reduction))
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class CompactCNN(nn.Module):
+    def __init__(self, config: CompactCNNConfig, in_channels: int, size: int, num_classes: int):
+        super().__init__()
+        blocks, cin = [], in_channels
+        for i, cout in enumerate(config.channels):
+            pool = size >= 4
+            blocks.append(conv_block(cin, cout, separable=config.separable and i > 0, se=config.se,
+                                     se_reduction=config.se_reduction, pool=pool))
+            size, cin = (size // 2 if pool else size), cout
+        self.blocks = nn.Sequential(*blocks)
+        self.embed = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.head(self.dropout(self.embed(self.blocks(x))))
+
+
+def resnet(depth: int, config: ResNetConfig, in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
+
+    model = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=num_classes)
+    if config.cifar_stem or in_channels != 3:
+        stride, kernel = (1, 3) if config.cifar_stem else (2, 7)
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel, stride=stride, padding=kernel // 2, bias=False)
+    if config.cifar_stem:
+        model.maxpool = nn.Identity()
+    return model
+
+
+class Models:
+    default_enabled = True
+
+    @hookimpl
+    def kdlab_model_configs(self):
+        return {"cnn": CompactCNNConfig, "resnet18": ResNetConfig, "resnet50": ResNetConfig}
+
+    @hookimpl(trylast=True)
+    def kdlab_build_model(self, spec, data):
+        channels, size = data.input_shape[0], min(data.input_shape[1:])
+        if spec.arch == "cnn":
+            return CompactCNN(spec.config, channels, size, data.num_classes)
+        if spec.arch in ("resnet18", "resnet50"):
+            return resnet(int(spec.arch[6:]), spec.config, channels, data.num_classes)
+        return None

@@ -1,0 +1,63 @@
+"""Default optimizer, learning-rate schedule, backward and optimizer step.
+
+Reads the core's ``[stages.<s>.optimizer]`` and ``[stages.<s>.scheduler]`` tables. All hooks are
+``trylast`` so that any plugin (AMP, a custom optimizer) can answer first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kdlab import hookimpl
+
+
+def make_optimizer(config, params) -> torch.optim.Optimizer:
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.nesterov)
+    if config.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(config, epochs: int, epoch: int) -> float:
+    """Multiplier of the base learning rate for ``epoch`` (0-based): linear warm-up, then the
+    schedule. A pure function so that it can be tested and plotted."""
+    if epoch < config.warmup_epochs:
+        return (epoch + 1) / (config.warmup_epochs + 1)
+    if config.name == "cosine":
+        span = max(1, epochs - config.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - config.warmup_epochs) / span))
+    if config.name == "multistep":
+        return config.gamma ** sum(epoch >= m for m in config.milestones)
+    return 1.0
+
+
+class Optim:
+    default_enabled = True
+
+    @hookimpl(trylast=True)
+    def kdlab_configure_optimizer(self, stage, params):
+        return make_optimizer(stage.config.optimizer, params)
+
+    @hookimpl(trylast=True)
+    def kdlab_configure_scheduler(self, stage, optimizer):
+        config = stage.config.scheduler
+        if config.name == "constant" and config.warmup_epochs == 0:
+            return None
+        # LambdaLR keeps the schedule a pure function of the epoch, so its state is just a counter
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: lr_factor(config, stage.config.epochs, epoch)
+        )
+
+    @hookimpl(trylast=True)
+    def kdlab_backward(self, stage, loss):
+        loss.backward()
+        return True
+
+    @hookimpl(trylast=True)
+    def kdlab_optimizer_step(self, stage):
+        stage.optimizer.step()
+        return True
