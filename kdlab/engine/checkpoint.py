@@ -45,7 +45,7 @@ def save(obj: Any, path: str | Path) -> None:
 
 
 def save_json(obj: Any, path: str | Path) -> None:
-    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

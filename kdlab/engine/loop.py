@@ -196,7 +196,7 @@ def _merge_terms(stage: Stage, results: list[dict[str, torch.Tensor]]) -> dict[s
                 f"return only: {', '.join(sorted(terms))}"
             )
         for name, term in terms.items():
-            if not math.isfinite(float(term)):
+            if not math.isfinite(float(term.detach())):
                 raise KdlabError(f"stage {stage.name}: loss term '{name}' is not finite at the first step")
     return terms
 

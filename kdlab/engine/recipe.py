@@ -181,7 +181,7 @@ class _Problems:
             for sub in without:
                 self._walk(sub, path, cls)
         elif isinstance(exc, ForbiddenExtraKeysError):
-            allowed = ", ".join(a.name for a in attrs.fields(exc.cl))
+            allowed = ", ".join(sorted([a.name for a in attrs.fields(exc.cl)] + _HAND_STRUCTURED.get(exc.cl, [])))
             for key in sorted(exc.extra_fields):
                 self.add(path + (key,), f"unknown key '{key}' (allowed: {allowed})")
         else:
@@ -303,8 +303,10 @@ def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = (
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        raise RecipeError([f"{path}{f':{line}' if line else ''}: not valid TOML: {exc.msg if hasattr(exc, 'msg') else exc}"]) from exc
+        # Python 3.11's message ends with "(at line L, column C)"; put the line where ours goes
+        m = re.match(r"^(.*) \(at line (\d+), column \d+\)$", str(exc))
+        message, where = (m.group(1), f"{path}:{m.group(2)}") if m else (str(exc), str(path))
+        raise RecipeError([f"{where}: not valid TOML: {message}"]) from exc
     return structure_recipe(raw, catalogue, file=str(path), text=text, overrides=overrides, default_name=path.stem)
 
 
@@ -355,6 +357,9 @@ def structure_recipe(
         where = ("stages", name)
         if not isinstance(raw_stage, dict):
             problems.add(where, f"stage '{name}' must be a table")
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            problems.add(where, f"stage name '{name}' may contain only letters, digits, '_' and '-'")
             continue
         merged = _merge(defaults, raw_stage)
         stage = _structure_stage(problems, merged, catalogue, where)
@@ -479,6 +484,7 @@ _StageRest = attrs.make_class(
     },
     frozen=True,
 )
+_HAND_STRUCTURED = {_StageRest: ["methods", "model"]}
 
 
 def _check_refs(problems: _Problems, name: str, stage: StageConfig, earlier: list[str], where: tuple) -> None:

@@ -1,0 +1,63 @@
+"""Shared fixtures: small recipes on the bundled digits data, and in-process runs."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlab.engine.registry import discover
+
+# A recipe small enough that a stage trains in well under a second on the CPU.
+TINY = """
+name = "tiny"
+seed = 0
+device = "cpu"
+
+[data]
+dataset = "digits"
+batch_size = 64
+
+[plugins.progress]
+enabled = false
+
+[defaults]
+epochs = 2
+optimizer = { name = "adam", lr = 0.01 }
+model = { arch = "cnn", channels = [4, 8] }
+
+[stages.teacher]
+model = { arch = "cnn", channels = [8, 16] }
+methods.supervised = {}
+
+[stages.student]
+teachers = ["teacher"]
+methods.logit_kd = { temperature = 4.0, alpha = 0.5 }
+"""
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    # identical thread counts keep CPU kernels bit-for-bit reproducible between runs of a test
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def catalogue():
+    return discover()
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    def write(text: str = TINY, name: str = "recipe.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

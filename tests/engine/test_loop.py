@@ -1,0 +1,125 @@
+"""The training loop: loss terms and weights, taps, extra modules, errors at the first step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdlab import KdlabError, ModelOutput, hookimpl
+from kdlab.engine.registry import discover
+from kdlab.engine.runner import run
+from tests.conftest import TINY
+
+ONE_STAGE = TINY.split("[stages.student]")[0]
+
+
+class FixedTerms:
+    """Loss terms with known values: a = 1 + 0 * logits, b = 2 + 0 * logits."""
+
+    @hookimpl
+    def kdlab_loss_terms(self, student_out):
+        zero = student_out.logits.sum() * 0
+        return {"a": zero + 1.0, "b": zero + 2.0}
+
+
+class Recorder:
+    default_enabled = True
+    losses: list[float] = []
+    features: list[dict] = []
+
+    @hookimpl
+    def kdlab_step_end(self, loss, terms):
+        Recorder.losses.append((loss.item(), {k: t.item() for k, t in terms.items()}))
+
+    @hookimpl
+    def kdlab_loss_terms(self, student_out, teacher_outs):
+        Recorder.features.append(
+            ({k: tuple(v.shape) for k, v in student_out.features.items()},
+             [{k: tuple(v.shape) for k, v in t.features.items()} for t in teacher_outs])
+        )
+
+
+class Adapter:
+    """Adds a trainable module sized from the probe and uses it in a loss term."""
+
+    @hookimpl
+    def kdlab_extra_modules(self, stage, probe):
+        student_out, teacher_outs = probe
+        width = student_out.features["emb"].shape[1]
+        return {"adapter": torch.nn.Linear(width, teacher_outs[0].features["emb"].shape[1])}
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, student_out, teacher_outs):
+        mapped = stage.extra["adapter"](student_out.features["emb"])
+        return {"hint": torch.nn.functional.mse_loss(mapped, teacher_outs[0].features["emb"])}
+
+
+@pytest.fixture
+def cat():
+    Recorder.losses, Recorder.features = [], []
+    return discover(extra={"fixed": FixedTerms, "recorder": Recorder, "adapter": Adapter})
+
+
+def test_loss_is_weighted_sum_of_terms(write_recipe, tmp_path, cat):
+    text = ONE_STAGE.replace("methods.supervised = {}", "methods.fixed = {}\nloss_weights = { a = 0.5, b = 3.0 }")
+    run(write_recipe(text), out=tmp_path / "runs", catalogue=cat)
+    assert Recorder.losses, "no step recorded"
+    for loss, terms in Recorder.losses:
+        assert terms == {"a": 1.0, "b": 2.0}
+        assert loss == pytest.approx(0.5 * 1.0 + 3.0 * 2.0)
+
+
+def test_same_term_from_two_methods_is_an_error(write_recipe, tmp_path, catalogue):
+    text = TINY.replace('methods.logit_kd = { temperature = 4.0, alpha = 0.5 }',
+                        'methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.supervised = {}')
+    with pytest.raises(KdlabError, match="two methods return the loss term 'ce'"):
+        run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+
+
+def test_unknown_loss_weight_is_an_error(write_recipe, tmp_path, catalogue):
+    text = ONE_STAGE.replace("methods.supervised = {}", "methods.supervised = {}\nloss_weights = { kd = 1.0 }")
+    with pytest.raises(KdlabError, match="loss_weights names kd, but the methods return only: ce"):
+        run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+
+
+def test_stage_without_loss_is_an_error(write_recipe, tmp_path, catalogue):
+    with pytest.raises(KdlabError, match="no method returned a loss term"):
+        run(write_recipe(ONE_STAGE.replace("methods.supervised = {}", "")), out=tmp_path / "runs", catalogue=catalogue)
+
+
+def test_logit_kd_without_teacher_is_an_error(write_recipe, tmp_path, catalogue):
+    text = ONE_STAGE.replace("methods.supervised = {}", "methods.logit_kd = {}")
+    with pytest.raises(KdlabError, match="logit_kd needs a teacher"):
+        run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+
+
+def test_taps_and_extra_modules(write_recipe, tmp_path, cat):
+    text = TINY.replace(
+        'methods.logit_kd = { temperature = 4.0, alpha = 0.5 }',
+        'methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.adapter = {}\n'
+        'taps = { student = { emb = "embed", b0 = "blocks.0" }, teacher = { emb = "embed" } }',
+    )
+    result = run(write_recipe(text), out=tmp_path / "runs", catalogue=cat)
+    student_feats, teacher_feats = Recorder.features[-1]
+    assert student_feats["emb"][1] == 8 and student_feats["b0"][1:] == (4, 4, 4)
+    assert teacher_feats == [{"emb": (student_feats["emb"][0], 16)}]
+    assert {"hint", "kd", "ce"} <= set(Recorder.losses[-1][1])
+    # the adapter trained with the student, is checkpointed, and is not part of the export
+    last = torch.load(result.run_dir / "checkpoints/student/last.pt", weights_only=True)
+    assert set(last["extra"]) == {"adapter.weight", "adapter.bias"}
+    exported = torch.load(result.run_dir / "models/student.pt", weights_only=True)
+    assert not any(k.startswith("adapter") for k in exported["state_dict"])
+
+
+def test_unknown_tap_names_the_key(write_recipe, tmp_path, catalogue):
+    text = ONE_STAGE.replace("methods.supervised = {}", 'methods.supervised = {}\ntaps.student = { x = "blocks.9" }')
+    with pytest.raises(KdlabError, match=r"stages.teacher.taps.student.x: no module 'blocks.9' in the model"):
+        run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+
+
+def test_model_output_cat():
+    a = ModelOutput(torch.zeros(2, 3), {"f": torch.zeros(2, 4)})
+    b = ModelOutput(torch.ones(1, 3), {"f": torch.ones(1, 4)})
+    out = ModelOutput.cat([a, b])
+    assert out.logits.shape == (3, 3) and out.features["f"].shape == (3, 4)
+    assert out.logits[2].sum() == 3

@@ -1,0 +1,110 @@
+"""Runs end to end: run directory layout, metrics, exact resume after a crash or a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kdlab import KdlabError, hookimpl
+from kdlab.engine.registry import discover
+from kdlab.engine.runner import run
+from tests.conftest import TINY, state_dicts_equal
+
+# Dropout draws from the global RNG, so resume must restore it for the weights to match.
+RESUME = TINY.replace("epochs = 2", "epochs = 4").replace(
+    'model = { arch = "cnn", channels = [4, 8] }', 'model = { arch = "cnn", channels = [4, 8], dropout = 0.3 }'
+)
+
+
+class Crash:
+    """Raises in the middle of an epoch of the student stage while armed."""
+
+    default_enabled = True
+    armed = False
+
+    @hookimpl
+    def kdlab_step_end(self, stage):
+        if Crash.armed and stage.name == "student" and stage.epoch == 2 and stage.step % 17 == 5:
+            raise RuntimeError("simulated crash")
+
+
+def test_run_directory_layout(write_recipe, tmp_path, catalogue):
+    result = run(write_recipe(), out=tmp_path / "runs", catalogue=catalogue)
+    run_dir = result.run_dir
+    assert run_dir.parent == tmp_path / "runs" / "tiny"
+    assert (run_dir / "recipe.toml").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics) == ["teacher", "student"]
+    for stage in metrics.values():
+        assert 0 <= stage["test/accuracy"] <= 1 and stage["params"] > 0 and stage["macs"] > 0
+    assert metrics["teacher"]["params"] > metrics["student"]["params"]
+    for stage in ("teacher", "student"):
+        assert (run_dir / "models" / f"{stage}.pt").is_file()
+        assert (run_dir / "checkpoints" / stage / "last.pt").is_file()
+        assert (run_dir / "checkpoints" / stage / "best.pt").is_file()
+        assert list((run_dir / "tb" / stage).glob("events.out.tfevents.*"))
+
+
+def test_resume_after_crash_gives_identical_weights(write_recipe, tmp_path):
+    cat = discover(extra={"crash": Crash})
+    recipe = write_recipe(RESUME)
+    reference = run(recipe, out=tmp_path / "a", catalogue=cat)
+
+    Crash.armed = True
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(recipe, out=tmp_path / "b", catalogue=cat)
+    Crash.armed = False
+    crashed_dir = next((tmp_path / "b" / "tiny").iterdir())
+    assert not (crashed_dir / "models" / "student.pt").exists()
+    assert torch.load(crashed_dir / "checkpoints/student/last.pt", weights_only=True)["epoch"] == 2
+
+    resumed = run(recipe, out=tmp_path / "b", resume=crashed_dir, catalogue=cat)
+    assert resumed.run_dir == crashed_dir
+    for stage in ("teacher", "student"):
+        a = torch.load(reference.run_dir / "models" / f"{stage}.pt", weights_only=True)["state_dict"]
+        b = torch.load(resumed.run_dir / "models" / f"{stage}.pt", weights_only=True)["state_dict"]
+        assert state_dicts_equal(a, b), stage
+    for stage in ("teacher", "student"):
+        for key in ("test/accuracy", "val/accuracy", "test/loss", "params", "macs", "bytes"):
+            assert resumed.metrics[stage][key] == reference.metrics[stage][key]
+
+
+def test_resume_with_a_different_recipe_is_refused(write_recipe, tmp_path, catalogue):
+    recipe = write_recipe()
+    first = run(recipe, out=tmp_path / "runs", catalogue=catalogue)
+    with pytest.raises(KdlabError, match=r"the recipe differs from the one this run started with \(in: seed\)"):
+        run(recipe, overrides=["seed=3"], resume=first.run_dir, catalogue=catalogue)
+    with pytest.raises(KdlabError, match="not a kdlab run directory"):
+        run(recipe, resume=tmp_path / "runs", catalogue=catalogue)
+
+
+def test_kill_and_resume_from_the_command_line(write_recipe, tmp_path):
+    """A real SIGKILL at an arbitrary moment (possibly during a checkpoint write), then --resume."""
+    recipe = write_recipe(RESUME.replace("epochs = 4", "epochs = 6"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kdlab = [sys.executable, "-m", "kdlab"]
+    subprocess.run([*kdlab, "run", str(recipe), "--out", str(tmp_path / "a")], check=True, env=env,
+                   capture_output=True)
+    proc = subprocess.Popen([*kdlab, "run", str(recipe), "--out", str(tmp_path / "b")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "b").glob("tiny/*/checkpoints/student/last.pt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = next((tmp_path / "b" / "tiny").iterdir())
+    assert not (run_dir / "models" / "student.pt").exists(), "the run finished before it could be killed"
+    done = subprocess.run([*kdlab, "run", str(recipe), "--resume", str(run_dir)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ref_dir = next((tmp_path / "a" / "tiny").iterdir())
+    for stage in ("teacher", "student"):
+        a = torch.load(ref_dir / "models" / f"{stage}.pt", weights_only=True)["state_dict"]
+        b = torch.load(run_dir / "models" / f"{stage}.pt", weights_only=True)["state_dict"]
+        assert state_dicts_equal(a, b), stage
