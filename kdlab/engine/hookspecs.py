@@ -249,7 +249,9 @@ def kdlab_loss_terms(
 
 @hookspec(firstresult=True)
 def kdlab_backward(stage: Stage, loss: torch.Tensor) -> bool | None:
-    """Back-propagate the total loss. Fires: every step. The default calls ``loss.backward()``.
+    """Back-propagate the total loss.
+
+    Fires: every step. The default calls ``loss.backward()``.
 
     Returns: True once done (firstresult); AMP answers first to scale the loss.
     """
@@ -265,7 +267,9 @@ def kdlab_before_optimizer_step(stage: Stage) -> None:
 
 @hookspec(firstresult=True)
 def kdlab_optimizer_step(stage: Stage) -> bool | None:
-    """Step ``stage.optimizer``. Fires: every step. The default calls ``optimizer.step()``.
+    """Step ``stage.optimizer``.
+
+    Fires: every step. The default calls ``optimizer.step()``.
 
     Returns: True once done (firstresult); AMP answers first to step through its GradScaler.
     """
@@ -273,7 +277,10 @@ def kdlab_optimizer_step(stage: Stage) -> bool | None:
 
 @hookspec
 def kdlab_after_optimizer_step(stage: Stage) -> None:
-    """The weights have been updated (re-apply masks, EMA teachers). Fires: every step."""
+    """The weights have been updated (re-apply masks, EMA teachers).
+
+    Fires: every step, after ``kdlab_optimizer_step``. Notification.
+    """
 
 
 @hookspec
@@ -303,20 +310,26 @@ def kdlab_eval_metrics(stage: Stage, split: str, output: ModelOutput, targets: t
 
 @hookspec
 def kdlab_epoch_end(stage: Stage, epoch: int, metrics: dict[str, float]) -> None:
-    """An epoch finished; ``stage.epoch`` now counts it as done, ``metrics`` are its val metrics
-    (empty on epochs without evaluation). Checkpoints are written here. Notification.
+    """An epoch finished; ``stage.epoch`` now counts it as done.
+
+    Fires: every epoch, after the scheduler step and evaluation. ``metrics`` are the epoch's val
+    metrics (empty on epochs without evaluation). Checkpoints are written here. Notification.
     """
 
 
 @hookspec
 def kdlab_stage_end(stage: Stage, metrics: dict[str, float]) -> None:
-    """Training is over and final val/test ``metrics`` are known; the model is about to be
-    exported. Make re-parametrisations permanent (pruning) here. Notification.
+    """Training is over; the model is about to be exported.
+
+    Fires: once per stage, after the final evaluation; ``metrics`` holds the final val/test
+    metrics. Make re-parametrisations permanent (pruning) here. Notification.
     """
 
 
 @hookspec
 def kdlab_stage_summary(stage: Stage, metrics: dict[str, float]) -> None:
-    """The stage is complete: ``metrics`` is final (evaluation plus parameters, MACs, bytes,
-    latency) and the model is exported. Log hparams, close writers here. Notification.
+    """The stage is complete and its model exported.
+
+    Fires: once per stage, last. ``metrics`` is final: evaluation plus ``params``, ``macs``,
+    ``bytes`` and ``latency_ms``. Log hparams, close writers here. Notification.
     """

@@ -161,7 +161,7 @@ class Stage:
         """Everything needed to continue this stage exactly where it is now."""
         plugins = {}
         for impl in self.hook.kdlab_state_dict.get_hookimpls():
-            state = impl.function(**_accepted(impl, stage=self))
+            state = _call(impl, stage=self)
             if state is not None:
                 plugins[impl.plugin_name] = state
         return {
@@ -190,12 +190,13 @@ class Stage:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         for impl in self.hook.kdlab_load_state_dict.get_hookimpls():
             if impl.plugin_name in state["plugins"]:
-                impl.function(**_accepted(impl, stage=self, state=state["plugins"][impl.plugin_name]))
+                _call(impl, stage=self, state=state["plugins"][impl.plugin_name])
 
 
-def _accepted(impl, **kwargs):
-    """Call a single hookimpl the way pluggy would: with the arguments it asks for."""
-    return {k: v for k, v in kwargs.items() if k in impl.argnames}
+def _call(impl, **kwargs):
+    """Call one plugin's hookimpl the way pluggy would: positionally, with the arguments it
+    asks for. Used where the core must know which plugin a result came from."""
+    return impl.function(*[kwargs[name] for name in impl.argnames])
 
 
 def state_dict_bytes(module: nn.Module) -> int:

@@ -1,0 +1,48 @@
+"""Every registered method plugin trains for two steps on a tiny CPU model (with a teacher)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdlab.engine.registry import discover
+from kdlab.engine.runner import run
+
+# Settings a method needs that have no default, and whether it supplies a loss term itself.
+REQUIRED = {"pruning": {"sparsity": 0.5}}
+SUPPLIES_LOSS = {"supervised", "logit_kd"}
+
+RECIPE = """
+name = "conformance"
+device = "cpu"
+[data]
+dataset = "digits"
+batch_size = 600          # ~1,080 training images: two steps per epoch
+[plugins.progress]
+enabled = false
+[plugins.tensorboard]
+enabled = false
+[defaults]
+epochs = 1
+model = {{ arch = "cnn", channels = [4, 8] }}
+[stages.teacher]
+methods.supervised = {{}}
+[stages.student]
+teachers = ["teacher"]
+{methods}
+"""
+
+
+def _toml_table(values: dict) -> str:
+    return "{ " + ", ".join(f"{k} = {v!r}" for k, v in values.items()) + " }"
+
+
+@pytest.mark.parametrize("method", discover().methods)
+def test_method_trains_two_steps(method, write_recipe, tmp_path, catalogue):
+    methods = [f"methods.{method} = {_toml_table(REQUIRED.get(method, {}))}"]
+    if method not in SUPPLIES_LOSS:
+        methods.append("methods.supervised = {}")
+    result = run(write_recipe(RECIPE.format(methods="\n".join(methods))), out=tmp_path, catalogue=catalogue)
+    metrics = result.metrics["student"]
+    assert 0 <= metrics["test/accuracy"] <= 1
+    last = __import__("torch").load(result.run_dir / "checkpoints/student/last.pt", weights_only=True)
+    assert last["step"] == 2
