@@ -83,7 +83,9 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
     try:
         pm.check_pending()  # a misspelt kdlab_* hook name is an error, not a silent no-op
     except pluggy.PluginValidationError as exc:
-        raise KdlabError(f"plugin '{exc.plugin_name}' implements an unknown hook: {exc}") from exc
+        plugin = getattr(exc, "plugin", None)
+        name = pm.get_name(plugin) if plugin is not None else "?"
+        raise KdlabError(f"plugin '{name}' implements an unknown hook: {exc}") from exc
 
     config_classes = {impl.plugin_name: impl.function() for impl in pm.hook.kdlab_config_class.get_hookimpls()}
     plugins = {}
