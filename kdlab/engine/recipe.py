@@ -464,9 +464,7 @@ def _structure_stage(problems: _Problems, raw: dict, catalogue: Catalogue, where
         if isinstance(table, dict) and table.get("enabled", True) is False:
             continue
         methods[name] = _structure_plugin_table(problems, table, info, where + ("methods", name))
-    rest = problems.structure(raw, _StageRest, where) if "epochs" in raw else None
-    if "epochs" not in raw:
-        problems.add(where + ("epochs",), "epochs is required")
+    rest = problems.structure(raw, _StageRest, where)
     if len(problems.items) > before or rest is None:
         return None
     return StageConfig(model=model, methods=methods, **attrs.asdict(rest, recurse=False))
@@ -527,7 +525,7 @@ def recipe_to_dict(recipe: Recipe) -> dict:
         "device": recipe.device,
         "deterministic": recipe.deterministic,
         "data": {"dataset": recipe.data.name, **_plain(recipe.data.config)},
-        "plugins": {n: _plain(c) if c is not None else {} for n, c in recipe.plugins.items()},
+        "plugins": {n: _plain(c) for n, c in recipe.plugins.items() if c is not None},
         "stages": {},
     }
     out["plugins"].update({n: {"enabled": False} for n in recipe.disabled})

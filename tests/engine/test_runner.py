@@ -108,3 +108,30 @@ def test_kill_and_resume_from_the_command_line(write_recipe, tmp_path):
         a = torch.load(ref_dir / "models" / f"{stage}.pt", weights_only=True)["state_dict"]
         b = torch.load(run_dir / "models" / f"{stage}.pt", weights_only=True)["state_dict"]
         assert state_dicts_equal(a, b), stage
+
+
+def test_teacher_and_init_from_exported_files(write_recipe, tmp_path, catalogue):
+    first = run(write_recipe(), out=tmp_path / "a", catalogue=catalogue)
+    teacher_file = first.run_dir / "models" / "teacher.pt"
+    student_file = first.run_dir / "models" / "student.pt"
+    text = TINY.split("[stages.teacher]")[0] + f"""
+[stages.finetune]
+epochs = 1
+teachers = ["{teacher_file}"]
+init = "{student_file}"
+optimizer = {{ name = "sgd", lr = 1e-9, momentum = 0.0 }}
+methods.logit_kd = {{ temperature = 4.0, alpha = 0.5 }}
+"""
+    second = run(write_recipe(text, name="second.toml"), out=tmp_path / "b", catalogue=catalogue)
+    # a near-zero learning rate: the weights are still those of the init file
+    # (batch-norm running statistics do move: they are not learned by the optimizer)
+    init = torch.load(student_file, weights_only=True)["state_dict"]
+    tuned = torch.load(second.run_dir / "models/finetune.pt", weights_only=True)["state_dict"]
+    learned = [k for k in init if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.allclose(init[k], tuned[k], atol=1e-6) for k in learned)
+    assert not torch.equal(init["blocks.0.1.running_mean"], tuned["blocks.0.1.running_mean"])
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"garbage")
+    bad = text.replace(str(teacher_file), str(broken))
+    with pytest.raises(KdlabError, match="broken.pt: not a readable kdlab checkpoint"):
+        run(write_recipe(bad, name="bad.toml"), out=tmp_path / "c", catalogue=catalogue)
