@@ -87,7 +87,7 @@ def fit(stage: Stage) -> dict[str, float]:
             teacher_outs = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if stage.teachers else []
             terms = _merge_terms(stage, hook.kdlab_loss_terms(
                 stage=stage, batch=batch, student_out=student_out, teacher_outs=teacher_outs))
-            loss = sum(weights.get(name, 1.0) * term for name, term in terms.items())
+            loss = _weighted_sum(terms, weights)
             stage.optimizer.zero_grad(set_to_none=True)
             hook.kdlab_backward(stage=stage, loss=loss)
             hook.kdlab_before_optimizer_step(stage=stage)
@@ -199,6 +199,16 @@ def _merge_terms(stage: Stage, results: list[dict[str, torch.Tensor]]) -> dict[s
             if not math.isfinite(float(term.detach())):
                 raise KdlabError(f"stage {stage.name}: loss term '{name}' is not finite at the first step")
     return terms
+
+
+def _weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    # written out rather than sum(): no 0 + tensor, no multiplication by a weight of 1
+    loss = None
+    for name, term in terms.items():
+        weight = weights.get(name, 1.0)
+        term = term if weight == 1.0 else weight * term
+        loss = term if loss is None else loss + term
+    return loss
 
 
 def _plain_config(config) -> dict:

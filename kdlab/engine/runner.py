@@ -12,6 +12,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -97,9 +98,31 @@ def run(
         (run_dir / "recipe.toml").write_text(tomli_w.dumps(recipe_to_dict(recipe)), encoding="utf-8")
         log.info("run directory: %s", run_dir)
 
-    device = resolve_device(recipe)
-    if recipe.deterministic:
+    with _determinism(recipe.deterministic):
+        return _run_stages(recipe, catalogue, run_dir)
+
+
+@contextlib.contextmanager
+def _determinism(on: bool):
+    """Deterministic kernels for the run, and the process's previous settings back afterwards."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.benchmark)
+    if on:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Filling every new tensor with NaN finds reads of uninitialised memory; it does not
+        # change results, and costs time on every allocation.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
+        torch.backends.cudnn.benchmark = before[3]
+
+
+def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path) -> RunResult:
+    device = resolve_device(recipe)
     data_pm = catalogue.manager([n for n in catalogue.plugins if catalogue.plugins[n].default_enabled
                                  and n not in recipe.disabled])
     data = data_pm.hook.kdlab_build_data(spec=recipe.data, seed=recipe.seed)
