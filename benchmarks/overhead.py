@@ -1,7 +1,7 @@
 """Engine overhead: `kdlab run` of one supervised stage vs a hand-written PyTorch loop doing the
 same work (same data tensors, model, batch order, optimizer, epochs, final val/test evaluation).
 
-    python -m benchmarks.overhead --epochs 20 --repeats 5
+    python -m benchmarks.overhead --epochs 20 --repeats 9
 
 Both sides start from loaded digits tensors' construction and end after the test evaluation; the
 kdlab side also computes model statistics and writes the run directory (metrics, export). Prints
@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--channels", default="8, 16")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings steadier)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     channels = tuple(int(c) for c in args.channels.split(","))
     times: dict[str, list[float]] = {"hand-written loop": [], "kdlab, logging off": [], "kdlab, default logging": []}
