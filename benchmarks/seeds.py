@@ -17,14 +17,14 @@ import time
 
 from kdlab.engine.runner import run
 
-METRICS = ["test/accuracy", "val/accuracy", "params", "macs"]
+METRICS = ["test/accuracy", "val/accuracy", "params", "macs", "test/geometry_preservation", "test/cka"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("recipe")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--baseline", default="student_baseline")
+    parser.add_argument("--baseline", default="student_baseline", help="stage the others are compared with")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -37,15 +37,16 @@ def main() -> None:
                          "plugins.tensorboard.enabled=false"]
             result = run(args.recipe, overrides=overrides, out=out)
             for stage, metrics in result.metrics.items():
-                for key in METRICS:
+                for key in (k for k in METRICS if k in metrics):
                     per_stage.setdefault(stage, {}).setdefault(key, []).append(metrics[key])
             print(f"seed {seed}: " + ", ".join(f"{s} {m['test/accuracy']:.4f}" for s, m in result.metrics.items()),
                   flush=True)
     elapsed = time.perf_counter() - start
 
     print(f"\n{args.recipe}, seeds {args.seeds}, {elapsed / len(args.seeds):.0f} s per run\n")
-    print("| stage | test accuracy (mean +- std) | val accuracy | params | MACs | vs baseline (test) |")
-    print("|---|---|---|---|---|---|")
+    print("| stage | test accuracy (mean +- std) | val accuracy | geometry preservation (test) | CKA (test) "
+          "| params | MACs | vs baseline (test) |")
+    print("|---|---|---|---|---|---|---|---|")
     base = per_stage.get(args.baseline, {}).get("test/accuracy")
     for stage, m in per_stage.items():
         test, val = m["test/accuracy"], m["val/accuracy"]
@@ -53,8 +54,10 @@ def main() -> None:
         if base and stage != args.baseline:
             deltas = [a - b for a, b in zip(test, base)]
             diff = f"{100 * statistics.mean(deltas):+.2f} pts (wins {sum(d > 0 for d in deltas)}/{len(deltas)})"
+        rep = [f"{statistics.mean(m[k]):.3f} +- {statistics.pstdev(m[k]):.3f}" if k in m else ""
+               for k in ("test/geometry_preservation", "test/cka")]
         print(f"| {stage} | {100 * statistics.mean(test):.2f} +- {100 * statistics.pstdev(test):.2f} "
-              f"| {100 * statistics.mean(val):.2f} +- {100 * statistics.pstdev(val):.2f} "
+              f"| {100 * statistics.mean(val):.2f} +- {100 * statistics.pstdev(val):.2f} | {rep[0]} | {rep[1]} "
               f"| {int(m['params'][0])} | {int(m['macs'][0])} | {diff} |")
 
 

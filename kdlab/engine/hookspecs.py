@@ -298,11 +298,14 @@ def kdlab_step_end(stage: Stage, loss: torch.Tensor, terms: dict[str, torch.Tens
 
 
 @hookspec
-def kdlab_eval_metrics(stage: Stage, split: str, output: ModelOutput, targets: torch.Tensor) -> dict[str, float] | None:
+def kdlab_eval_metrics(
+    stage: Stage, split: str, output: ModelOutput, targets: torch.Tensor, teacher_outputs: list[ModelOutput]
+) -> dict[str, float] | None:
     """Compute metrics on a whole split (``"val"`` or ``"test"``).
 
     Fires: after each evaluated epoch (val) and at stage end (val and test). ``output`` holds the
-    student's outputs for the split, concatenated over batches; ``targets`` likewise.
+    student's outputs for the split, concatenated over batches (logits and tapped features);
+    ``targets`` likewise; ``teacher_outputs`` the same for each teacher (empty without teachers).
 
     Returns: ``{metric: number}`` (collected and merged; the core prefixes ``<split>/``).
     """

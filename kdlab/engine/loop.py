@@ -120,22 +120,26 @@ def fit(stage: Stage) -> dict[str, float]:
 
 
 def evaluate(stage: Stage, split: str) -> dict[str, float]:
-    """Run the student over a whole split and ask the plugins for metrics on it."""
+    """Run the student (and the teachers, if any) over a whole split and ask the plugins for
+    metrics on the concatenated outputs."""
     loader = getattr(stage.data, split)
     if loader is None:
         return {}
     stage.student.eval()
-    outputs, targets = [], []
+    outputs, teacher_outputs, targets = [], [], []
     with torch.no_grad():
         for batch in loader:
             batch = batch.to(stage.device)
             outputs.append(stage.hook.kdlab_student_forward(stage=stage, batch=batch))
+            if stage.teachers:
+                teacher_outputs.append(stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch))
             targets.append(batch.targets)
     if not outputs:
         return {}
-    output, target = ModelOutput.cat(outputs), torch.cat(targets)
+    per_teacher = [ModelOutput.cat(list(outs)) for outs in zip(*teacher_outputs)]
     metrics = {}
-    for result in stage.hook.kdlab_eval_metrics(stage=stage, split=split, output=output, targets=target):
+    for result in stage.hook.kdlab_eval_metrics(stage=stage, split=split, output=ModelOutput.cat(outputs),
+                                                targets=torch.cat(targets), teacher_outputs=per_teacher):
         metrics.update({f"{split}/{k}": float(val) for k, val in result.items()})
     return metrics
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from kdlab.engine.errors import KdlabError
 
 # Columns shown first, when present; any other metric follows in alphabetical order.
-PREFERRED = ["test/accuracy", "val/accuracy", "test/top5", "test/loss", "test/sparsity", "params", "macs",
-             "bytes", "latency_ms"]
+PREFERRED = ["test/accuracy", "val/accuracy", "test/top5", "test/loss", "test/sparsity", "test/geometry_preservation",
+             "test/cka", "params", "macs", "bytes", "latency_ms"]
 
 
 def collect(run_dirs: list[str | Path]) -> list[dict]:

@@ -1,9 +1,11 @@
-"""Image classifiers: a compact CNN family (seed 000) and torchvision ResNet-18/50.
+"""Image classifiers: a compact CNN family (seed 000), torchvision ResNet-18/50, and a small
+vision transformer (torchvision's VisionTransformer) as a cross-architecture teacher (seed 003).
 
 The compact family is a stack of conv blocks (regular or depthwise-separable 3x3, batch norm,
 ReLU, optional squeeze-and-excitation), 2x2 max-pooling after each block while the feature map
 is at least 4 pixels wide, global average pooling and a linear head. Tap points: ``blocks.<i>``,
-``embed`` (the pooled vector) and ``head``.
+``embed`` (the pooled vector) and ``head``. ViT tap points: ``encoder`` (all tokens after the
+final layer norm, class token first) and ``encoder.layers.encoder_layer_<i>``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from attrs import field
 from attrs import validators as v
 from torch import nn
 
-from kdlab import hookimpl
+from kdlab import KdlabError, hookimpl
 
 
 def _non_empty_positive(_inst, attr, value):
@@ -33,6 +35,35 @@ class CompactCNNConfig:
 @attrs.frozen(kw_only=True)
 class ResNetConfig:
     cifar_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for 32x32 inputs
+
+
+@attrs.frozen(kw_only=True)
+class ViTConfig:
+    patch_size: int = field(default=2, validator=v.ge(1))
+    dim: int = field(default=64, validator=v.ge(1))
+    depth: int = field(default=4, validator=v.ge(1))
+    heads: int = field(default=4, validator=v.ge(1))
+    mlp_dim: int = field(default=128, validator=v.ge(1))
+    dropout: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
+
+    @dim.validator
+    def _divisible(self, _attr, value):
+        if value % self.heads:
+            raise ValueError(f"must be divisible by heads ({self.heads}), got {value}")
+
+
+def vit(config: ViTConfig, in_channels: int, size: int, num_classes: int) -> nn.Module:
+    import torchvision
+
+    if size % config.patch_size:
+        raise KdlabError(f"model.patch_size {config.patch_size} does not divide the image size {size}")
+    model = torchvision.models.VisionTransformer(
+        image_size=size, patch_size=config.patch_size, num_layers=config.depth, num_heads=config.heads,
+        hidden_dim=config.dim, mlp_dim=config.mlp_dim, dropout=config.dropout, num_classes=num_classes,
+    )
+    if in_channels != 3:
+        model.conv_proj = nn.Conv2d(in_channels, config.dim, config.patch_size, stride=config.patch_size)
+    return model
 
 
 class SqueezeExcite(nn.Module):
@@ -96,7 +127,7 @@ class Models:
 
     @hookimpl
     def kdlab_model_configs(self):
-        return {"cnn": CompactCNNConfig, "resnet18": ResNetConfig, "resnet50": ResNetConfig}
+        return {"cnn": CompactCNNConfig, "resnet18": ResNetConfig, "resnet50": ResNetConfig, "vit": ViTConfig}
 
     @hookimpl(trylast=True)
     def kdlab_build_model(self, spec, data):
@@ -105,4 +136,6 @@ class Models:
             return CompactCNN(spec.config, channels, size, data.num_classes)
         if spec.arch in ("resnet18", "resnet50"):
             return resnet(int(spec.arch[6:]), spec.config, channels, data.num_classes)
+        if spec.arch == "vit":
+            return vit(spec.config, channels, size, data.num_classes)
         return None

@@ -1,4 +1,5 @@
-"""Every registered method plugin trains for two steps on a tiny CPU model (with a teacher)."""
+"""Every registered method plugin trains for two steps on a tiny CPU model (with two teachers
+and feature taps under the aliases the methods use by default, `emb` and `feat`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ model = {{ arch = "cnn", channels = [4, 8] }}
 [stages.teacher]
 methods.supervised = {{}}
 [stages.student]
-teachers = ["teacher"]
+teachers = ["teacher", "teacher"]   # two, for multi-teacher methods
+taps = {{ student = {{ emb = "embed", feat = "blocks.1" }}, teacher = {{ emb = "embed", feat = "blocks.1" }} }}
 {methods}
 """
 

@@ -1,0 +1,80 @@
+"""Shape helpers shared by the representation-level methods (not a plugin).
+
+Tapped features come as feature maps (N, C, H, W), token sequences (N, T, D) from transformers,
+or vectors (N, D). Written by hand: these few reshapes are specific to bridging tapped layers of
+different architectures, and no library call does them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kdlab import KdlabError
+
+
+def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, T, D) tokens -> (N, D, h, w) map; a leading class token is dropped when T - 1 is a
+    square and T is not (a ViT's patch grid)."""
+    n, t, d = tokens.shape
+    if math.isqrt(t) ** 2 != t and math.isqrt(t - 1) ** 2 == t - 1:
+        tokens, t = tokens[:, 1:], t - 1
+    side = math.isqrt(t)
+    if side * side != t:
+        raise KdlabError(f"cannot arrange {t} tokens on a square grid")
+    return tokens.transpose(1, 2).reshape(n, d, side, side)
+
+
+def as_map(x: torch.Tensor) -> torch.Tensor:
+    """A feature map for a map or token input; vectors stay vectors."""
+    return tokens_to_map(x) if x.dim() == 3 else x
+
+
+def as_vector(x: torch.Tensor) -> torch.Tensor:
+    """(N, D): maps are averaged over space, token sequences over tokens."""
+    if x.dim() == 4:
+        return x.mean(dim=(2, 3))
+    if x.dim() == 3:
+        return x.mean(dim=1)
+    if x.dim() == 2:
+        return x
+    return x.flatten(1)
+
+
+def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the larger of two maps down to the smaller one's size."""
+    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
+    if a.shape[-2:] != size:
+        a = F.adaptive_avg_pool2d(a, size)
+    if b.shape[-2:] != size:
+        b = F.adaptive_avg_pool2d(b, size)
+    return a, b
+
+
+def tap(outputs, alias: str, where: str) -> torch.Tensor:
+    """``outputs.features[alias]`` with an error naming the recipe key if it is missing."""
+    try:
+        return outputs.features[alias]
+    except KeyError:
+        raise KdlabError(f"{where}: no tapped feature '{alias}' (tapped: {', '.join(outputs.features) or 'none'}); "
+                         f"add it under taps") from None
+
+
+def check_taps(stage, plugin_key: str, student: str | None, teacher: str | None) -> None:
+    """Fail at stage start, naming the key, when a method's tap aliases are not in the recipe."""
+    taps = stage.config.taps
+    where = f"stages.{stage.name}.methods.{plugin_key}"
+    if student is not None and student not in taps.student:
+        raise KdlabError(f"{where}.student: no tap '{student}' in stages.{stage.name}.taps.student "
+                         f"(taps: {', '.join(taps.student) or 'none'})")
+    if teacher is not None and teacher not in taps.teacher:
+        raise KdlabError(f"{where}.teacher: no tap '{teacher}' in stages.{stage.name}.taps.teacher "
+                         f"(taps: {', '.join(taps.teacher) or 'none'})")
+
+
+def check_teacher_index(stage, plugin_key: str, index: int) -> None:
+    if index >= len(stage.teachers):
+        raise KdlabError(f"stages.{stage.name}.methods.{plugin_key}.teacher_index: {index}, but the stage has "
+                         f"{len(stage.teachers)} teacher(s)")

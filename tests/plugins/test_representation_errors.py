@@ -1,0 +1,57 @@
+"""Bad configuration of the representation methods: clear errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdlab import KdlabError
+from kdlab.engine.errors import RecipeError
+from kdlab.engine.runner import run
+
+BASE = """
+name = "bad"
+device = "cpu"
+[data]
+dataset = "digits"
+batch_size = 600
+[plugins.progress]
+enabled = false
+[defaults]
+epochs = 1
+model = { arch = "cnn", channels = [4, 8] }
+[stages.teacher]
+methods.supervised = {}
+[stages.student]
+teachers = ["teacher"]
+taps = { student = { emb = "embed" }, teacher = { emb = "embed" } }
+methods.supervised = {}
+"""
+
+
+@pytest.mark.parametrize(("method", "error", "message"), [
+    ("feature_kd = { student = \"emb\", teacher = \"nope\" }", KdlabError,
+     "stages.student.methods.feature_kd.teacher: no tap 'nope' in stages.student.taps.teacher (taps: emb)"),
+    ("geometry = {}", None, None),
+    ("geometry = { student = \"x\" }", KdlabError,
+     "stages.student.methods.geometry.student: no tap 'x' in stages.student.taps.student (taps: emb)"),
+    ("geometry = { teacher_index = 2 }", KdlabError,
+     "stages.student.methods.geometry.teacher_index: 2, but the stage has 1 teacher(s)"),
+    ("triplet_ae = {}", KdlabError, "stages.student.methods.triplet_ae needs at least two teachers, got 1"),
+    ("triplet_ae = { margin = -0.5 }", RecipeError, "margin must be >= 0, got -0.5 @ $.stages.student.methods.triplet_ae.margin"),
+    ("contrastive = { tau = 0 }", RecipeError, "tau must be > 0, got 0"),
+    ("feature_metrics = { student = \"feat\" }", KdlabError, "no tap 'feat' in stages.student.taps.student"),
+])
+def test_bad_configuration(write_recipe, tmp_path, catalogue, method, error, message):
+    recipe = write_recipe(BASE + f"methods.{method}\n")
+    if error is None:
+        run(recipe, out=tmp_path, catalogue=catalogue)
+        return
+    with pytest.raises(error) as info:
+        run(recipe, out=tmp_path, catalogue=catalogue)
+    assert message in str(info.value)
+
+
+def test_tap_of_a_missing_module(write_recipe, tmp_path, catalogue):
+    recipe = write_recipe(BASE.replace('teacher = { emb = "embed" }', 'teacher = { emb = "blocks.7" }'))
+    with pytest.raises(KdlabError, match=r"stages.student.taps.teacher.emb: no module 'blocks.7' in the model"):
+        run(recipe, out=tmp_path, catalogue=catalogue)
