@@ -60,7 +60,10 @@ def fit(stage: Stage) -> dict[str, float]:
         for teacher in stage.teachers:
             teacher.to(stage.device).eval().requires_grad_(False)
     stage.student_taps = Taps(stage.student, cfg.taps.student, f"stages.{stage.name}.taps.student")
-    stage.teacher_taps = [Taps(t, cfg.taps.teacher, f"stages.{stage.name}.taps.teacher") for t in stage.teachers]
+    stage.teacher_taps = [
+        Taps(t, cfg.taps.for_teacher(ref), f"stages.{stage.name}.taps.teacher" + (f"s.{ref}" if ref in cfg.taps.teachers else ""))
+        for ref, t in zip(cfg.teachers, stage.teachers)
+    ]
 
     hook.kdlab_stage_start(stage=stage)
     if hook.kdlab_extra_modules.get_hookimpls():
@@ -95,6 +98,11 @@ def fit(stage: Stage) -> dict[str, float]:
             hook.kdlab_after_optimizer_step(stage=stage)
             stage.step += 1
             hook.kdlab_step_end(stage=stage, loss=loss.detach(), terms={k: t.detach() for k, t in terms.items()})
+        # One sync per epoch: stop before a diverged state is checkpointed over the last good one.
+        if not torch.isfinite(loss):
+            raise KdlabError(f"stage {stage.name}: the loss became {loss.item()} in epoch {epoch + 1} "
+                             f"(terms: {', '.join(f'{k}={t.item():.4g}' for k, t in terms.items())}); "
+                             "lower the learning rate or a loss weight; the last checkpoint is from before")
         if stage.scheduler is not None:
             stage.scheduler.step()
         due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs

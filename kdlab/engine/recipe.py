@@ -62,10 +62,15 @@ class SchedulerConfig:
 
 @attrs.frozen(kw_only=True)
 class TapsConfig:
-    """Feature taps: ``{alias: dotted module path}``; ``teacher`` applies to every teacher."""
+    """Feature taps: ``{alias: dotted module path}``. ``teacher`` applies to every teacher;
+    ``teachers.<reference>`` replaces it for one teacher (teachers of different architectures)."""
 
     student: dict[str, str] = Factory(dict)
     teacher: dict[str, str] = Factory(dict)
+    teachers: dict[str, dict[str, str]] = Factory(dict)
+
+    def for_teacher(self, ref: str) -> dict[str, str]:
+        return self.teachers.get(ref, self.teacher)
 
 
 def _weights_non_negative(_inst, _attr, value):
@@ -287,9 +292,15 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """Deep merge, ``over`` winning. A table whose selector (``arch``) differs is replaced whole:
+    a stage's ViT does not inherit the default CNN's channels."""
     out = copy.deepcopy(base)
     for k, val in over.items():
-        out[k] = _merge(out[k], val) if isinstance(out.get(k), dict) and isinstance(val, dict) else copy.deepcopy(val)
+        old = out.get(k)
+        if isinstance(old, dict) and isinstance(val, dict) and old.get("arch", val.get("arch")) == val.get("arch", old.get("arch")):
+            out[k] = _merge(old, val)
+        else:
+            out[k] = copy.deepcopy(val)
     return out
 
 
@@ -486,6 +497,10 @@ _HAND_STRUCTURED = {_StageRest: ["methods", "model"]}
 
 
 def _check_refs(problems: _Problems, name: str, stage: StageConfig, earlier: list[str], where: tuple) -> None:
+    for ref in stage.taps.teachers:
+        if ref not in stage.teachers:
+            problems.add(where + ("taps", "teachers", ref),
+                         f"'{ref}' is not one of this stage's teachers ({', '.join(stage.teachers) or 'none'})")
     refs = [("teachers", i, r) for i, r in enumerate(stage.teachers)]
     if stage.init is not None:
         refs.append(("init", None, stage.init))

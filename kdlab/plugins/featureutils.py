@@ -69,9 +69,12 @@ def check_taps(stage, plugin_key: str, student: str | None, teacher: str | None)
     if student is not None and student not in taps.student:
         raise KdlabError(f"{where}.student: no tap '{student}' in stages.{stage.name}.taps.student "
                          f"(taps: {', '.join(taps.student) or 'none'})")
-    if teacher is not None and teacher not in taps.teacher:
-        raise KdlabError(f"{where}.teacher: no tap '{teacher}' in stages.{stage.name}.taps.teacher "
-                         f"(taps: {', '.join(taps.teacher) or 'none'})")
+    for ref in stage.config.teachers if teacher is not None else ():
+        paths = taps.for_teacher(ref)
+        if teacher not in paths:
+            table = f"taps.teachers.{ref}" if ref in taps.teachers else "taps.teacher"
+            raise KdlabError(f"{where}.teacher: no tap '{teacher}' in stages.{stage.name}.{table} "
+                             f"(taps: {', '.join(paths) or 'none'})")
 
 
 def check_teacher_index(stage, plugin_key: str, index: int) -> None:

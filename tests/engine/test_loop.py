@@ -123,3 +123,21 @@ def test_model_output_cat():
     out = ModelOutput.cat([a, b])
     assert out.logits.shape == (3, 3) and out.features["f"].shape == (3, 4)
     assert out.logits[2].sum() == 3
+
+
+class Diverge:
+    """A loss term that becomes NaN in the second epoch."""
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, student_out):
+        bad = float("nan") if stage.epoch == 1 else 0.0
+        return {"diverge": student_out.logits.sum() * 0 + bad}
+
+
+def test_non_finite_loss_stops_before_the_checkpoint(write_recipe, tmp_path):
+    cat = discover(extra={"diverge": Diverge})
+    text = ONE_STAGE.replace("methods.supervised = {}", "methods.supervised = {}\nmethods.diverge = {}")
+    with pytest.raises(KdlabError, match=r"stage teacher: the loss became nan in epoch 2 \(terms: .*diverge=nan"):
+        run(write_recipe(text), out=tmp_path, catalogue=cat)
+    last = torch.load(next(tmp_path.glob("tiny/*/checkpoints/teacher/last.pt")), weights_only=True)
+    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["student"].values() if v.is_floating_point())

@@ -130,3 +130,10 @@ def test_later_stage_reference_is_an_error(write_recipe, catalogue):
     text = TINY.replace("[stages.teacher]", '[stages.teacher]\nteachers = ["student"]')
     with pytest.raises(RecipeError, match="neither an earlier stage"):
         load_recipe(write_recipe(text), catalogue)
+
+
+def test_model_of_another_arch_replaces_the_default_model(write_recipe, catalogue):
+    text = TINY.replace('model = { arch = "cnn", channels = [8, 16] }', 'model = { arch = "vit", dim = 32 }')
+    recipe = load_recipe(write_recipe(text), catalogue)
+    assert recipe.stages["teacher"].model.arch == "vit" and recipe.stages["teacher"].model.config.dim == 32
+    assert recipe.stages["student"].model.config.channels == (4, 8)
