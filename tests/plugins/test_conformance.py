@@ -48,3 +48,23 @@ def test_method_trains_two_steps(method, write_recipe, tmp_path, catalogue):
     assert 0 <= metrics["test/accuracy"] <= 1
     last = __import__("torch").load(result.run_dir / "checkpoints/student/last.pt", weights_only=True)
     assert last["step"] == 2
+
+
+def test_all_methods_compose_in_one_stage(write_recipe, tmp_path, catalogue):
+    """Every method at once (supervised aside: logit_kd supplies the `ce` term), with AMP and
+    pruning: loss terms add up, extra modules coexist, and the geometry metric is reported."""
+    methods = [m for m in catalogue.methods if m != "supervised"]
+    lines = [f"methods.{m} = {_toml_table(REQUIRED.get(m, {}))}" for m in methods]
+    text = RECIPE.format(methods="\n".join(lines)).replace("[plugins.tensorboard]\nenabled = false",
+                                                          "[plugins.tensorboard]\nlog_every = 1")
+    result = run(write_recipe(text), out=tmp_path, catalogue=catalogue)
+    metrics = result.metrics["student"]
+    assert {"test/geometry_preservation", "test/cka", "test/sparsity"} <= set(metrics)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(result.run_dir / "tb" / "student"))
+    acc.Reload()
+    terms = {t for t in acc.Tags()["scalars"] if t.startswith("loss/")}
+    assert terms == {"loss/total", "loss/ce", "loss/kd", "loss/hint", "loss/geometry", "loss/contrastive",
+                     "loss/ae_recon", "loss/triplet", "loss/latent_kd"}
+    assert {"geometry/student", "geometry/teacher"} <= set(acc.Tags()["images"])

@@ -25,3 +25,13 @@ def test_label_smoothing_changes_the_loss():
     logp = torch.log_softmax(logits, 1)[0]
     assert smooth == pytest.approx(-(0.9 * logp[0] + 0.1 * logp[1]).item(), rel=1e-6)
     assert smooth > plain
+
+
+def test_classes_restricts_the_loss_to_those_samples():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    targets = torch.tensor([0, 2, 1])
+    per_sample = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    got = supervised_loss(logits, targets, classes=(0, 2))
+    assert got.item() == pytest.approx(((per_sample[0] + per_sample[1]) / 2).item())
+    none = supervised_loss(logits, targets, classes=(5,))
+    assert none.item() == 0.0
