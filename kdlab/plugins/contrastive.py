@@ -24,7 +24,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.plugins.featureutils import as_vector, check_taps, check_teacher_index, tap
+from kdlab.plugins.featureutils import as_vector, check_feature_method, tap
 
 NAME = "contrastive"
 
@@ -58,9 +58,7 @@ class Contrastive:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
-        check_taps(stage, NAME, cfg.student, cfg.teacher)
-        check_teacher_index(stage, NAME, cfg.teacher_index)
+        check_feature_method(stage, NAME, stage.config_for(self))
 
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):

@@ -19,7 +19,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.plugins.featureutils import as_map, as_vector, check_taps, check_teacher_index, match_spatial, tap
+from kdlab.plugins.featureutils import as_map, as_vector, check_feature_method, match_spatial, tap
 
 NAME = "feature_kd"
 
@@ -55,9 +55,7 @@ class FeatureKD:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
-        check_taps(stage, NAME, cfg.student, cfg.teacher)
-        check_teacher_index(stage, NAME, cfg.teacher_index)
+        check_feature_method(stage, NAME, stage.config_for(self))
 
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):

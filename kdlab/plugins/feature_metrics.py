@@ -18,7 +18,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.plugins.featureutils import as_vector, check_taps, check_teacher_index
+from kdlab.plugins.featureutils import as_vector, check_feature_method
 from kdlab.plugins.geometry import class_centres, off_diagonal, similarity_matrix
 
 NAME = "feature_metrics"
@@ -68,9 +68,7 @@ class FeatureMetrics:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
-        check_taps(stage, NAME, cfg.student, cfg.teacher)
-        check_teacher_index(stage, NAME, cfg.teacher_index)
+        check_feature_method(stage, NAME, stage.config_for(self))
 
     @hookimpl
     def kdlab_eval_metrics(self, stage, split, output, targets, teacher_outputs):

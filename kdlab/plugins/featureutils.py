@@ -81,3 +81,10 @@ def check_teacher_index(stage, plugin_key: str, index: int) -> None:
     if index >= len(stage.teachers):
         raise KdlabError(f"stages.{stage.name}.methods.{plugin_key}.teacher_index: {index}, but the stage has "
                          f"{len(stage.teachers)} teacher(s)")
+
+
+def check_feature_method(stage, plugin_key: str, config) -> None:
+    """Stage-start checks of a method configured with ``student``, ``teacher`` (tap aliases) and
+    ``teacher_index``."""
+    check_taps(stage, plugin_key, config.student, config.teacher)
+    check_teacher_index(stage, plugin_key, config.teacher_index)

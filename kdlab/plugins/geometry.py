@@ -25,7 +25,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.plugins.featureutils import as_vector, check_taps, check_teacher_index
+from kdlab.plugins.featureutils import as_vector, check_feature_method
 
 NAME = "geometry"
 
@@ -86,9 +86,7 @@ class Geometry:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
-        check_taps(stage, NAME, cfg.student, cfg.teacher)
-        check_teacher_index(stage, NAME, cfg.teacher_index)
+        check_feature_method(stage, NAME, stage.config_for(self))
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
