@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+    p.add_argument("--run-id", metavar="ID", help="name the run directory OUT/<recipe name>/ID; if it exists, "
+                   "continue it (a finished run is not trained again)")
 
     p = sub.add_parser("validate", help="check a recipe and show the plugins and hook order, without training")
     common(p)
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from kdlab.engine.runner import run
 
-    result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume)
+    result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume, run_id=args.run_id)
     rows = [{"stage": s, **m} for s, m in result.metrics.items()]
     print(report.markdown(rows, with_run=False))
     print(f"\nrun directory: {result.run_dir}\ntensorboard --logdir {result.run_dir / 'tb'}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -85,14 +86,29 @@ def run(
     overrides: list[str] = (),
     out: str | Path = "runs",
     resume: str | Path | None = None,
+    run_id: str | None = None,
     catalogue: Catalogue | None = None,
 ) -> RunResult:
+    """Train every stage of a recipe. ``resume`` continues the run in that directory;
+    ``run_id`` names the run directory ``<out>/<recipe name>/<run_id>``, continuing it if it
+    exists, so that the same command can be repeated until the run is complete."""
     catalogue = catalogue or discover()
     recipe = load_recipe(recipe_path, catalogue, overrides)
+    if run_id is not None and resume is None:
+        if not re.fullmatch(r"[A-Za-z0-9_.=-]+", run_id):
+            raise KdlabError(f"--run-id {run_id!r}: use letters, digits and _ . = - only")
+        if (Path(out) / recipe.name / run_id / "recipe.toml").is_file():
+            resume = Path(out) / recipe.name / run_id
+        else:
+            (Path(out) / recipe.name / run_id).mkdir(parents=True, exist_ok=True)
     if resume is not None:
         run_dir = Path(resume)
         _reopen(run_dir, recipe, catalogue)
         log.info("resuming %s", run_dir)
+    elif run_id is not None:
+        run_dir = Path(out) / recipe.name / run_id
+        (run_dir / "recipe.toml").write_text(tomli_w.dumps(recipe_to_dict(recipe)), encoding="utf-8")
+        log.info("run directory: %s", run_dir)
     else:
         run_dir = _new_run_dir(Path(out), recipe)
         (run_dir / "recipe.toml").write_text(tomli_w.dumps(recipe_to_dict(recipe)), encoding="utf-8")

@@ -135,3 +135,28 @@ methods.logit_kd = {{ temperature = 4.0, alpha = 0.5 }}
     bad = text.replace(str(teacher_file), str(broken))
     with pytest.raises(KdlabError, match="broken.pt: not a readable kdlab checkpoint"):
         run(write_recipe(bad, name="bad.toml"), out=tmp_path / "c", catalogue=catalogue)
+
+
+def test_run_id_continues_or_skips(write_recipe, tmp_path, catalogue):
+    recipe = write_recipe()
+    first = run(recipe, out=tmp_path, run_id="r1", catalogue=catalogue)
+    assert first.run_dir == tmp_path / "tiny" / "r1"
+    stamp = (first.run_dir / "models" / "student.pt").stat().st_mtime_ns
+    again = run(recipe, out=tmp_path, run_id="r1", catalogue=catalogue)  # finished: nothing retrained
+    assert again.metrics == first.metrics
+    assert (first.run_dir / "models" / "student.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(KdlabError, match="--run-id"):
+        run(recipe, out=tmp_path, run_id="../x", catalogue=catalogue)
+
+
+def test_history_has_one_line_per_epoch_after_a_resume(write_recipe, tmp_path):
+    cat = discover(extra={"crash": Crash})
+    recipe = write_recipe(RESUME)
+    Crash.armed = True
+    with pytest.raises(RuntimeError):
+        run(recipe, out=tmp_path, run_id="h", catalogue=cat)
+    Crash.armed = False
+    result = run(recipe, out=tmp_path, run_id="h", catalogue=cat)
+    lines = [json.loads(x) for x in (result.run_dir / "history" / "student.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3, 4]
+    assert all("val/accuracy" in x and "lr" in x for x in lines)
