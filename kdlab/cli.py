@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 import attrs
@@ -38,16 +39,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", metavar="ID", help="name the run directory OUT/<recipe name>/ID; if it exists, "
                    "continue it (a finished run is not trained again)")
 
+    p = sub.add_parser("sweep", help="run every combination of a recipe's [sweep] table")
+    common(p)
+    p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs and their state")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one `kdlab run` command per run, for an external scheduler")
+
     p = sub.add_parser("validate", help="check a recipe and show the plugins and hook order, without training")
     common(p)
 
     p = sub.add_parser("plugins", help="list installed plugins, their hooks and settings")
     common(p, recipe=False)
 
-    p = sub.add_parser("report", help="one comparison table over runs and stages")
+    p = sub.add_parser("report", help="one comparison table over runs and stages; runs differing only by "
+                       "seed are aggregated (mean ± std, best and last epoch)")
     common(p, recipe=False)
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or directories holding them")
     p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--per-run", action="store_true", help="one row per run and stage, no aggregation")
+    p.add_argument("--metric", default="test/accuracy", help="metric for the Pareto front and plots")
+    p.add_argument("--stages", help="comma-separated stages to consider for the Pareto front and plots")
+    p.add_argument("--plots", metavar="DIR", help="write PNG plots (metric vs MACs, params, bytes; curves) "
+                   "and the same as TensorBoard images to DIR")
     return parser
 
 
@@ -59,6 +74,33 @@ def cmd_run(args) -> int:
     print(report.markdown(rows, with_run=False))
     print(f"\nrun directory: {result.run_dir}\ntensorboard --logdir {result.run_dir / 'tb'}")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from kdlab.engine.registry import discover
+    from kdlab.studies import sweep
+
+    catalogue = discover()
+    plan = sweep.plan(args.recipe, catalogue, args.overrides)
+    out = Path(args.out)
+    if args.print_commands:
+        print(sweep.print_commands(plan, out))
+        return 0
+    if args.dry_run:
+        for r in plan.runs:
+            print(f"{sweep.status(plan.run_dir(out, r), plan.stages):12} {r.run_id}  " +
+                  " ".join(r.overrides))
+        print(f"{len(plan.runs)} runs; nothing was trained (--dry-run)")
+        return 0
+    results = sweep.execute(plan, out=out, jobs=args.jobs, catalogue=catalogue)
+    failed = {k: v for k, v in results.items() if v.startswith("failed")}
+    for run_id, state in failed.items():
+        print(f"kdlab: sweep run {run_id} {state}", file=sys.stderr)
+    print(f"sweep {plan.name}: {len(results) - len(failed)} of {len(results)} runs complete under {out / plan.name}")
+    print(f"compare them: kdlab report {out / plan.name}")
+    return 1 if failed else 0
 
 
 def cmd_validate(args) -> int:
@@ -112,15 +154,36 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_report(args) -> int:
-    rows = report.collect(args.run_dirs)
-    print(report.markdown(rows) if args.format == "md" else report.to_csv(rows), end="\n" if args.format == "md" else "")
+    from pathlib import Path
+
+    from kdlab.studies import aggregate
+
+    runs = aggregate.find_runs(args.run_dirs)
+    if args.per_run:
+        rows = [{"run": str(r.run_dir), "stage": s, **m} for r in runs for s, m in r.metrics.items()]
+        print(report.markdown(rows) if args.format == "md" else report.to_csv(rows), end="\n" if args.format == "md" else "")
+        return 0
+    rows = aggregate.aggregate(aggregate.group_by_seed(runs))
+    stages = set(args.stages.split(",")) if args.stages else None
+    costs = [c for c in ("macs", "params", "nonzero_params", "bytes") if any(c in r["values"] for r in rows)]
+    marks = aggregate.pareto_marks(rows, args.metric, costs, stages)
+    print(aggregate.markdown(rows, marks) if args.format == "md" else aggregate.to_csv(rows), end="\n" if args.format == "md" else "")
+    if args.plots:
+        from kdlab.studies import plots
+
+        figures = {f"{args.metric.replace('/', '_')}_vs_{c}": plots.metric_vs_cost(rows, args.metric, c, stages) for c in costs}
+        figures["curves"] = plots.curves(runs, "val/accuracy", stages)
+        for path in plots.write(figures, Path(args.plots)):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE") and argv is None:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `kdlab ... | head` ends quietly
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:

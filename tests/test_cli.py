@@ -18,11 +18,11 @@ def test_run_prints_table_and_report_reads_it(write_recipe, tmp_path, capsys):
     run_dir = next((tmp_path / "runs" / "tiny").iterdir())
     assert f"run directory: {run_dir}" in out
 
-    assert main(["report", str(run_dir), str(run_dir), "--format", "csv"]) == 0
+    assert main(["report", str(run_dir), str(run_dir), "--format", "csv", "--per-run"]) == 0
     csv = capsys.readouterr().out.splitlines()
     assert csv[0].startswith("run,stage,test/accuracy,val/accuracy")
     assert len(csv) == 1 + 4 and csv[1].startswith(f"{run_dir},teacher,")
-    assert main(["report", str(run_dir)]) == 0
+    assert main(["report", str(run_dir), "--per-run"]) == 0
     assert "| run | stage |" in capsys.readouterr().out
 
 

@@ -333,6 +333,6 @@ def kdlab_stage_end(stage: Stage, metrics: dict[str, float]) -> None:
 def kdlab_stage_summary(stage: Stage, metrics: dict[str, float]) -> None:
     """The stage is complete and its model exported.
 
-    Fires: once per stage, last. ``metrics`` is final: evaluation plus ``params``, ``macs``,
-    ``bytes`` and ``latency_ms``. Log hparams, close writers here. Notification.
+    Fires: once per stage, last. ``metrics`` is final: evaluation plus ``params``,
+    ``nonzero_params``, ``macs``, ``bytes`` and ``latency_ms``. Log hparams, close writers here. Notification.
     """

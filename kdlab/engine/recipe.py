@@ -15,6 +15,7 @@ Layout of a recipe::
     [stages.<stage>]            # stages run in file order
     [stages.<stage>.model]      # `arch` selects the model table
     [stages.<stage>.methods.<method>]   # enables a method plugin for the stage
+    [sweep]                     # for `kdlab sweep` only (kdlab/studies/sweep.py)
 """
 
 from __future__ import annotations
@@ -343,7 +344,8 @@ def structure_recipe(
         overridden.add(keys)
     problems = _Problems(file, text, overridden)
 
-    known_top = {"name", "seed", "device", "deterministic", "data", "plugins", "defaults", "stages"}
+    # `sweep` is read by `kdlab sweep` (kdlab.studies.sweep); a single run ignores it
+    known_top = {"name", "seed", "device", "deterministic", "data", "plugins", "defaults", "stages", "sweep"}
     for key in raw:
         if key not in known_top:
             problems.add((key,), f"unknown key '{key}' (allowed: {', '.join(sorted(known_top))})")

@@ -1,32 +1,13 @@
-"""Comparison tables over runs and stages (markdown or CSV)."""
+"""Plain comparison tables (markdown or CSV): one row per stage, or per run and stage."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-from pathlib import Path
-
-from kdlab.engine.errors import KdlabError
 
 # Columns shown first, when present; any other metric follows in alphabetical order.
 PREFERRED = ["test/accuracy", "val/accuracy", "test/top5", "test/loss", "test/sparsity", "test/geometry_preservation",
              "test/cka", "params", "macs", "bytes", "latency_ms"]
-
-
-def collect(run_dirs: list[str | Path]) -> list[dict]:
-    rows = []
-    for run_dir in map(Path, run_dirs):
-        path = run_dir / "metrics.json"
-        if not path.is_file():
-            raise KdlabError(f"{run_dir}: no metrics.json (not a kdlab run directory, or no stage finished)")
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise KdlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
-        for stage, values in metrics.items():
-            rows.append({"run": str(run_dir), "stage": stage, **values})
-    return rows
 
 
 def columns(rows: list[dict], with_run: bool) -> list[str]:

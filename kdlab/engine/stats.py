@@ -17,6 +17,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_nonzero(model: nn.Module) -> int:
+    """Parameter entries that are not zero: the size a sparse format would store after pruning."""
+    return sum(int(p.count_nonzero()) for p in model.parameters())
+
+
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward on ``example`` (flop_counter counts 2 flops per MAC)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -37,11 +42,13 @@ def cpu_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10) -
 
 
 def model_stats(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> dict[str, float]:
-    """``params``, ``macs`` (one sample), ``bytes`` (saved state_dict), ``latency_ms`` (one batch, CPU)."""
+    """``params``, ``nonzero_params``, ``macs`` (one sample), ``bytes`` (saved state_dict),
+    ``latency_ms`` (one batch, CPU)."""
     cpu = copy.deepcopy(model).cpu().eval()
     one = torch.zeros(1, *input_shape)
     return {
         "params": count_parameters(cpu),
+        "nonzero_params": count_nonzero(cpu),
         "macs": count_macs(cpu, one),
         "bytes": state_dict_bytes(cpu),
         "latency_ms": round(cpu_latency_ms(cpu, torch.zeros(batch_size, *input_shape)), 4),

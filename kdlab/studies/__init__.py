@@ -1,0 +1,1 @@
+"""Studies over many runs: sweeps, seed statistics, comparison reports and plots."""

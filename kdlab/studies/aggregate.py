@@ -1,0 +1,184 @@
+"""Reports over runs: runs that differ only by seed are one group; each group's stages get the
+mean and spread of their final metrics, the best and the last value of the monitored metric, and
+the number of seeds. Groups are labelled by the recipe keys that differ between them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kdlab.engine.errors import KdlabError
+
+# Final metrics shown, when present, in this order.
+SHOWN = ["test/accuracy", "test/top5", "test/geometry_preservation", "test/cka", "test/sparsity", "params",
+         "nonzero_params", "macs", "bytes"]
+
+
+@attrs.frozen
+class Run:
+    run_dir: Path
+    recipe: dict
+    metrics: dict[str, dict[str, float]]
+
+    def history(self, stage: str) -> list[dict]:
+        path = self.run_dir / "history" / f"{stage}.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines() if x] if path.is_file() else []
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Run directories given directly, or found below the given directories (a sweep's)."""
+    runs = []
+    for path in map(Path, paths):
+        dirs = [path] if (path / "metrics.json").is_file() else sorted(p.parent for p in path.rglob("metrics.json"))
+        if not dirs:
+            raise KdlabError(f"{path}: no metrics.json here or below (not a kdlab run directory, or no stage finished)")
+        for d in dirs:
+            try:
+                metrics = json.loads((d / "metrics.json").read_text())
+                recipe = tomllib.loads((d / "recipe.toml").read_text()) if (d / "recipe.toml").is_file() else {}
+            except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise KdlabError(f"{d}: unreadable run files ({exc})") from exc
+            runs.append(Run(d, recipe, metrics))
+    return runs
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+@attrs.frozen
+class Group:
+    label: str
+    runs: list[Run]
+
+
+def group_by_seed(runs: list[Run]) -> list[Group]:
+    """Runs whose resolved recipes are equal but for the seed form one group."""
+    keyed: dict[str, list[Run]] = {}
+    flat = {}
+    for r in runs:
+        f = {k: v for k, v in _flatten(r.recipe).items() if k != "seed"}
+        key = json.dumps(f, sort_keys=True, default=str)
+        keyed.setdefault(key, []).append(r)
+        flat[key] = f
+    keys = list(keyed)
+    varying = sorted({k for f in flat.values() for k in f if len({str(flat[g].get(k)) for g in keys}) > 1})
+    groups = []
+    for key in keys:
+        label = ", ".join(f"{k.replace('stages.', '')}={flat[key].get(k)}" for k in varying) or keyed[key][0].recipe.get("name", "runs")
+        groups.append(Group(label, keyed[key]))
+    return groups
+
+
+def _monitor(run: Run, stage: str) -> tuple[str, str]:
+    table = run.recipe.get("stages", {}).get(stage, {})
+    return table.get("monitor", "val/accuracy"), table.get("monitor_mode", "max")
+
+
+def aggregate(groups: list[Group]) -> list[dict]:
+    """One row per (group, stage): ``{metric: [values over seeds]}`` plus best/last of the monitor."""
+    rows = []
+    for group in groups:
+        stages = list(dict.fromkeys(s for r in group.runs for s in r.metrics))
+        for stage in stages:
+            runs = [r for r in group.runs if stage in r.metrics]
+            row: dict[str, Any] = {"group": group.label, "stage": stage, "seeds": len(runs), "values": {}}
+            for key in SHOWN:
+                vals = [r.metrics[stage][key] for r in runs if key in r.metrics[stage]]
+                if vals:
+                    row["values"][key] = vals
+            monitor, mode = _monitor(runs[0], stage)
+            best, best_epoch, last = [], [], []
+            for r in runs:
+                hist = [h for h in r.history(stage) if monitor in h]
+                if hist:
+                    pick = (max if mode == "max" else min)(hist, key=lambda h: h[monitor])
+                    best.append(pick[monitor])
+                    best_epoch.append(pick["epoch"])
+                    last.append(hist[-1][monitor])
+            if best:
+                row["values"][f"best {monitor}"] = best
+                row["values"][f"best epoch"] = best_epoch
+                row["values"][f"last {monitor}"] = last
+            rows.append(row)
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(key: str, values: list[float]) -> str:
+    m, s = mean_std(values)
+    if key in ("params", "nonzero_params", "macs", "bytes") and s == 0:
+        return f"{m:,.0f}"
+    if key == "best epoch":
+        return f"{m:.1f}"
+    return f"{m:.4f} ± {s:.4f}" if len(values) > 1 else f"{m:.4f}"
+
+
+def columns(rows: list[dict]) -> list[str]:
+    keys = list(dict.fromkeys(k for r in rows for k in r["values"]))
+    return [k for k in SHOWN if k in keys] + [k for k in keys if k not in SHOWN]
+
+
+def markdown(rows: list[dict], pareto: dict[int, list[str]] | None = None) -> str:
+    cols = columns(rows)
+    head = ["group", "stage", "seeds", *cols] + (["pareto"] if pareto is not None else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows):
+        cells = [r["group"], r["stage"], str(r["seeds"])] + [_fmt(c, r["values"][c]) if c in r["values"] else "" for c in cols]
+        if pareto is not None:
+            cells.append(", ".join(pareto.get(i, [])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_csv(rows: list[dict]) -> str:
+    cols = columns(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["group", "stage", "seeds"] + [f"{c} {s}" for c in cols for s in ("mean", "std")])
+    for r in rows:
+        cells = []
+        for c in cols:
+            cells += list(mean_std(r["values"][c])) if c in r["values"] else ["", ""]
+        writer.writerow([r["group"], r["stage"], r["seeds"], *cells])
+    return buf.getvalue()
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated when lower cost (first) and higher metric (second) are
+    better: no other point is at least as good in both and better in one."""
+    front = []
+    for i, (c, m) in enumerate(points):
+        dominated = any(c2 <= c and m2 >= m and (c2 < c or m2 > m) for j, (c2, m2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def pareto_marks(rows: list[dict], metric: str, costs: list[str], stages: set[str] | None) -> dict[int, list[str]]:
+    """Row index -> the costs against which the row is Pareto-optimal for ``metric``."""
+    marks: dict[int, list[str]] = {}
+    for cost in costs:
+        idx = [i for i, r in enumerate(rows) if metric in r["values"] and cost in r["values"]
+               and (stages is None or r["stage"] in stages)]
+        points = [(mean_std(rows[i]["values"][cost])[0], mean_std(rows[i]["values"][metric])[0]) for i in idx]
+        for k in pareto_front(points):
+            marks.setdefault(idx[k], []).append(cost)
+    return marks

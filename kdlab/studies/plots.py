@@ -1,0 +1,72 @@
+"""Report plots as PNG files, and the same figures as TensorBoard images: a metric against a cost
+(MACs, parameters, bytes) with the Pareto front marked, and training curves overlaid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from kdlab.studies.aggregate import mean_std, pareto_front  # noqa: E402
+
+
+def metric_vs_cost(rows: list[dict], metric: str, cost: str, stages: set[str] | None = None):
+    """Scatter of mean metric (with std bars) against mean cost; the Pareto front joined."""
+    pts = [(mean_std(r["values"][cost]), mean_std(r["values"][metric]), f"{r['group']} / {r['stage']}")
+           for r in rows if metric in r["values"] and cost in r["values"] and (stages is None or r["stage"] in stages)]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    if not pts:
+        ax.text(0.5, 0.5, f"no run has both {metric} and {cost}", ha="center")
+        return fig
+    xs, ys = [p[0][0] for p in pts], [p[1][0] for p in pts]
+    ax.errorbar(xs, ys, yerr=[p[1][1] for p in pts], fmt="o", color="0.6", ecolor="0.8", label="runs (mean ± std)")
+    front = sorted(pareto_front(list(zip(xs, ys))), key=lambda i: xs[i])
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "o-", color="tab:red", label="Pareto front")
+    for i in front:
+        ax.annotate(pts[i][2], (xs[i], ys[i]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    if min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(cost)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def curves(runs, metric: str, stages: set[str] | None = None):
+    """``metric`` per epoch of every (run, stage) with a history, overlaid."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for run in runs:
+        for stage in run.metrics:
+            if stages is not None and stage not in stages:
+                continue
+            hist = [h for h in run.history(stage) if metric in h]
+            if hist:
+                ax.plot([h["epoch"] for h in hist], [h[metric] for h in hist], lw=1,
+                        label=f"{run.run_dir.name} / {stage}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if len(ax.lines) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write(figures: dict[str, object], out: Path) -> list[Path]:
+    """Save each figure as ``<out>/<name>.png`` and all of them as TensorBoard images in ``<out>/tb``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with SummaryWriter(log_dir=str(out / "tb")) as writer:
+        for name, fig in figures.items():
+            path = out / f"{name}.png"
+            fig.savefig(path, dpi=120)
+            writer.add_figure(f"report/{name}", fig, close=True)
+            paths.append(path)
+    return paths

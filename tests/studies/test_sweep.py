@@ -1,0 +1,108 @@
+"""Sweep expansion, validation, skipping finished runs and continuing interrupted ones."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from kdlab.cli import main
+from kdlab.engine.errors import RecipeError
+from kdlab.engine.recipe import parse_override
+from kdlab.studies import sweep
+
+SWEEP = """
+name = "sw"
+device = "cpu"
+[data]
+dataset = "digits"
+batch_size = 600
+[plugins.progress]
+enabled = false
+[plugins.tensorboard]
+enabled = false
+[stages.s]
+epochs = 1
+model = { arch = "cnn", channels = [4, 8] }
+methods.supervised = {}
+[sweep]
+seeds = [0, 1]
+grid."stages.s.model.channels" = [[4, 8], [8, 16]]
+zip."stages.s.optimizer.lr" = [0.01, 0.003]
+zip."stages.s.methods.supervised.label_smoothing" = [0.0, 0.1]
+"""
+
+
+def test_grid_times_zip_times_seeds():
+    table = {"seeds": [0, 1, 2], "grid": {"a": [1, 2], "b": ["x", "y"]}, "zip": {"c": [0.1, 0.2], "d": [True, False]}}
+    runs = sweep.expand(table)
+    assert len(runs) == 2 * 2 * 2 * 3
+    assert runs[0].values == {"a": 1, "b": "x", "c": 0.1, "d": True, "seed": 0}
+    assert runs[3].values == {"a": 1, "b": "x", "c": 0.2, "d": False, "seed": 0}
+    assert len({r.run_id for r in runs}) == len(runs)
+    # ids depend on the values, not the position: adding a value keeps the existing ids
+    table["grid"]["a"].append(3)
+    assert {r.run_id for r in runs} <= {r.run_id for r in sweep.expand(table)}
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"zip": {"a": [1, 2], "b": [1]}}, "zip lists must have the same length (a: 2, b: 1) @ $.sweep.zip"),
+    ({"grid": {"a": 3}}, "grid.a must be a non-empty list of values @ $.sweep.grid.a"),
+    ({"grid": {"seed": [1, 2]}}, "sweep seeds with `seeds = [...]`"),
+    ({"seeds": [-1]}, "seeds must be a non-empty list of integers >= 0"),
+    ({"grd": {}}, "unknown key 'grd' (allowed: grid, seeds, zip) @ $.sweep.grd"),
+])
+def test_bad_sweep_tables(table, message):
+    with pytest.raises(RecipeError) as info:
+        sweep.expand(table, "r.toml")
+    assert any(message in m for m in info.value.messages)
+
+
+@pytest.mark.parametrize("value", [3, 0.001, True, "a b", [4, 8], [[1, 2], [3]], {"arch": "cnn", "channels": [4]}])
+def test_values_pass_through_set_unchanged(value):
+    assert parse_override(f"k={sweep.toml_value(value)}")[1] == value
+
+
+def test_every_run_is_validated_before_training(write_recipe, catalogue):
+    bad = SWEEP.replace('zip."stages.s.optimizer.lr" = [0.01, 0.003]', 'zip."stages.s.optimizer.lr" = [0.01, -1.0]')
+    with pytest.raises(RecipeError) as info:
+        sweep.plan(write_recipe(bad), catalogue)
+    assert "lr must be > 0, got -1.0 @ $.stages.s.optimizer.lr (from --set) (sweep run " in info.value.messages[0]
+
+
+def test_sweep_runs_skips_finished_and_continues_interrupted(write_recipe, tmp_path, catalogue, capsys):
+    recipe = write_recipe(SWEEP)
+    plan = sweep.plan(recipe, catalogue)
+    assert len(plan.runs) == 8
+    first = sweep.execute(plan, out=tmp_path, catalogue=catalogue)
+    assert set(first.values()) == {"finished"}
+    dirs = [plan.run_dir(tmp_path, r) for r in plan.runs]
+    assert all(sweep.status(d, plan.stages) == "finished" for d in dirs)
+    # an interrupted run: its model and metrics are gone, its directory stays
+    (dirs[0] / "models" / "s.pt").unlink()
+    (dirs[0] / "metrics.json").unlink()
+    assert sweep.status(dirs[0], plan.stages) == "interrupted"
+    stamp = (dirs[1] / "models" / "s.pt").stat().st_mtime_ns
+    second = sweep.execute(plan, out=tmp_path, catalogue=catalogue)
+    assert second[plan.runs[0].run_id] == "finished"
+    assert sum(v.startswith("skipped") for v in second.values()) == 7
+    assert (dirs[1] / "models" / "s.pt").stat().st_mtime_ns == stamp
+    # the printed commands are the same runs, ready for an external scheduler
+    assert main(["sweep", str(recipe), "--out", str(tmp_path), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 8
+    args = shlex.split(lines[0])
+    assert args[:3] == ["kdlab", "run", str(recipe)] and args[args.index("--run-id") + 1] == plan.runs[0].run_id
+    assert main(["sweep", str(recipe), "--out", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("finished ") == 8
+
+
+def test_sweep_in_parallel_processes(write_recipe, tmp_path):
+    recipe = write_recipe(SWEEP.replace("seeds = [0, 1]", "seeds = [0]").replace("[[4, 8], [8, 16]]", "[[4, 8]]"))
+    assert main(["sweep", str(recipe), "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert len(list((tmp_path / "sw").glob("*/metrics.json"))) == 2
+
+
+def test_recipe_without_sweep(write_recipe, capsys):
+    assert main(["sweep", str(write_recipe())]) == 2
+    assert "no [sweep] table" in capsys.readouterr().err
