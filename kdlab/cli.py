@@ -112,6 +112,10 @@ def cmd_validate(args) -> int:
     recipe = load_recipe(args.recipe, catalogue, args.overrides)
     print(f"# {args.recipe}: valid\n# resolved recipe\n")
     print(tomli_w.dumps(recipe_to_dict(recipe)))
+    from kdlab.studies import sweep
+
+    if sweep.read_sweep(args.recipe):
+        print(f"# sweep: {len(sweep.plan(args.recipe, catalogue, args.overrides).runs)} runs, every one valid\n")
     for name in recipe.stages:
         names = stage_plugins(recipe, catalogue, name)
         print(f"# stage {name}: plugins {', '.join(names)}")

@@ -60,3 +60,5 @@ def test_every_shipped_recipe_validates(capsys):
     assert recipes
     for recipe in recipes:
         assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
+    assert main(["validate", str(ROOT / "recipes" / "digits_arch_search.toml")]) == 0
+    assert "# sweep: 144 runs, every one valid" in capsys.readouterr().out
