@@ -80,6 +80,7 @@ def fit(stage: Stage) -> dict[str, float]:
 
     weights = cfg.loss_weights
     for epoch in range(stage.epoch, cfg.epochs):
+        stage.phase = "train"
         stage.data.train.set_epoch(epoch)  # shuffling is a function of (seed, epoch): resumable
         stage.student.train()
         stage.extra.train()
@@ -134,6 +135,7 @@ def evaluate(stage: Stage, split: str) -> dict[str, float]:
     if loader is None:
         return {}
     stage.student.eval()
+    phase, stage.phase = stage.phase, split
     outputs, teacher_outputs, targets = [], [], []
     with torch.no_grad():
         for batch in loader:
@@ -142,6 +144,7 @@ def evaluate(stage: Stage, split: str) -> dict[str, float]:
             if stage.teachers:
                 teacher_outputs.append(stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch))
             targets.append(batch.targets)
+    stage.phase = phase
     if not outputs:
         return {}
     per_teacher = [ModelOutput.cat(list(outs)) for outs in zip(*teacher_outputs)]

@@ -63,6 +63,8 @@ class DataBundle:
     test: Loader | None
     num_classes: int
     input_shape: tuple[int, ...]  # one sample, without the batch dimension
+    augmented: bool = False  # training inputs are randomly transformed (differ between epochs)
+    key: dict = attrs.field(factory=dict)  # what identifies the data and its transforms (for caches)
 
 
 @attrs.frozen(kw_only=True)
@@ -136,6 +138,7 @@ class Stage:
     scheduler: Any = None
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
 
     @property
     def hook(self):

@@ -63,6 +63,10 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def num_samples(self) -> int:
+        return len(self.x)
+
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
 
@@ -92,6 +96,10 @@ class VisionLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.loader.dataset)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -201,6 +209,8 @@ def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
         test=make(test, config.eval_batch_size, False),
         num_classes=classes,
         input_shape=shape,
+        augmented=name != "mnist" and config.augment,
+        key={"dataset": name, "root": str(root.resolve()), **attrs.asdict(config)},
     )
 
 
@@ -223,6 +233,7 @@ class Datasets:
                 test=TensorLoader(xte, yte, config.eval_batch_size, shuffle=False, seed=seed),
                 num_classes=10,
                 input_shape=(1, 8, 8),
+                key={"dataset": "digits", **attrs.asdict(config)},
             )
         if spec.name in _VISION:
             return build_vision(spec.name, config, seed)
