@@ -58,7 +58,7 @@ def fit(stage: Stage) -> dict[str, float]:
     if cfg.teachers:
         stage.teachers = hook.kdlab_load_teachers(stage=stage)
         for teacher in stage.teachers:
-            teacher.to(stage.device).eval().requires_grad_(False)
+            teacher.to(stage.device).train(False).requires_grad_(False)
     stage.student_taps = Taps(stage.student, cfg.taps.student, f"stages.{stage.name}.taps.student")
     stage.teacher_taps = [
         Taps(t, cfg.taps.for_teacher(ref), f"stages.{stage.name}.taps.teacher" + (f"s.{ref}" if ref in cfg.taps.teachers else ""))
@@ -134,7 +134,7 @@ def evaluate(stage: Stage, split: str) -> dict[str, float]:
     loader = getattr(stage.data, split)
     if loader is None:
         return {}
-    stage.student.eval()
+    stage.student.train(False)
     phase, stage.phase = stage.phase, split
     outputs, teacher_outputs, targets = [], [], []
     with torch.no_grad():
@@ -181,7 +181,7 @@ def _probe(stage: Stage) -> tuple[ModelOutput, list[ModelOutput]]:
     """Outputs for one training batch (eval mode, no grad) so plugins can size their modules."""
     stage.data.train.set_epoch(0)
     batch = next(iter(stage.data.train)).to(stage.device)
-    stage.student.eval()
+    stage.student.train(False)
     with torch.no_grad():
         student_out = stage.hook.kdlab_student_forward(stage=stage, batch=batch)
         teacher_outs = stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch) if stage.teachers else []

@@ -44,7 +44,7 @@ def cpu_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10) -
 def model_stats(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> dict[str, float]:
     """``params``, ``nonzero_params``, ``macs`` (one sample), ``bytes`` (saved state_dict),
     ``latency_ms`` (one batch, CPU)."""
-    cpu = copy.deepcopy(model).cpu().eval()
+    cpu = copy.deepcopy(model).cpu().train(False)
     one = torch.zeros(1, *input_shape)
     return {
         "params": count_parameters(cpu),
