@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "csv"], default="md")
     p.add_argument("--per-run", action="store_true", help="one row per run and stage, no aggregation")
     p.add_argument("--metric", default="test/accuracy", help="metric for the Pareto front and plots")
-    p.add_argument("--stages", help="comma-separated stages to consider for the Pareto front and plots")
+    p.add_argument("--stages", help="comma-separated stages to show (and to put on the Pareto front and plots)")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots (metric vs MACs, params, bytes; curves) "
                    "and the same as TensorBoard images to DIR")
     return parser
@@ -169,6 +169,8 @@ def cmd_report(args) -> int:
         return 0
     rows = aggregate.aggregate(aggregate.group_by_seed(runs))
     stages = set(args.stages.split(",")) if args.stages else None
+    if stages is not None:
+        rows = [r for r in rows if r["stage"] in stages]
     costs = [c for c in ("macs", "params", "nonzero_params", "bytes") if any(c in r["values"] for r in rows)]
     marks = aggregate.pareto_marks(rows, args.metric, costs, stages)
     print(aggregate.markdown(rows, marks) if args.format == "md" else aggregate.to_csv(rows), end="\n" if args.format == "md" else "")

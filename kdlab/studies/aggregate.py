@@ -77,11 +77,24 @@ def group_by_seed(runs: list[Run]) -> list[Group]:
         flat[key] = f
     keys = list(keyed)
     varying = sorted({k for f in flat.values() for k in f if len({str(flat[g].get(k)) for g in keys}) > 1})
+    # label with the shortest key suffixes that stay unique: `channels` for stages.student.model.channels
+    short = {}
+    for k in varying:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if sum(1 for other in varying if other == tail or other.endswith("." + tail)) == 1:
+                short[k] = tail
+                break
     groups = []
     for key in keys:
-        label = ", ".join(f"{k.replace('stages.', '')}={flat[key].get(k)}" for k in varying) or keyed[key][0].recipe.get("name", "runs")
-        groups.append(Group(label, keyed[key]))
+        label = ", ".join(f"{short[k]}={_plain(flat[key].get(k))}" for k in varying)
+        groups.append(Group(label or keyed[key][0].recipe.get("name", "runs"), keyed[key]))
     return groups
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
 def _monitor(run: Run, stage: str) -> tuple[str, str]:

@@ -25,15 +25,19 @@ def metric_vs_cost(rows: list[dict], metric: str, cost: str, stages: set[str] | 
     ax.errorbar(xs, ys, yerr=[p[1][1] for p in pts], fmt="o", color="0.6", ecolor="0.8", label="runs (mean ± std)")
     front = sorted(pareto_front(list(zip(xs, ys))), key=lambda i: xs[i])
     ax.plot([xs[i] for i in front], [ys[i] for i in front], "o-", color="tab:red", label="Pareto front")
-    for i in front:
-        ax.annotate(pts[i][2], (xs[i], ys[i]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    # number the front's points on the plot; their settings are listed under it
+    for k, i in enumerate(front, 1):
+        ax.annotate(str(k), (xs[i], ys[i]), fontsize=8, color="tab:red", xytext=(4, -10), textcoords="offset points")
+    legend = [f"{k}: {pts[i][2]}  ({metric} {ys[i]:.4f}, {cost} {xs[i]:,.0f})" for k, i in enumerate(front, 1)]
+    fig.set_size_inches(9, 5.5 + 0.18 * len(legend))
+    fig.text(0.01, 0.01, "\n".join(legend), fontsize=7, va="bottom", family="monospace")
     if min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     ax.set_xlabel(cost)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.97, bottom=(0.6 + 0.18 * len(legend)) / (5.5 + 0.18 * len(legend)))
     return fig
 
 

@@ -38,8 +38,8 @@ def runs(tmp_path):
 def test_groups_stats_best_and_last(runs):
     rows = aggregate(group_by_seed(find_runs([runs])))
     by_group = {r["group"]: r for r in rows}
-    assert set(by_group) == {"student.model.channels=[4]", "student.model.channels=[8]", "student.model.channels=[16]"}
-    a = by_group["student.model.channels=[4]"]
+    assert set(by_group) == {"channels=[4]", "channels=[8]", "channels=[16]"}
+    a = by_group["channels=[4]"]
     assert a["seeds"] == 2
     assert statistics.mean(a["values"]["test/accuracy"]) == pytest.approx(0.92)
     assert a["values"]["best val/accuracy"] == [0.8, 0.9]
@@ -69,5 +69,5 @@ def test_report_markdown_csv_and_plots(runs, tmp_path, capsys):
     assert main(["report", str(runs), "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("group,stage,seeds,test/accuracy mean,test/accuracy std")
-    row = next(r for r in csv.reader(lines) if r[0] == "student.model.channels=[4]")
+    row = next(r for r in csv.reader(lines) if r[0] == "channels=[4]")
     assert row[1:3] == ["student", "2"] and float(row[3]) == pytest.approx(0.92) and float(row[4]) == pytest.approx(0.02)
