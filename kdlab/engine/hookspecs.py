@@ -306,6 +306,7 @@ def kdlab_eval_metrics(
     Fires: after each evaluated epoch (val) and at stage end (val and test). ``output`` holds the
     student's outputs for the split, concatenated over batches (logits and tapped features);
     ``targets`` likewise; ``teacher_outputs`` the same for each teacher (empty without teachers).
+    The teachers are run over the split only if some implementation takes ``teacher_outputs``.
 
     Returns: ``{metric: number}`` (collected and merged; the core prefixes ``<split>/``).
     """

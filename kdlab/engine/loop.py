@@ -136,12 +136,15 @@ def evaluate(stage: Stage, split: str) -> dict[str, float]:
         return {}
     stage.student.train(False)
     phase, stage.phase = stage.phase, split
+    # the teachers run only if a metric plugin takes their outputs
+    with_teachers = bool(stage.teachers) and any(
+        "teacher_outputs" in impl.argnames for impl in stage.hook.kdlab_eval_metrics.get_hookimpls())
     outputs, teacher_outputs, targets = [], [], []
     with torch.no_grad():
         for batch in loader:
             batch = batch.to(stage.device)
             outputs.append(stage.hook.kdlab_student_forward(stage=stage, batch=batch))
-            if stage.teachers:
+            if with_teachers:
                 teacher_outputs.append(stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch))
             targets.append(batch.targets)
     stage.phase = phase

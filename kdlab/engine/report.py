@@ -7,7 +7,7 @@ import io
 
 # Columns shown first, when present; any other metric follows in alphabetical order.
 PREFERRED = ["test/accuracy", "val/accuracy", "test/top5", "test/loss", "test/sparsity", "test/geometry_preservation",
-             "test/cka", "params", "macs", "bytes", "latency_ms"]
+             "test/cka", "params", "nonzero_params", "macs", "bytes", "latency_ms"]
 
 
 def columns(rows: list[dict], with_run: bool) -> list[str]:

@@ -46,8 +46,8 @@ def test_cached_training_equals_uncached_and_disk_cache_is_reused(write_recipe, 
     assert state_dicts_equal(_student(plain), _student(first))
     assert first.metrics["student"]["test/accuracy"] == plain.metrics["student"]["test/accuracy"]
     assert first.metrics["student"]["test/cka"] == pytest.approx(plain.metrics["student"]["test/cka"], abs=1e-6)
-    # uncached: every step of 2 epochs and 4 evaluations (val twice, final val and test);
-    # cached: one pass over train, val and test
+    # uncached: every step of 2 epochs and 4 evaluations (val twice, final val and test; the
+    # teachers run there because feature_metrics takes their outputs); cached: one pass per split
     steps = math.ceil(len(load_digits_tensors(DigitsConfig())[0][0]) / 64)
     assert uncached_calls == 2 * steps + 4
     assert first_calls == steps + 2
