@@ -13,7 +13,7 @@ def test_run_prints_table_and_report_reads_it(write_recipe, tmp_path, capsys):
     assert main(["run", str(write_recipe()), "--out", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     header = out.splitlines()[0]
-    assert header.startswith("| stage | test/accuracy | val/accuracy |") and "| params | macs |" in header
+    assert header.startswith("| stage | test/accuracy | val/accuracy |") and "| params | nonzero_params | macs |" in header
     assert "| teacher |" in out and "| student |" in out
     run_dir = next((tmp_path / "runs" / "tiny").iterdir())
     assert f"run directory: {run_dir}" in out
