@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import subprocess
 import sys
 
 import attrs
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine (data parallel; gloo on the CPU, nccl on CUDA)")
     p.add_argument("--run-id", metavar="ID", help="name the run directory OUT/<recipe name>/ID; if it exists, "
                    "continue it (a finished run is not trained again)")
 
@@ -67,9 +70,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    import os
+
     from kdlab.engine.runner import run
 
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        # relaunch through torchrun, which starts N copies of this command with their ranks
+        argv, skip = [], False
+        for a in args.argv:
+            if skip or a.startswith("--nproc="):
+                skip = False
+                continue
+            skip = a == "--nproc"
+            if not skip:
+                argv.append(a)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "kdlab", *argv]
+        return subprocess.run(cmd).returncode
     result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume, run_id=args.run_id)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     rows = [{"stage": s, **m} for s, m in result.metrics.items()]
     print(report.markdown(rows, with_run=False))
     print(f"\nrun directory: {result.run_dir}\ntensorboard --logdir {result.run_dir / 'tb'}")
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `kdlab ... | head` ends quietly
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args)

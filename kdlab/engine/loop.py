@@ -115,15 +115,16 @@ def fit(stage: Stage) -> dict[str, float]:
     hook.kdlab_stage_end(stage=stage, metrics=metrics)
     for taps in [stage.student_taps, *stage.teacher_taps]:
         taps.remove()
-    checkpoint.export_model(
-        stage.run_dir / "models" / f"{stage.name}.pt",
-        model=stage.student,
-        arch=cfg.model.arch,
-        config=_plain_config(cfg.model.config),
-        num_classes=stage.data.num_classes,
-        input_shape=stage.data.input_shape,
-    )
-    metrics.update(model_stats(stage.student, stage.data.input_shape, _batch_size(stage)))
+    if stage.rank == 0:  # in distributed training every rank holds the same model; one writes it
+        checkpoint.export_model(
+            stage.run_dir / "models" / f"{stage.name}.pt",
+            model=stage.student,
+            arch=cfg.model.arch,
+            config=_plain_config(cfg.model.config),
+            num_classes=stage.data.num_classes,
+            input_shape=stage.data.input_shape,
+        )
+        metrics.update(model_stats(stage.student, stage.data.input_shape, _batch_size(stage)))
     hook.kdlab_stage_summary(stage=stage, metrics=metrics)
     return metrics
 

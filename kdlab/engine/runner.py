@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import attrs
 import tomli_w
 import torch
+import torch.distributed as dist
 
 from kdlab.engine import checkpoint
 from kdlab.engine.errors import KdlabError
@@ -94,6 +96,41 @@ def run(
     exists, so that the same command can be repeated until the run is complete."""
     catalogue = catalogue or discover()
     recipe = load_recipe(recipe_path, catalogue, overrides)
+    rank, world_size = _init_distributed()
+    if rank == 0:
+        try:
+            run_dir = _open_run_dir(recipe, catalogue, out, resume, run_id)
+        except KdlabError as exc:
+            _share(exc)
+            raise
+        _share(run_dir)
+    else:  # the other ranks use the directory rank 0 made (or fail with its error)
+        shared = _share(None)
+        if isinstance(shared, KdlabError):
+            raise shared
+        run_dir = shared
+    with _determinism(recipe.deterministic):
+        return _run_stages(recipe, catalogue, run_dir, rank, world_size)
+
+
+def _init_distributed() -> tuple[int, int]:
+    """(rank, world size) from the environment torchrun sets; the process group is started here."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank() if world_size > 1 else 0), world_size
+
+
+def _share(obj):
+    """Rank 0's ``obj`` on every rank (a no-op without a process group)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _open_run_dir(recipe, catalogue, out, resume, run_id) -> Path:
     if run_id is not None and resume is None:
         if not re.fullmatch(r"[A-Za-z0-9_.=-]+", run_id):
             raise KdlabError(f"--run-id {run_id!r}: use letters, digits and _ . = - only")
@@ -113,9 +150,7 @@ def run(
         run_dir = _new_run_dir(Path(out), recipe)
         (run_dir / "recipe.toml").write_text(tomli_w.dumps(recipe_to_dict(recipe)), encoding="utf-8")
         log.info("run directory: %s", run_dir)
-
-    with _determinism(recipe.deterministic):
-        return _run_stages(recipe, catalogue, run_dir)
+    return run_dir
 
 
 @contextlib.contextmanager
@@ -137,13 +172,17 @@ def _determinism(on: bool):
         torch.backends.cudnn.benchmark = before[3]
 
 
-def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path) -> RunResult:
+def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, world_size: int) -> RunResult:
     device = resolve_device(recipe)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     data_pm = catalogue.manager([n for n in catalogue.plugins if catalogue.plugins[n].default_enabled
                                  and n not in recipe.disabled])
     data = data_pm.hook.kdlab_build_data(spec=recipe.data, seed=recipe.seed)
     if data is None:
         raise KdlabError(f"no plugin builds data set '{recipe.data.name}'")
+    if world_size > 1:
+        data.train.shard(rank, world_size)
 
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -163,8 +202,14 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path) -> RunResul
             pm=catalogue.manager(names),
             catalogue=catalogue,
             method_configs={**recipe.plugins, **config.methods},
+            rank=rank,
+            world_size=world_size,
         )
-        log.info("stage %s: plugins %s", name, ", ".join(names))
+        if rank == 0:
+            log.info("stage %s: plugins %s", name, ", ".join(names))
         metrics[name] = fit(stage)
-        checkpoint.save_json(metrics, metrics_path)
+        if rank == 0:
+            checkpoint.save_json(metrics, metrics_path)
+        if world_size > 1:
+            dist.barrier()  # the next stage may load this stage's exported model
     return RunResult(run_dir=run_dir, metrics=metrics)

@@ -49,11 +49,20 @@ class ModelOutput:
 class Loader(Protocol):
     """What a data set supplies per split: iterable over :class:`Batch`, sized, and re-seedable
     per epoch (like ``DistributedSampler.set_epoch``) so that shuffling is a function of
-    (seed, epoch) and a resumed run sees the same order."""
+    (seed, epoch) and a resumed run sees the same order. ``shard(rank, world_size)`` makes the
+    training loader yield this rank's part of each global batch (distributed training)."""
 
     def __iter__(self) -> Iterator[Batch]: ...
     def __len__(self) -> int: ...
     def set_epoch(self, epoch: int) -> None: ...
+    def shard(self, rank: int, world_size: int) -> None: ...
+
+
+def shard_slice(n: int, rank: int, world_size: int) -> slice:
+    """This rank's contiguous part of a global batch of ``n`` samples (sizes differ by at most 1)."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
 
 
 @attrs.frozen(kw_only=True)
@@ -139,6 +148,8 @@ class Stage:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
+    rank: int = 0  # this process's rank in distributed training (0 alone writes files)
+    world_size: int = 1
 
     @property
     def hook(self):

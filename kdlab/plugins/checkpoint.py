@@ -58,6 +58,8 @@ class Checkpoint:
 
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
+        if stage.rank != 0:  # every rank resumes from the files; rank 0 alone writes them
+            return
         cfg = stage.config_for(self)
         value = metrics.get(stage.config.monitor)
         is_best = cfg.best and value is not None and self._improved(stage, value)

@@ -17,6 +17,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import Batch, DataBundle, KdlabError, hookimpl
+from kdlab.engine.types import shard_slice
 
 
 @attrs.frozen(kw_only=True)
@@ -59,6 +60,10 @@ class TensorLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int):
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
         self.epoch = 0
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,6 +84,8 @@ class TensorLoader:
             order = torch.arange(n)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
+            if self.world_size > 1:
+                idx = idx[shard_slice(len(idx), self.rank, self.world_size)]
             yield Batch(self.x[idx], self.y[idx], idx)
 
 
@@ -88,11 +95,17 @@ class VisionLoader:
     def __init__(self, dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int):
         self.generator = torch.Generator()
         self.seed = seed
+        sampler = (torch.utils.data.RandomSampler(dataset, generator=self.generator) if shuffle
+                   else torch.utils.data.SequentialSampler(dataset))
+        self.batches = _ShardedBatches(sampler, batch_size)
         self.loader = torch.utils.data.DataLoader(
-            _Indexed(dataset), batch_size=batch_size, shuffle=shuffle, generator=self.generator,
-            num_workers=num_workers, collate_fn=_collate, persistent_workers=False,
+            _Indexed(dataset), batch_sampler=self.batches, num_workers=num_workers, collate_fn=_collate,
+            persistent_workers=False,
         )
         self.set_epoch(0)
+
+    def shard(self, rank: int, world_size: int) -> None:
+        self.batches.rank, self.batches.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed * 1_000_003 + epoch)
@@ -106,6 +119,18 @@ class VisionLoader:
 
     def __iter__(self):
         return iter(self.loader)
+
+
+class _ShardedBatches(torch.utils.data.BatchSampler):
+    """Global batches from the sampler; in distributed training, this rank's part of each."""
+
+    def __init__(self, sampler, batch_size: int):
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.rank, self.world_size = 0, 1
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield batch[shard_slice(len(batch), self.rank, self.world_size)] if self.world_size > 1 else batch
 
 
 class _Indexed(torch.utils.data.Dataset):

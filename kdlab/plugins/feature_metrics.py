@@ -82,7 +82,7 @@ class FeatureMetrics:
 
     @hookimpl
     def kdlab_stage_summary(self, stage):
-        if not stage.config_for(self).images or self.matrices is None:
+        if not stage.config_for(self).images or self.matrices is None or stage.rank != 0:
             return
         from torch.utils.tensorboard import SummaryWriter
 

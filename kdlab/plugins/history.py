@@ -23,7 +23,7 @@ class History:
 
     @hookimpl
     def kdlab_epoch_start(self, stage, epoch):
-        if self.checked:
+        if self.checked or stage.rank != 0:
             return
         self.checked = True
         path = self._path(stage)
@@ -33,6 +33,8 @@ class History:
 
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
+        if stage.rank != 0:
+            return
         path = self._path(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"epoch": epoch + 1, "lr": stage.optimizer.param_groups[0]["lr"], **metrics}

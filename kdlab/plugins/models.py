@@ -30,6 +30,7 @@ class CompactCNNConfig:
     se: bool = False  # squeeze-and-excitation after every block
     se_reduction: int = field(default=4, validator=v.ge(1))
     dropout: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
+    norm: bool = True  # batch norm after every conv (without it, convs have a bias)
 
 
 @attrs.frozen(kw_only=True)
@@ -79,12 +80,13 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(x)
 
 
-def conv_block(cin: int, cout: int, *, separable: bool, se: bool, se_reduction: int, pool: bool) -> nn.Sequential:
+def conv_block(cin: int, cout: int, *, separable: bool, se: bool, se_reduction: int, pool: bool,
+               norm: bool = True) -> nn.Sequential:
     if separable:
-        layers = [nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False)]
+        layers = [nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=not norm)]
     else:
-        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False)]
-    layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)]
+    layers += [nn.BatchNorm2d(cout) if norm else nn.Identity(), nn.ReLU(inplace=True)]
     if se:
         layers.append(SqueezeExcite(cout, se_reduction))
     if pool:
@@ -99,7 +101,7 @@ class CompactCNN(nn.Module):
         for i, cout in enumerate(config.channels):
             pool = size >= 4
             blocks.append(conv_block(cin, cout, separable=config.separable and i > 0, se=config.se,
-                                     se_reduction=config.se_reduction, pool=pool))
+                                     se_reduction=config.se_reduction, pool=pool, norm=config.norm))
             size, cin = (size // 2 if pool else size), cout
         self.blocks = nn.Sequential(*blocks)
         self.embed = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -32,6 +32,7 @@ class Progress:
     def __init__(self):
         self.bar = None
         self.last_log = 0.0
+        self.quiet = False
 
     @hookimpl
     def kdlab_config_class(self):
@@ -39,8 +40,9 @@ class Progress:
 
     @hookimpl
     def kdlab_epoch_start(self, stage, epoch):
+        self.quiet = stage.rank != 0
         desc = f"{stage.name} {epoch + 1}/{stage.config.epochs}"
-        if stage.config_for(self).bar and sys.stderr.isatty():
+        if stage.config_for(self).bar and sys.stderr.isatty() and not self.quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=len(stage.data.train), desc=desc, leave=False, dynamic_ncols=True)
@@ -48,6 +50,8 @@ class Progress:
 
     @hookimpl
     def kdlab_step_end(self, stage, loss, terms):
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.update(1)
             if stage.step % 20 == 0:
@@ -62,8 +66,11 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.quiet:
+            return
         log.info("stage %s epoch %d/%d %s", stage.name, epoch + 1, stage.config.epochs, _fmt(metrics))
 
     @hookimpl
     def kdlab_stage_summary(self, stage, metrics):
-        log.info("stage %s done: %s", stage.name, _fmt(metrics))
+        if stage.rank == 0:
+            log.info("stage %s done: %s", stage.name, _fmt(metrics))

@@ -147,7 +147,7 @@ class TeacherCache:
                         tensors[name][idx] = t.detach().to("cpu", dtype)
         finally:
             self.building = False
-        if target is not None:
+        if target is not None and stage.rank == 0:
             _write(tensors, target)
         return Store(tensors)
 

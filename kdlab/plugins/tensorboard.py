@@ -47,6 +47,8 @@ class TensorBoard:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
+        if stage.rank != 0:  # rank 0 alone writes files
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(stage.run_dir / "tb" / stage.name))
@@ -55,7 +57,7 @@ class TensorBoard:
 
     @hookimpl
     def kdlab_step_end(self, stage, loss, terms):
-        if stage.step % stage.config_for(self).log_every:
+        if self.writer is None or stage.step % stage.config_for(self).log_every:
             return
         # .item() syncs with the device; this runs only every log_every steps
         self.writer.add_scalar("loss/total", loss.item(), stage.step)
@@ -64,6 +66,8 @@ class TensorBoard:
 
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
+        if self.writer is None:
+            return
         for i, group in enumerate(stage.optimizer.param_groups):
             self.writer.add_scalar("lr" if i == 0 else f"lr/{i}", group["lr"], stage.epoch)
         for name, value in metrics.items():
@@ -74,6 +78,8 @@ class TensorBoard:
 
     @hookimpl
     def kdlab_stage_summary(self, stage, metrics):
+        if self.writer is None:
+            return
         table = recipe_to_dict(stage.recipe)["stages"][stage.name]
         hparams = {"stage": stage.name, "seed": stage.recipe.seed, **flat_hparams(table)}
         self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in metrics.items()}, run_name=".")
