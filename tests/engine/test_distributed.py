@@ -36,3 +36,18 @@ def test_two_processes_match_one(write_recipe, tmp_path):
         b = torch.load(tmp_path / "two/tiny/r/models" / f"{stage}.pt", weights_only=True)["state_dict"]
         worst = max(float((a[k] - b[k]).abs().max()) for k in a)
         assert worst < ATOL, (stage, worst)
+
+
+def test_distributed_resume(write_recipe, tmp_path):
+    """An interrupted 2-process run (here: the last stage's export lost) resumes on 2 processes."""
+    recipe = write_recipe(RECIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "kdlab", "run", str(recipe), "--out", str(tmp_path), "--run-id", "r", "--nproc", "2"]
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    run_dir = tmp_path / "tiny" / "r"
+    before = torch.load(run_dir / "models/student.pt", weights_only=True)["state_dict"]
+    (run_dir / "models/student.pt").unlink()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = torch.load(run_dir / "models/student.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # restored from last.pt, not retrained
