@@ -24,12 +24,13 @@
                 kdlab_optimizer_step(stage)                               # firstresult
                 kdlab_after_optimizer_step(stage)
                 kdlab_step_end(stage, loss, terms)
+            stop with an error if the loss is not finite                  # one sync per epoch
             scheduler.step()
             metrics = evaluate("val") -> kdlab_eval_metrics(...)          # every eval_every epochs
             kdlab_epoch_end(stage, epoch, metrics)                        # checkpoints written here
         metrics = evaluate("val") + evaluate("test")
         kdlab_stage_end(stage, metrics)                                   # e.g. pruning made permanent
-        export the student; add params, MACs, bytes, latency to metrics
+        export the student; add params, MACs, bytes, latency to metrics  # rank 0 only
         kdlab_stage_summary(stage, metrics)
 """
 
