@@ -24,7 +24,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.plugins.featureutils import as_vector, check_feature_method, tap
+from kdlab.plugins.featureutils import as_vector, check_feature_method
 
 NAME = "contrastive"
 
@@ -63,10 +63,9 @@ class Contrastive:
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
         cfg = stage.config_for(self)
-        student_out, teacher_outs = probe
-        where = f"stages.{stage.name}.methods.{NAME}"
-        ds = as_vector(tap(student_out, cfg.student, where)).shape[1]
-        dt = as_vector(tap(teacher_outs[cfg.teacher_index], cfg.teacher, where)).shape[1]
+        student_out, teacher_outs = probe  # taps checked at stage start
+        ds = as_vector(student_out.features[cfg.student]).shape[1]
+        dt = as_vector(teacher_outs[cfg.teacher_index].features[cfg.teacher]).shape[1]
         return {f"{NAME}_student": nn.Linear(ds, cfg.dim), f"{NAME}_teacher": nn.Linear(dt, cfg.dim)}
 
     @hookimpl

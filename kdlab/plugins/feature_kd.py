@@ -19,7 +19,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.plugins.featureutils import as_map, as_vector, check_feature_method, match_spatial, tap
+from kdlab.plugins.featureutils import as_map, as_vector, check_feature_method, match_spatial
 
 NAME = "feature_kd"
 
@@ -60,10 +60,9 @@ class FeatureKD:
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
         cfg = stage.config_for(self)
-        student_out, teacher_outs = probe
-        where = f"stages.{stage.name}.methods.{NAME}"
-        return {f"{NAME}_adapter": make_adapter(tap(student_out, cfg.student, where),
-                                                tap(teacher_outs[cfg.teacher_index], cfg.teacher, where))}
+        student_out, teacher_outs = probe  # taps checked at stage start
+        return {f"{NAME}_adapter": make_adapter(student_out.features[cfg.student],
+                                                teacher_outs[cfg.teacher_index].features[cfg.teacher])}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, student_out, teacher_outs):

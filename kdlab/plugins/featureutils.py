@@ -53,15 +53,6 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     return a, b
 
 
-def tap(outputs, alias: str, where: str) -> torch.Tensor:
-    """``outputs.features[alias]`` with an error naming the recipe key if it is missing."""
-    try:
-        return outputs.features[alias]
-    except KeyError:
-        raise KdlabError(f"{where}: no tapped feature '{alias}' (tapped: {', '.join(outputs.features) or 'none'}); "
-                         f"add it under taps") from None
-
-
 def check_taps(stage, plugin_key: str, student: str | None, teacher: str | None) -> None:
     """Fail at stage start, naming the key, when a method's tap aliases are not in the recipe."""
     taps = stage.config.taps

@@ -34,7 +34,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import KdlabError, hookimpl
-from kdlab.plugins.featureutils import as_vector, check_taps, tap
+from kdlab.plugins.featureutils import as_vector, check_taps
 
 NAME = "triplet_ae"
 
@@ -107,12 +107,11 @@ class TripletAE:
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
         cfg = stage.config_for(self)
-        student_out, teacher_outs = probe
-        where = f"stages.{stage.name}.methods.{NAME}"
-        modules = {f"{NAME}_student": _mlp(as_vector(tap(student_out, cfg.student, where)).shape[1],
+        student_out, teacher_outs = probe  # taps checked at stage start
+        modules = {f"{NAME}_student": _mlp(as_vector(student_out.features[cfg.student]).shape[1],
                                            cfg.latent_dim, cfg.hidden)}
         for k in self.indices:
-            width = as_vector(tap(teacher_outs[k], cfg.teacher, where)).shape[1]
+            width = as_vector(teacher_outs[k].features[cfg.teacher]).shape[1]
             modules[f"{NAME}_enc{k}"] = _mlp(width, cfg.latent_dim, cfg.hidden)
             modules[f"{NAME}_dec{k}"] = _mlp(cfg.latent_dim, width, cfg.hidden)
         return modules
