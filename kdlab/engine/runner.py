@@ -186,8 +186,12 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
 
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    done = {name for name in metrics if (run_dir / "models" / f"{name}.pt").is_file()}
+    # rank 0's view, taken before anyone writes: another rank looking later could see a stage
+    # that rank 0 has just finished and skip it, leaving rank 0 alone in the stage's barrier
+    metrics, done = _share((metrics, done))
     for index, (name, config) in enumerate(recipe.stages.items()):
-        if name in metrics and (run_dir / "models" / f"{name}.pt").is_file():
+        if name in done:
             log.info("stage %s: already complete, skipped", name)
             continue
         names = stage_plugins(recipe, catalogue, name)
