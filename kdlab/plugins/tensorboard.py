@@ -80,7 +80,8 @@ class TensorBoard:
     def kdlab_stage_summary(self, stage, metrics):
         if self.writer is None:
             return
-        table = recipe_to_dict(stage.recipe)["stages"][stage.name]
-        hparams = {"stage": stage.name, "seed": stage.recipe.seed, **flat_hparams(table)}
+        resolved = recipe_to_dict(stage.recipe)
+        hparams = {"stage": stage.name, "seed": stage.recipe.seed, **flat_hparams(resolved["data"], "data."),
+                   **flat_hparams(resolved["stages"][stage.name])}
         self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in metrics.items()}, run_name=".")
         self.writer.close()

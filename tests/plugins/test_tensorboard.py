@@ -22,3 +22,9 @@ def test_every_loss_term_and_metric_is_logged(write_recipe, tmp_path, catalogue)
     hp = EventAccumulator(str(result.run_dir / "tb" / "student"))
     hp.Reload()
     assert any("final/test/accuracy" in t for t in hp.Tags()["scalars"])
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = hp.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert info.hparams["seed"].number_value == 0 and info.hparams["data.batch_size"].number_value == 64
+    assert info.hparams["methods.logit_kd.temperature"].number_value == 4.0
