@@ -23,36 +23,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import KD_RECIPE
 from kdlab.engine import checkpoint
 from kdlab.engine.runner import run
 from kdlab.plugins.datasets import DigitsConfig, TensorLoader, load_digits_tensors
 from kdlab.plugins.logit_kd import hinton_kd_loss
 from kdlab.plugins.models import CompactCNN, CompactCNNConfig
-
-RECIPE = """
-name = "cache_bench"
-device = "cpu"
-[data]
-dataset = "digits"
-batch_size = 32
-[plugins.progress]
-enabled = false
-[plugins.tensorboard]
-enabled = false
-[plugins.checkpoint]
-enabled = false
-[plugins.history]
-enabled = false
-[stages.student]
-epochs = {epochs}
-eval_every = {epochs}
-model = {{ arch = "cnn", channels = [4, 8] }}
-optimizer = {{ name = "adam", lr = 0.01 }}
-teachers = ["{teacher}"]
-methods.logit_kd = {{ temperature = 4.0, alpha = 0.5 }}
-{cache}
-"""
-
 
 def hand(epochs: int, mode: str, teacher_state: dict) -> float:
     torch.manual_seed(0)
@@ -104,7 +80,8 @@ def main() -> None:
         recipes = {}
         for key, cache in (("kdlab: KD without cache", ""), ("kdlab: KD with teacher_cache", "methods.teacher_cache = {}")):
             recipes[key] = Path(tmp) / f"{len(recipes)}.toml"
-            recipes[key].write_text(textwrap.dedent(RECIPE.format(epochs=args.epochs, teacher=teacher_file, cache=cache)))
+            recipes[key].write_text(textwrap.dedent(KD_RECIPE.format(
+                epochs=args.epochs, batch=32, lr=0.01, teacher=teacher_file, t=4.0, alpha=0.5, cache=cache)))
         variants = {
             "hand: student alone": lambda: hand(args.epochs, "alone", teacher.state_dict()),
             "hand: KD, teacher every step": lambda: hand(args.epochs, "every_step", teacher.state_dict()),

@@ -89,31 +89,6 @@ optimizer = { name = "adam", lr = 0.01 }
 methods.supervised = {}
 """
 
-RECIPE = """
-name = "vs_torchdistill"
-device = "cpu"
-[data]
-dataset = "digits"
-batch_size = {batch}
-[plugins.progress]
-enabled = false
-[plugins.tensorboard]
-enabled = false
-[plugins.checkpoint]
-enabled = false
-[plugins.history]
-enabled = false
-[stages.student]
-epochs = {epochs}
-eval_every = {epochs}
-model = {{ arch = "cnn", channels = [4, 8] }}
-optimizer = {{ name = "adam", lr = {lr} }}
-teachers = ["{teacher}"]
-methods.logit_kd = {{ temperature = {t}, alpha = {alpha} }}
-{cache}
-"""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--torchdistill-python", help="python of the environment with torchdistill")
@@ -126,6 +101,7 @@ def main() -> None:
         print(json.dumps(torchdistill_side(args.teacher, args.epochs)))
         return
 
+    from benchmarks.common import KD_RECIPE
     from kdlab.engine.runner import run
 
     torch.set_num_threads(1)
@@ -139,7 +115,7 @@ def main() -> None:
         recipes = {}
         for key, cache in (("kdlab, no cache", ""), ("kdlab, teacher_cache", "methods.teacher_cache = {}")):
             recipes[key] = Path(tmp) / f"{len(recipes)}.toml"
-            recipes[key].write_text(textwrap.dedent(RECIPE.format(
+            recipes[key].write_text(textwrap.dedent(KD_RECIPE.format(
                 batch=BATCH, epochs=args.epochs, lr=LR, teacher=teacher_file, t=T, alpha=ALPHA, cache=cache)))
 
         def kdlab_side(path):

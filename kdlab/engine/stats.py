@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import statistics
 import time
 
@@ -10,7 +11,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdlab.engine.types import state_dict_bytes
+
+
+def state_dict_bytes(module: nn.Module) -> int:
+    """Size in bytes of the module's state_dict as ``torch.save`` writes it."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getbuffer().nbytes
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -147,6 +146,7 @@ class Stage:
     scheduler: Any = None
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    _configs: dict = attrs.field(factory=dict, init=False, repr=False)  # plugin id -> its table
     phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
     rank: int = 0  # this process's rank in distributed training (0 alone writes files)
     world_size: int = 1
@@ -156,8 +156,12 @@ class Stage:
         return self.pm.hook
 
     def config_for(self, plugin: object) -> Any:
-        """The structured recipe table of ``plugin`` (pass ``self``)."""
-        return self.method_configs[self.pm.get_name(plugin)]
+        """The structured recipe table of ``plugin`` (pass ``self``). Plugins call this every step;
+        pluggy's name lookup scans all plugins, so it is done once per plugin."""
+        key = id(plugin)
+        if key not in self._configs:
+            self._configs[key] = self.method_configs[self.pm.get_name(plugin)]
+        return self._configs[key]
 
     def resolve_model_ref(self, ref: str) -> Path:
         """A stage name -> that stage's exported model in this run; otherwise a file path."""
@@ -211,10 +215,3 @@ def _call(impl, **kwargs):
     """Call one plugin's hookimpl the way pluggy would: positionally, with the arguments it
     asks for. Used where the core must know which plugin a result came from."""
     return impl.function(*[kwargs[name] for name in impl.argnames])
-
-
-def state_dict_bytes(module: nn.Module) -> int:
-    """Size in bytes of the module's state_dict as ``torch.save`` writes it."""
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return buf.getbuffer().nbytes

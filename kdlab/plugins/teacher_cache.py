@@ -53,14 +53,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(stage, split: str) -> str:
+def cache_key(stage, split: str, teacher_hashes: list[str]) -> str:
     """A hash of everything the cached outputs depend on."""
     cfg = stage.config
     data_key = {k: val for k, val in stage.data.key.items() if k not in SIZE_KEYS}
     parts = {
         "data": data_key,
         "split": split,
-        "teachers": [file_sha256(stage.resolve_model_ref(ref)) for ref in cfg.teachers],
+        "teachers": teacher_hashes,
         "taps": [cfg.taps.for_teacher(ref) for ref in cfg.teachers],
         "amp": repr(cfg.methods.get("amp")),
     }
@@ -87,6 +87,7 @@ class TeacherCache:
     def __init__(self):
         self.stores: dict[str, Store] = {}
         self.building = False
+        self.teacher_hashes: list[str] | None = None  # hashed once per stage, not once per split
 
     @hookimpl
     def kdlab_config_class(self):
@@ -114,7 +115,9 @@ class TeacherCache:
 
     def _load_or_build(self, stage, split: str) -> Store:
         cfg = stage.config_for(self)
-        key = cache_key(stage, split)
+        if self.teacher_hashes is None:
+            self.teacher_hashes = [file_sha256(stage.resolve_model_ref(ref)) for ref in stage.config.teachers]
+        key = cache_key(stage, split, self.teacher_hashes)
         target = Path(cfg.dir) / key if cfg.dir else None
         if target is not None and (target / "done").is_file():
             log.info("%s: reading %s outputs from %s", NAME, split, target)
