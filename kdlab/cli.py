@@ -66,7 +66,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated stages to show (and to put on the Pareto front and plots)")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots (metric vs MACs, params, bytes; curves) "
                    "and the same as TensorBoard images to DIR")
+    p = sub.add_parser("data", help="generate a synthetic corpus (speech data sets cannot be downloaded here)")
+    common(p, recipe=False)
+    data = p.add_subparsers(dest="corpus", required=True)
+    q = data.add_parser("kws", help="keyword-spotting clips in the Speech Commands layout (espeak-ng voices)")
+    q.add_argument("--out", required=True, help="corpus directory (created)")
+    q.add_argument("--keyword", default="sheila")
+    q.add_argument("--clips", type=int, default=8000, help="number of 1-second clips (default 8000)")
+    q.add_argument("--keyword-fraction", type=float, default=0.05, help="share of keyword clips (default 0.05)")
+    q.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("kws-stream", help="keyword probability over time for an audio file, chunk by chunk")
+    common(p, recipe=False)
+    p.add_argument("model", help="an exported CRNN (RUN_DIR/models/<stage>.pt)")
+    p.add_argument("audio", help="16 kHz audio file")
+    p.add_argument("--chunk-ms", type=int, default=100, help="chunk length in milliseconds (default 100)")
+    p.add_argument("--window-s", type=float, default=1.0, help="attention window in seconds (default 1.0)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability that counts as a detection")
+    p.add_argument("--plot", metavar="PNG", help="write the probability curve here (default: next to the audio)")
+    p.add_argument("--export", metavar="PT", help="also save the streaming detector as TorchScript here")
     return parser
+
+
+def cmd_data(args) -> int:
+    if args.clips < 1 or not 0 < args.keyword_fraction < 1:
+        raise KdlabError("--clips must be >= 1 and --keyword-fraction in (0, 1)")
+    from kdlab.speech import kws_corpus
+
+    summary = kws_corpus.generate(args.out, args.keyword, clips=args.clips, keyword_fraction=args.keyword_fraction,
+                                  seed=args.seed, progress=sys.stderr.isatty())
+    for split, info in summary["splits"].items():
+        print(f"{split:5}: {info['clips']} clips, {info['keyword']} '{args.keyword}', {len(info['voices'])} voices")
+    print(f"corpus written to {args.out}")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -204,7 +236,13 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
+def cmd_kws_stream(args) -> int:
+    from kdlab.speech import streaming
+
+    return streaming.cli(args)
+
+
+COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,7 +121,7 @@ def fit(stage: Stage) -> dict[str, float]:
             stage.run_dir / "models" / f"{stage.name}.pt",
             model=stage.student,
             arch=cfg.model.arch,
-            config=_plain_config(cfg.model.config),
+            config=plain_config(cfg.model.config),
             num_classes=stage.data.num_classes,
             input_shape=stage.data.input_shape,
         )
@@ -231,7 +231,7 @@ def _weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> 
     return loss
 
 
-def _plain_config(config) -> dict:
+def plain_config(config) -> dict:
     return CONVERTER.unstructure(config)
 
 
