@@ -123,8 +123,9 @@ def cmd_run(args) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0
     rows = [{"stage": s, **m} for s, m in result.metrics.items()]
-    print(report.markdown(rows, with_run=False))
-    print(f"\nrun directory: {result.run_dir}\ntensorboard --logdir {result.run_dir / 'tb'}")
+    print(report.markdown(rows, with_run=False, preferred_only=True))
+    print(f"\nall metrics: {result.run_dir / 'metrics.json'} (or kdlab report {result.run_dir} --per-run)")
+    print(f"run directory: {result.run_dir}\ntensorboard --logdir {result.run_dir / 'tb'}")
     return 0
 
 

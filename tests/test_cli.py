@@ -62,3 +62,32 @@ def test_every_shipped_recipe_validates(capsys):
         assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
     assert main(["validate", str(ROOT / "recipes" / "digits_arch_search.toml")]) == 0
     assert "# sweep: 144 runs, every one valid" in capsys.readouterr().out
+
+
+def test_kws_stream_prints_probabilities_plots_and_exports(tmp_path, capsys):
+    import numpy as np
+    import soundfile
+    import torch
+
+    from kdlab.engine import checkpoint
+    from kdlab.plugins.crnn import CRNN, CRNNConfig
+
+    torch.manual_seed(0)
+    model = CRNN(CRNNConfig(hidden=16), 40, 2)
+    checkpoint.export_model(tmp_path / "m.pt", model=model, arch="crnn", config={"hidden": 16}, num_classes=2,
+                            input_shape=(40, 98))
+    soundfile.write(tmp_path / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(32000)).astype(np.float32), 16000)
+    argv = ["kws-stream", str(tmp_path / "m.pt"), str(tmp_path / "a.wav"), "--threshold", "0.0",
+            "--export", str(tmp_path / "stream.ts")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "time_s\tprob" and len(lines) == 1 + 20  # 2 s in 100 ms chunks
+    assert lines[1].startswith("0.10\t") and lines[-1].startswith("2.00\t")
+    assert "detections (p >= 0.0): 0.1 s" in captured.err
+    assert (tmp_path / "a.kws.png").stat().st_size > 1000
+    assert torch.jit.load(str(tmp_path / "stream.ts")) is not None
+    # a model of another kind, and audio at the wrong rate, are exit-2 errors
+    soundfile.write(tmp_path / "b.wav", np.zeros(8000, np.float32), 8000)
+    assert main(["kws-stream", str(tmp_path / "m.pt"), str(tmp_path / "b.wav")]) == 2
+    assert "b.wav: sample rate 8000 Hz, expected 16000 Hz" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdlab.engine.runner import run
 from tests.plugins.test_datasets import make_cifar
@@ -27,3 +28,28 @@ def test_cifar_recipe_smoke(recipe, hundred, tmp_path, catalogue):
         assert 0 <= metrics["test/accuracy"] <= 1, stage
     if hundred:
         assert {"test/geometry_preservation", "test/cka", "test/top5"} <= set(result.metrics["geometry"])
+
+
+def test_kws_recipe_smoke(tmp_path, catalogue):
+    from kdlab.engine import checkpoint
+    from tests.plugins.test_speech_commands import make_speech_commands
+
+    make_speech_commands(tmp_path / "sc")
+    overrides = ["defaults.epochs=1", "device=\"cpu\"", f"data.root={tmp_path / 'sc'}", "data.batch_size=4",
+                 "plugins.progress.enabled=false"]
+    result = run(ROOT / "recipes" / "kws_compress.toml", overrides=overrides, out=tmp_path / "runs",
+                 catalogue=catalogue)
+    m = result.metrics
+    assert len(m) >= 7 and "teacher" in m
+    for stage, metrics in m.items():
+        assert 0 <= metrics["test/au_fa_fr"] <= 1, stage
+        # compression ratios against the teacher, from the same run's counts
+        assert metrics["macs_ratio"] == pytest.approx(m["teacher"]["macs"] / metrics["macs"]), stage
+        assert metrics["bytes_ratio"] == pytest.approx(m["teacher"]["bytes"] / metrics["bytes"]), stage
+    assert m["teacher"]["macs_ratio"] == 1.0
+    fp16 = m["tiny_fp16"]
+    assert fp16["bytes_fp16"] < 0.7 * fp16["bytes"]
+    assert fp16["bytes_fp16_ratio"] > 19  # seed 001's fp16 memory ratio was 19.2x
+    assert 0 <= fp16["test/fp16_au_fa_fr"] <= 1
+    half = checkpoint.load_model_file(result.run_dir / "models" / "tiny_fp16.fp16.pt")
+    assert all(t.dtype == torch.float16 for t in half["state_dict"].values() if t.is_floating_point())

@@ -44,7 +44,7 @@ from kdlab.engine import checkpoint
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.recipe import CONVERTER
 from kdlab.engine.stats import model_stats
-from kdlab.engine.types import ModelOutput, ModelSpec, Stage, Taps
+from kdlab.engine.types import ModelOutput, ModelSpec, Stage, Taps, cat_padded
 
 
 def fit(stage: Stage) -> dict[str, float]:
@@ -155,7 +155,7 @@ def evaluate(stage: Stage, split: str) -> dict[str, float]:
     per_teacher = [ModelOutput.cat(list(outs)) for outs in zip(*teacher_outputs)]
     metrics = {}
     for result in stage.hook.kdlab_eval_metrics(stage=stage, split=split, output=ModelOutput.cat(outputs),
-                                                targets=torch.cat(targets), teacher_outputs=per_teacher):
+                                                targets=cat_padded(targets, -1), teacher_outputs=per_teacher):
         metrics.update({f"{split}/{k}": float(val) for k, val in result.items()})
     return metrics
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import io
 
-# Columns shown first, when present; any other metric follows in alphabetical order.
-PREFERRED = ["test/accuracy", "val/accuracy", "test/top5", "test/loss", "test/sparsity", "test/geometry_preservation",
-             "test/cka", "params", "nonzero_params", "macs", "bytes", "latency_ms"]
+# Columns shown first, when present; any other metric follows in alphabetical order. The table
+# printed after `kdlab run` shows only these (every metric is in the run's metrics.json).
+PREFERRED = ["test/accuracy", "val/accuracy", "test/top5", "test/loss", "test/au_fa_fr", "val/au_fa_fr",
+             "test/fp16_au_fa_fr", "test/per", "val/per", "test/beam_per", "test/sparsity",
+             "test/geometry_preservation", "test/cka", "params", "nonzero_params", "macs", "bytes", "bytes_fp16",
+             "latency_ms", "macs_ratio", "bytes_ratio", "bytes_fp16_ratio", "latency_ratio"]
 
 
-def columns(rows: list[dict], with_run: bool) -> list[str]:
+def columns(rows: list[dict], with_run: bool, preferred_only: bool = False) -> list[str]:
     keys = {k for r in rows for k in r} - {"run", "stage"}
-    ordered = [k for k in PREFERRED if k in keys] + sorted(keys - set(PREFERRED))
+    ordered = [k for k in PREFERRED if k in keys] + ([] if preferred_only else sorted(keys - set(PREFERRED)))
     return (["run"] if with_run else []) + ["stage"] + ordered
 
 
@@ -22,8 +25,8 @@ def _cell(value) -> str:
     return str(value) if value is not None else ""
 
 
-def markdown(rows: list[dict], with_run: bool = True) -> str:
-    cols = columns(rows, with_run)
+def markdown(rows: list[dict], with_run: bool = True, preferred_only: bool = False) -> str:
+    cols = columns(rows, with_run, preferred_only)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)

@@ -49,14 +49,16 @@ def cpu_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10) -
 
 
 def model_stats(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> dict[str, float]:
-    """``params``, ``nonzero_params``, ``macs`` (one sample), ``bytes`` (saved state_dict),
-    ``latency_ms`` (one batch, CPU)."""
+    """``params``, ``nonzero_params``, ``macs`` (one sample; speech models: one second of audio),
+    ``bytes`` (saved state_dict), ``latency_ms`` (one batch, CPU)."""
     cpu = copy.deepcopy(model).cpu().train(False)
-    one = torch.zeros(1, *input_shape)
+    # models whose input is not the data's sample shape (speech: raw audio for one model,
+    # features for another) give their own example: one second of input
+    one = cpu.example_input() if hasattr(cpu, "example_input") else torch.zeros(1, *input_shape)
     return {
         "params": count_parameters(cpu),
         "nonzero_params": count_nonzero(cpu),
         "macs": count_macs(cpu, one),
         "bytes": state_dict_bytes(cpu),
-        "latency_ms": round(cpu_latency_ms(cpu, torch.zeros(batch_size, *input_shape)), 4),
+        "latency_ms": round(cpu_latency_ms(cpu, one.expand(batch_size, *one.shape[1:]).contiguous()), 4),
     }

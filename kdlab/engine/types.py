@@ -16,32 +16,52 @@ from kdlab.engine.errors import KdlabError
 
 @attrs.frozen
 class Batch:
-    """One batch: ``inputs`` (a tensor), ``targets``, and ``index`` (dataset positions)."""
+    """One batch: ``inputs`` (a tensor), ``targets``, and ``index`` (dataset positions).
+
+    Sequence tasks put what else their models need in ``extra`` (e.g. ``input_lengths``, a raw
+    ``wave`` for a teacher that reads audio while the student reads features); variable-length
+    ``targets`` are padded with -1.
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     index: torch.Tensor
+    extra: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
     def to(self, device: torch.device) -> Batch:
         if self.inputs.device == device:
             return self
         nb = device.type == "cuda"
-        return Batch(self.inputs.to(device, non_blocking=nb), self.targets.to(device, non_blocking=nb), self.index)
+        return Batch(self.inputs.to(device, non_blocking=nb), self.targets.to(device, non_blocking=nb), self.index,
+                     {k: t.to(device, non_blocking=nb) for k, t in self.extra.items()})
+
+
+def cat_padded(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
+    """Concatenate along dim 0, padding dim 1 (time) to the longest with ``value`` when batches
+    differ in length (sequence outputs and targets)."""
+    if tensors[0].ndim < 2 or all(t.shape[1] == tensors[0].shape[1] for t in tensors):
+        return torch.cat(tensors)
+    longest = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, longest - t.shape[1]), value=value)
+                      for t in tensors])
 
 
 @attrs.frozen
 class ModelOutput:
-    """What a forward produced: ``logits`` and the tapped ``features`` by alias."""
+    """What a forward produced: ``logits`` and the tapped ``features`` by alias. Sequence models
+    give per-frame logits (batch, frames, classes) and the valid ``lengths`` (batch,)."""
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = attrs.field(factory=dict)
+    lengths: torch.Tensor | None = None
 
     @staticmethod
     def cat(outputs: list[ModelOutput]) -> ModelOutput:
         first = outputs[0]
         return ModelOutput(
-            torch.cat([o.logits for o in outputs]),
-            {k: torch.cat([o.features[k] for o in outputs]) for k in first.features},
+            cat_padded([o.logits for o in outputs]),
+            {k: cat_padded([o.features[k] for o in outputs]) for k in first.features},
+            torch.cat([o.lengths for o in outputs]) if first.lengths is not None else None,
         )
 
 
@@ -73,6 +93,7 @@ class DataBundle:
     input_shape: tuple[int, ...]  # one sample, without the batch dimension
     augmented: bool = False  # training inputs are randomly transformed (differ between epochs)
     key: dict = attrs.field(factory=dict)  # what identifies the data and its transforms (for caches)
+    classes: tuple[str, ...] = ()  # class names, when the data has them (CTC: blank, then the phonemes)
 
 
 @attrs.frozen(kw_only=True)

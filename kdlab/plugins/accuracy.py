@@ -18,6 +18,8 @@ class Accuracy:
 
     @hookimpl
     def kdlab_eval_metrics(self, stage, split, output, targets):
+        if output.logits.ndim != 2:  # per-frame outputs of a sequence model: see the per plugin
+            return None
         logits = output.logits.float()
         metrics = {"accuracy": topk_accuracy(logits, targets), "loss": F.cross_entropy(logits, targets).item()}
         if logits.shape[1] > 10:

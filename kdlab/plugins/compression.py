@@ -32,6 +32,16 @@ class Compression:
     def kdlab_config_class(self):
         return CompressionConfig
 
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        # checked before training, not after it
+        base = stage.config_for(self).baseline
+        order = list(stage.recipe.stages)
+        if base is not None and base not in order:
+            raise KdlabError(f"plugins.compression.baseline: no stage '{base}' in the recipe")
+        if base is not None and order.index(base) > order.index(stage.name):
+            raise KdlabError(f"plugins.compression.baseline: stage '{base}' must run before '{stage.name}'")
+
     @hookimpl(tryfirst=True)  # before the writers (tensorboard hparams) read the metrics
     def kdlab_stage_summary(self, stage, metrics):
         base_name = stage.config_for(self).baseline
@@ -42,11 +52,7 @@ class Compression:
         else:
             path = stage.run_dir / "metrics.json"
             done = json.loads(path.read_text()) if path.is_file() else {}
-            if base_name not in done:
-                if base_name not in stage.recipe.stages:
-                    raise KdlabError(f"plugins.compression.baseline: no stage '{base_name}' in the recipe")
-                raise KdlabError(f"plugins.compression.baseline: stage '{base_name}' must run before '{stage.name}'")
-            base = done[base_name]
+            base = done.get(base_name, {})
         for cost in COSTS:
             if metrics.get(cost) and base.get(cost):
                 metrics[f"{cost.removesuffix('_ms')}_ratio"] = base[cost] / metrics[cost]

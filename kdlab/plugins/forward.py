@@ -1,4 +1,10 @@
-"""Default forward passes: the student, the teachers (under no_grad), and teacher loading."""
+"""Default forward passes: the student, the teachers (under no_grad), and teacher loading.
+
+A model is called on ``batch.inputs``, unless it defines ``forward_batch(batch) -> (logits,
+lengths)``: sequence models read what they need from the batch that way (a wav2vec2 teacher the
+raw audio in ``batch.extra["wave"]``, a Conformer student the features and their lengths), and
+their outputs carry the valid ``lengths``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,19 @@ from kdlab import ModelOutput, hookimpl
 from kdlab.engine.loop import load_model
 
 
+def run_model(model, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if hasattr(model, "forward_batch"):
+        return model.forward_batch(batch)
+    return model(batch.inputs), None
+
+
 class Forward:
     default_enabled = True
 
     @hookimpl(trylast=True)
     def kdlab_student_forward(self, stage, batch):
-        logits = stage.student(batch.inputs)
-        return ModelOutput(logits, stage.student_taps.collect())
+        logits, lengths = run_model(stage.student, batch)
+        return ModelOutput(logits, stage.student_taps.collect(), lengths)
 
     @hookimpl(wrapper=True, tryfirst=True)
     def kdlab_teacher_outputs(self, stage, batch):
@@ -26,7 +38,8 @@ class Forward:
     def run_teachers(self, stage, batch):
         outs = []
         for teacher, taps in zip(stage.teachers, stage.teacher_taps):
-            outs.append(ModelOutput(teacher(batch.inputs), taps.collect()))
+            logits, lengths = run_model(teacher, batch)
+            outs.append(ModelOutput(logits, taps.collect(), lengths))
         return outs
 
     @hookimpl(trylast=True)

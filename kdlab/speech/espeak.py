@@ -49,6 +49,7 @@ class Espeak:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                      ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
         data = espeakng_loader.get_data_path().encode()
@@ -72,13 +73,17 @@ class Espeak:
                 raise KdlabError(f"espeak-ng has no voice '{voice}'")
             self._voice = voice
 
-    def synth(self, text: str, voice: str, *, rate: int = 175, pitch: int = 50, pitch_range: int = 50) -> np.ndarray:
+    def synth(self, text: str, voice: str, *, rate: int = 175, pitch: int = 50, pitch_range: int = 50,
+              seed: int = 0) -> np.ndarray:
         """Float32 audio in [-1, 1] at :attr:`sample_rate` (22,050 Hz)."""
         self.set_voice(voice)
         self.lib.espeak_SetParameter(PARAM_RATE, int(rate), 0)
         self.lib.espeak_SetParameter(PARAM_PITCH, int(pitch), 0)
         self.lib.espeak_SetParameter(PARAM_RANGE, int(pitch_range), 0)
         raw = text.encode("utf-8") + b"\0"
+        # breathy and whispering voices add noise from espeak-ng's random generator, which is
+        # seeded from the clock unless set: seeded per call, their samples are reproducible
+        self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
         self._chunks = []
         self.lib.espeak_Synth(raw, len(raw), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
         self.lib.espeak_Synchronize()

@@ -13,13 +13,15 @@ spoken only by voices never heard in training. Output:
     OUT/stream_demo.wav, stream_demo.txt    test clips in a row, the keyword in the middle
     OUT/corpus.json                         the generation settings
 
-The same seed gives byte-identical files.
+The same seed gives byte-identical files (each corpus made in a fresh process: see
+:mod:`kdlab.speech.espeak`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from kdlab.speech.audio import coloured_noise, mix_at_snr, resample, trim_silence, write_audio
 from kdlab.speech.espeak import engine
 
+log = logging.getLogger("kdlab.data")
 SAMPLE_RATE = 16000
 SPEECH_COMMANDS_WORDS = [
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go", "happy",
@@ -58,9 +61,12 @@ def vocabulary(keyword: str, rng: np.random.Generator, common: int = 400) -> lis
 
 def _speak(word: str, voice: str, rng: np.random.Generator, max_len: int) -> np.ndarray:
     eng = engine()
+    # pitch 35-85 and range 20-70: espeak-ng 1.52 crashes (SIGSEGV) on some voices with a low
+    # pitch and a wide range (e.g. en+rob at pitch 30, range 82)
     rate = int(rng.integers(120, 260))
     while True:
-        audio = eng.synth(word, voice, rate=rate, pitch=int(rng.integers(15, 90)), pitch_range=int(rng.integers(20, 90)))
+        audio = eng.synth(word, voice, rate=rate, pitch=int(rng.integers(35, 86)), pitch_range=int(rng.integers(20, 71)),
+                          seed=int(rng.integers(2**31)))
         audio = trim_silence(resample(audio, eng.sample_rate, SAMPLE_RATE))
         if len(audio) <= max_len or rate >= 450:
             return audio[:max_len]
@@ -124,6 +130,8 @@ def generate(out: str | Path, keyword: str = "sheila", *, clips: int = 8000, key
         rel = f"{word}/{spk}_nohash_{k}.wav"
         write_audio(out / rel, clip, SAMPLE_RATE)
         lists[split].append(rel)
+        if not progress and (i + 1) % max(1, clips // 10) == 0:
+            log.info("kws corpus: %d/%d clips", i + 1, clips)
     (out / "validation_list.txt").write_text("".join(f"{r}\n" for r in lists["val"]))
     (out / "testing_list.txt").write_text("".join(f"{r}\n" for r in lists["test"]))
     demo = _stream_demo(out, lists["test"], keyword, rng)
