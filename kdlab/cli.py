@@ -76,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--keyword-fraction", type=float, default=0.05, help="share of keyword clips (default 0.05)")
     q.add_argument("--seed", type=int, default=0)
 
+    q = data.add_parser("ru-phonemes", help="Russian utterances with IPA phoneme labels (espeak-ng voices)")
+    q.add_argument("--out", required=True, help="corpus directory (created)")
+    q.add_argument("--utterances", type=int, default=3000, help="number of utterances (default 3000)")
+    q.add_argument("--min-words", type=int, default=2)
+    q.add_argument("--max-words", type=int, default=6)
+    q.add_argument("--seed", type=int, default=0)
+    q = data.add_parser("common-voice", help="convert a Common Voice folder (TSV files + clips/) to a manifest")
+    q.add_argument("root", help="the Common Voice language folder (train.tsv, dev.tsv, test.tsv, clips/)")
+    q.add_argument("--out", required=True, help="directory for manifest.jsonl and phonemes.txt")
+    q.add_argument("--voice", default="ru", help="espeak-ng voice that phonemises the sentences (default ru)")
+
     p = sub.add_parser("kws-stream", help="keyword probability over time for an audio file, chunk by chunk")
     common(p, recipe=False)
     p.add_argument("model", help="an exported CRNN (RUN_DIR/models/<stage>.pt)")
@@ -89,6 +100,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_data(args) -> int:
+    if args.corpus == "ru-phonemes":
+        from kdlab.speech import ru_corpus
+
+        if args.utterances < 1 or not 1 <= args.min_words <= args.max_words:
+            raise KdlabError("--utterances must be >= 1 and 1 <= --min-words <= --max-words")
+        summary = ru_corpus.generate(args.out, utterances=args.utterances, seed=args.seed, min_words=args.min_words,
+                                     max_words=args.max_words, progress=sys.stderr.isatty())
+        for split, info in summary["splits"].items():
+            print(f"{split:5}: {info['utterances']} utterances, {info['hours']} h, {len(info['voices'])} voices")
+        print(f"{summary['phonemes']} phonemes; manifest: {args.out}/manifest.jsonl")
+        return 0
+    if args.corpus == "common-voice":
+        from kdlab.speech.manifest import convert_common_voice
+
+        summary = convert_common_voice(args.root, args.out, voice=args.voice)
+        for line in summary["skipped"]:
+            print(f"kdlab: skipped {line}", file=sys.stderr)
+        print(f"{summary['utterances']} utterances ({len(summary['skipped'])} skipped), {summary['phonemes']} "
+              f"phonemes; manifest: {args.out}/manifest.jsonl")
+        return 0
     if args.clips < 1 or not 0 < args.keyword_fraction < 1:
         raise KdlabError("--clips must be >= 1 and --keyword-fraction in (0, 1)")
     from kdlab.speech import kws_corpus

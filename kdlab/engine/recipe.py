@@ -82,7 +82,9 @@ def _weights_non_negative(_inst, _attr, value):
 
 @attrs.frozen(kw_only=True)
 class StageConfig:
-    epochs: int = field(validator=v.ge(1))
+    # 0: no training; the stage evaluates and exports its starting model (``init``, or a model that
+    # arrives trained, such as a Hugging Face teacher), e.g. to reuse a teacher from another run
+    epochs: int = field(validator=v.ge(0))
     model: ModelSpec
     teachers: tuple[str, ...] = ()  # earlier stage names or exported model files
     init: str | None = None  # start the student from an earlier stage's (or a file's) weights

@@ -88,7 +88,10 @@ def wav2vec2_from_scratch(config: Wav2Vec2Config, num_classes: int) -> nn.Module
     c = config.conv_dim
     groups = math.gcd(16, config.dim)
     return torchaudio.models.wav2vec2_model(
-        extractor_mode="group_norm",
+        # layer_norm (per frame), not group_norm (over the whole padded batch): an utterance's
+        # outputs then do not depend on what it is batched with, which exact resume and the
+        # teacher cache need
+        extractor_mode="layer_norm",
         extractor_conv_layer_config=[(c, 10, 5)] + [(c, 3, 2)] * 4 + [(c, 2, 2)] * 2,
         extractor_conv_bias=False, encoder_embed_dim=config.dim, encoder_projection_dropout=config.dropout,
         encoder_pos_conv_kernel=config.pos_conv_kernel, encoder_pos_conv_groups=groups,

@@ -141,3 +141,18 @@ def test_non_finite_loss_stops_before_the_checkpoint(write_recipe, tmp_path):
         run(write_recipe(text), out=tmp_path, catalogue=cat)
     last = torch.load(next(tmp_path.glob("tiny/*/checkpoints/teacher/last.pt")), weights_only=True)
     assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["student"].values() if v.is_floating_point())
+
+
+def test_zero_epochs_exports_the_starting_model(write_recipe, tmp_path, catalogue):
+    from kdlab.engine import checkpoint
+    from kdlab.engine.runner import run
+    from tests.conftest import TINY, state_dicts_equal
+
+    first = run(write_recipe(), out=tmp_path / "a", catalogue=catalogue).run_dir
+    teacher = first / "models" / "teacher.pt"
+    text = TINY.replace('[stages.teacher]\nmodel = { arch = "cnn", channels = [8, 16] }',
+                        f'[stages.teacher]\nmodel = {{ arch = "cnn", channels = [8, 16] }}\nepochs = 0\ninit = "{teacher}"')
+    second = run(write_recipe(text, "zero.toml"), out=tmp_path / "b", catalogue=catalogue)
+    assert state_dicts_equal(checkpoint.load_model_file(teacher)["state_dict"],
+                             checkpoint.load_model_file(second.run_dir / "models" / "teacher.pt")["state_dict"])
+    assert second.metrics["teacher"]["test/accuracy"] > 0.5

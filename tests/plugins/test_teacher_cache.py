@@ -80,3 +80,46 @@ def test_augmented_data_is_refused(write_recipe, tmp_path, catalogue):
                                     'methods.feature_metrics = {}', "").replace(' dir = "CACHE" ', "")
     with pytest.raises(KdlabError, match="teacher_cache: the training inputs are randomly augmented"):
         run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+
+
+def test_sequence_teacher_cache_gives_identical_students_and_topk_is_close(tmp_path, catalogue):
+    from kdlab.engine import checkpoint
+    from kdlab.engine.runner import run
+    from kdlab.plugins.teacher_cache import expand_topk
+    from tests.plugins.test_phonemes import make_phoneme_corpus
+
+    manifest = make_phoneme_corpus(tmp_path / "corpus", per_split=(8, 2, 2))
+    text = f"""
+name = "ctc_cache"
+device = "cpu"
+[data]
+dataset = "phonemes"
+manifest = "{manifest}"
+batch_size = 3
+[plugins.progress]
+enabled = false
+[defaults]
+epochs = 1  # later epochs batch utterances differently: the live teacher then differs by rounding
+model = {{ arch = "conformer_ctc", dim = 8, layers = 1, heads = 2, ffn = 8, subsample_channels = 2 }}
+[stages.teacher]
+model = {{ arch = "wav2vec2_ctc", conv_dim = 8, dim = 16, layers = 1, heads = 2, ffn = 16 }}
+methods.ctc = {{}}
+[stages.live]
+teachers = ["teacher"]
+methods.ctc_kd = {{ strategy = "posterior" }}
+[stages.cached]
+teachers = ["teacher"]
+methods.ctc_kd = {{ strategy = "posterior" }}
+methods.teacher_cache = {{ dir = "{tmp_path / 'cache'}" }}
+"""
+    (tmp_path / "r.toml").write_text(text)
+    result = run(tmp_path / "r.toml", out=tmp_path / "runs", catalogue=catalogue)
+    models = {s: checkpoint.load_model_file(result.run_dir / "models" / f"{s}.pt")["state_dict"] for s in ("live", "cached")}
+    assert all(torch.equal(models["live"][k], models["cached"][k]) for k in models["live"])
+    assert any((tmp_path / "cache").glob("*/t0__offsets.npy"))
+    # top-k keeps the k largest log-probabilities exactly and the total mass at 1
+    logp = torch.log_softmax(torch.randn(5, 7), -1)
+    values, index = logp.topk(3, -1)
+    full = expand_topk(values, index, 7)
+    assert torch.allclose(full.exp().sum(-1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(full.gather(-1, index), values)
