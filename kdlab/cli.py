@@ -262,7 +262,7 @@ def cmd_report(args) -> int:
         from kdlab.studies import plots
 
         figures = {f"{args.metric.replace('/', '_')}_vs_{c}": plots.metric_vs_cost(rows, args.metric, c, stages) for c in costs}
-        figures["curves"] = plots.curves(runs, "val/accuracy", stages)
+        figures["curves"] = plots.curves(runs, args.metric.replace("test/", "val/", 1), stages)
         for path in plots.write(figures, Path(args.plots)):
             print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -326,7 +326,8 @@ def kdlab_stage_end(stage: Stage, metrics: dict[str, float]) -> None:
     """Training is over; the model is about to be exported.
 
     Fires: once per stage, after the final evaluation; ``metrics`` holds the final val/test
-    metrics. Make re-parametrisations permanent (pruning) here. Notification.
+    metrics. Make re-parametrisations permanent (pruning) here. A plugin may add entries to
+    ``metrics`` (``fp16_export`` adds the metrics re-measured in float16). Notification.
     """
 
 

@@ -185,13 +185,23 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+LOWER_IS_BETTER = ("loss", "per", "au_fa_fr", "au_fa_fr_class")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Error-like metrics (loss, PER, au_fa_fr, also as fp16_/beam_ variants)."""
+    name = metric.rsplit("/", 1)[-1]
+    return any(name == m or name.endswith(f"_{m}") for m in LOWER_IS_BETTER)
+
+
 def pareto_marks(rows: list[dict], metric: str, costs: list[str], stages: set[str] | None) -> dict[int, list[str]]:
     """Row index -> the costs against which the row is Pareto-optimal for ``metric``."""
     marks: dict[int, list[str]] = {}
+    sign = -1.0 if lower_is_better(metric) else 1.0
     for cost in costs:
         idx = [i for i, r in enumerate(rows) if metric in r["values"] and cost in r["values"]
                and (stages is None or r["stage"] in stages)]
-        points = [(mean_std(rows[i]["values"][cost])[0], mean_std(rows[i]["values"][metric])[0]) for i in idx]
+        points = [(mean_std(rows[i]["values"][cost])[0], sign * mean_std(rows[i]["values"][metric])[0]) for i in idx]
         for k in pareto_front(points):
             marks.setdefault(idx[k], []).append(cost)
     return marks

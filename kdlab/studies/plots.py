@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kdlab.studies.aggregate import mean_std, pareto_front  # noqa: E402
+from kdlab.studies.aggregate import lower_is_better, mean_std, pareto_front  # noqa: E402
 
 
 def metric_vs_cost(rows: list[dict], metric: str, cost: str, stages: set[str] | None = None):
@@ -23,7 +23,8 @@ def metric_vs_cost(rows: list[dict], metric: str, cost: str, stages: set[str] | 
         return fig
     xs, ys = [p[0][0] for p in pts], [p[1][0] for p in pts]
     ax.errorbar(xs, ys, yerr=[p[1][1] for p in pts], fmt="o", color="0.6", ecolor="0.8", label="runs (mean ± std)")
-    front = sorted(pareto_front(list(zip(xs, ys))), key=lambda i: xs[i])
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    front = sorted(pareto_front([(x, sign * y) for x, y in zip(xs, ys)]), key=lambda i: xs[i])
     ax.plot([xs[i] for i in front], [ys[i] for i in front], "o-", color="tab:red", label="Pareto front")
     # number the front's points on the plot; their settings are listed under it
     for k, i in enumerate(front, 1):

@@ -71,3 +71,14 @@ def test_report_markdown_csv_and_plots(runs, tmp_path, capsys):
     assert lines[0].startswith("group,stage,seeds,test/accuracy mean,test/accuracy std")
     row = next(r for r in csv.reader(lines) if r[0] == "channels=[4]")
     assert row[1:3] == ["student", "2"] and float(row[3]) == pytest.approx(0.92) and float(row[4]) == pytest.approx(0.02)
+
+
+def test_pareto_front_for_error_metrics_prefers_lower_values():
+    rows = [{"stage": s, "values": {"test/au_fa_fr": [e], "macs": [c]}}
+            for s, e, c in (("big", 0.001, 100.0), ("small", 0.002, 10.0), ("bad", 0.005, 50.0))]
+    from kdlab.studies import aggregate as agg
+
+    marks = agg.pareto_marks(rows, "test/au_fa_fr", ["macs"], None)
+    assert sorted(marks) == [0, 1]  # "bad" costs more than "small" and errs more
+    assert agg.lower_is_better("test/fp16_au_fa_fr") and agg.lower_is_better("val/per")
+    assert not agg.lower_is_better("test/accuracy")
