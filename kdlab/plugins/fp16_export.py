@@ -28,11 +28,13 @@ class HalfModel(nn.Module):
         self.model = model.half()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.half()).float()
+        # float16 throughout, whatever autocast (the amp method) is active around the forward
+        with torch.autocast(x.device.type, enabled=False):
+            return self.model(x.half()).float()
 
 
 class Fp16Export:
-    @hookimpl
+    @hookimpl(trylast=True)  # after the others have finished the model (pruning made permanent)
     def kdlab_stage_end(self, stage, metrics):
         half = copy.deepcopy(stage.student).half().train(False)
         full, stage.student = stage.student, HalfModel(half)

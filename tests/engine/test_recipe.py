@@ -15,14 +15,14 @@ MALFORMED = [
     ("temperature = 4.0", "temperature = -1.0", "temperature must be > 0, got -1.0",
      "$.stages.student.methods.logit_kd.temperature"),
     ("alpha = 0.5", "alpha = 1.5", "alpha must be <= 1, got 1.5", "$.stages.student.methods.logit_kd.alpha"),
-    ("epochs = 2", "epochs = 0", "epochs must be >= 1, got 0", "$.stages.teacher.epochs"),
+    ("epochs = 2", "epochs = -1", "epochs must be >= 0, got -1", "$.stages.teacher.epochs"),
     ("lr = 0.01", "lr = -0.1", "lr must be > 0, got -0.1", "$.stages.teacher.optimizer.lr"),
     ("lr = 0.01", 'lr = "fast"', "lr must be a number, got 'fast'", "$.stages.teacher.optimizer.lr"),
     ('name = "adam"', 'name = "adagrad"', "name must be one of 'sgd', 'adam', 'adamw'",
      "$.stages.teacher.optimizer.name"),
     ("methods.supervised = {}", "methods.supervisd = {}", "unknown method 'supervisd' (methods: amp,",
      "$.stages.teacher.methods.supervisd"),
-    ('dataset = "digits"', 'dataset = "imagenet"', "unknown data set 'imagenet' (available: cifar10, cifar100, digits, mnist)",
+    ('dataset = "digits"', 'dataset = "imagenet"', "unknown data set 'imagenet' (available: cifar10, cifar100, digits, mnist, phonemes, speech_commands)",
      "$.data.dataset"),
     ('channels = [8, 16]', 'channels = [8, 0]', "channels: must be a non-empty list of positive integers",
      "$.stages.teacher.model.channels"),
@@ -59,11 +59,11 @@ def test_error_names_the_line(write_recipe, catalogue):
 
 
 def test_all_errors_are_reported_together(write_recipe, catalogue):
-    text = TINY.replace("epochs = 2", "epochs = 0").replace("temperature = 4.0", "temperature = -2.0")
+    text = TINY.replace("epochs = 2", "epochs = -1").replace("temperature = 4.0", "temperature = -2.0")
     with pytest.raises(RecipeError) as info:
         load_recipe(write_recipe(text), catalogue)
     joined = "\n".join(info.value.messages)
-    assert "epochs must be >= 1" in joined and "temperature must be > 0" in joined
+    assert "epochs must be >= 0" in joined and "temperature must be > 0" in joined
     assert "$.stages.teacher.epochs" in joined and "$.stages.student.epochs" in joined
 
 
@@ -80,7 +80,7 @@ def test_missing_recipe_file(tmp_path, capsys):
 
 
 def test_debug_shows_traceback(write_recipe):
-    recipe = write_recipe(TINY.replace("epochs = 2", "epochs = 0"))
+    recipe = write_recipe(TINY.replace("epochs = 2", "epochs = -1"))
     with pytest.raises(RecipeError):
         main(["--debug", "validate", str(recipe)])
 
@@ -99,8 +99,8 @@ def test_set_overrides_are_validated(write_recipe, catalogue):
     assert recipe.stages["student"].methods["logit_kd"].temperature == 2.0
     assert recipe.seed == 5
     with pytest.raises(RecipeError) as info:
-        load_recipe(path, catalogue, ["stages.student.epochs=0"])
-    assert info.value.messages == [f"{path}: epochs must be >= 1, got 0 @ $.stages.student.epochs (from --set)"]
+        load_recipe(path, catalogue, ["stages.student.epochs=-1"])
+    assert info.value.messages == [f"{path}: epochs must be >= 0, got -1 @ $.stages.student.epochs (from --set)"]
 
 
 def test_parse_override_values():
