@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-ms", type=int, default=100, help="chunk length in milliseconds (default 100)")
     p.add_argument("--window-s", type=float, default=1.0, help="attention window in seconds (default 1.0)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability that counts as a detection")
+    p.add_argument("--mode", choices=["window", "carry"], default="window",
+                   help="window: the GRU reruns over the last window's conv outputs each chunk (equals the offline "
+                        "model on that window); carry: the GRU state is carried (cheaper, drifts on long audio)")
     p.add_argument("--plot", metavar="PNG", help="write the probability curve here (default: next to the audio)")
     p.add_argument("--export", metavar="PT", help="also save the streaming detector as TorchScript here")
     return parser

@@ -2,16 +2,21 @@
 and each chunk yields the keyword probability.
 
 State kept between chunks, and nothing more: the audio samples not yet covered by a full STFT
-window, the log-mel frames not yet covered by a full conv kernel, the GRU hidden state, and the
-last ``window`` GRU outputs that the attention pools over. Because the log-mel frames are
-computed without centre padding, the streamed frames, conv steps and GRU outputs are exactly
-those of the whole signal; the only difference from the offline model is that the attention
-sees the last ``window`` steps. So, on the same audio:
+window and the log-mel frames not yet covered by a full conv kernel (the receptive field), then,
+by ``mode``:
 
-* while the stream is shorter than the window, each chunk's probability equals the offline
-  CRNN's on the audio received so far;
-* later, it equals :func:`offline_window_probs` (offline GRU over the whole signal, attention
-  over a sliding window), which the tests check.
+* ``"window"`` (the default): the conv outputs of the last ``window`` steps (1 s). Each chunk
+  runs the GRU from a zero state over them, so each probability is exactly the offline CRNN's on
+  the last second of audio (the matching window), the input the model was trained on; log-mel
+  and convolutions are computed once per sample, not once per window.
+* ``"carry"``: the GRU hidden state is carried from chunk to chunk and the attention pools the
+  last ``window`` GRU outputs: the cheapest (one GRU step per conv step), equal to
+  :func:`offline_window_probs` (one GRU over the whole signal), but the GRU then runs far longer
+  than the 1-second clips it was trained on, and its outputs drift (BENCHMARKS.md shows both).
+
+Because the log-mel frames are computed without centre padding, the streamed frames and conv
+steps are exactly those of the whole signal. While the stream is shorter than the window, both
+modes equal the offline CRNN on the audio received so far.
 
 :class:`StreamingKWS` is TorchScript-compatible: ``kdlab kws-stream --export FILE`` saves it, and
 ``torch.jit.load(FILE)`` runs it without kdlab installed.
@@ -31,7 +36,7 @@ from kdlab.speech.features import LOG_FLOOR, LogMel
 
 
 class StreamingKWS(nn.Module):
-    def __init__(self, crnn: CRNN, features: LogMel, window_steps: int, keyword: int = 1):
+    def __init__(self, crnn: CRNN, features: LogMel, window_steps: int, keyword: int = 1, mode: str = "window"):
         super().__init__()
         self.mel = features.mel
         self.n_fft, self.hop = features.n_fft, features.hop
@@ -41,12 +46,17 @@ class StreamingKWS(nn.Module):
         self.layers, self.hidden = crnn.config.gru_layers, crnn.config.hidden
         self.window, self.keyword = window_steps, keyword
         self.log_floor = LOG_FLOOR
+        if mode not in ("window", "carry"):
+            raise KdlabError(f"streaming mode must be 'window' or 'carry', got '{mode}'")
+        self.carry = mode == "carry"
+        self.conv_dim = crnn.gru.input_size
 
     @torch.jit.export
     def initial_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pending audio, pending log-mel frames, GRU state, last GRU outputs)."""
+        """(pending audio, pending log-mel frames, GRU state, last GRU outputs ("carry") or last
+        conv outputs ("window"))."""
         return (torch.zeros(0), torch.zeros(self.n_mels, 0), torch.zeros(self.layers, 1, self.hidden),
-                torch.zeros(0, self.hidden))
+                torch.zeros(0, self.hidden if self.carry else self.conv_dim))
 
     def forward(self, chunk: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -60,13 +70,21 @@ class StreamingKWS(nn.Module):
         steps = 0 if mel_buf.shape[1] < self.kernel_t else 1 + (mel_buf.shape[1] - self.kernel_t) // self.stride_t
         if steps > 0:
             x = self.conv(mel_buf[:, : (steps - 1) * self.stride_t + self.kernel_t].unsqueeze(0).unsqueeze(0))
-            out, h = self.gru(x.flatten(1, 2).transpose(1, 2), h)
-            outputs = torch.cat([outputs, out[0]])[-self.window :]
+            x = x.flatten(1, 2).transpose(1, 2)
+            if self.carry:
+                out, h = self.gru(x, h)
+                outputs = torch.cat([outputs, out[0]])[-self.window :]
+            else:
+                outputs = torch.cat([outputs, x[0]])[-self.window :]
             mel_buf = mel_buf[:, steps * self.stride_t :]
         if outputs.shape[0] == 0:
-            prob = torch.zeros(())
+            return torch.zeros(()), (audio, mel_buf, h, outputs)
+        if self.carry:
+            pooled = self.attention(outputs.unsqueeze(0))
         else:
-            prob = torch.softmax(self.head(self.attention(outputs.unsqueeze(0))), dim=1)[0, self.keyword]
+            out, _ = self.gru(outputs.unsqueeze(0))
+            pooled = self.attention(out)
+        prob = torch.softmax(self.head(pooled), dim=1)[0, self.keyword]
         return prob, (audio, mel_buf, h, outputs)
 
 
@@ -115,7 +133,7 @@ def cli(args) -> int:
 
     crnn = load_crnn(args.model)
     features = LogMel(16000, crnn.n_mels)
-    detector = StreamingKWS(crnn, features, window_steps(crnn, features, args.window_s)).train(False)
+    detector = StreamingKWS(crnn, features, window_steps(crnn, features, args.window_s), mode=args.mode).train(False)
     audio = torch.from_numpy(read_audio(args.audio, 16000))
     chunk = int(16000 * args.chunk_ms / 1000)
     if chunk < 1:

@@ -9,15 +9,31 @@ from kdlab.speech.features import LogMel
 from kdlab.speech.streaming import StreamingKWS, offline_window_probs, stream, window_steps
 
 
-def _model():
+def _model(mode="carry"):
     torch.manual_seed(0)
     crnn = CRNN(CRNNConfig(hidden=16, attention=8), 40, 2).train(False)
     features = LogMel()
-    return crnn, features, StreamingKWS(crnn, features, window_steps(crnn, features, 1.0)).train(False)
+    return crnn, features, StreamingKWS(crnn, features, window_steps(crnn, features, 1.0), mode=mode).train(False)
 
 
-def test_streaming_matches_offline_model_on_the_same_windows():
-    crnn, features, detector = _model()
+def test_window_mode_equals_the_offline_model_on_the_last_second():
+    crnn, features, detector = _model("window")
+    audio = torch.randn(16000 * 3) * 0.1
+    chunk = 1600
+    probs = stream(detector, audio, chunk)
+    window = detector.window  # conv steps in 1 s
+    with torch.no_grad():
+        for k in range(3, 31):
+            steps = 1 + (features.frames(k * chunk) - 20) // 8  # conv steps available after chunk k
+            first = max(0, steps - window)  # the window's first conv step, its first sample:
+            start = first * 8 * 160
+            end = start + ((min(steps, window) - 1) * 8 + 20 - 1) * 160 + 400
+            offline = torch.softmax(crnn(features(audio[start:end]).unsqueeze(0)), 1)[0, 1]
+            assert torch.allclose(probs[k - 1], offline, atol=1e-5), k
+
+
+def test_carry_mode_matches_offline_gru_with_sliding_attention():
+    crnn, features, detector = _model("carry")
     audio = torch.randn(16000 * 3) * 0.1
     chunk = 1600
     probs = stream(detector, audio, chunk)
@@ -37,15 +53,16 @@ def test_streaming_matches_offline_model_on_the_same_windows():
 
 
 def test_chunk_size_does_not_change_the_probabilities():
-    _, _, detector = _model()
-    audio = torch.randn(16000 * 2) * 0.1
-    a = stream(detector, audio, 1600)  # every 100 ms
-    b = stream(detector, audio, 800)  # every 50 ms: every second value lines up
-    assert torch.allclose(a, b[1::2], atol=1e-5)
+    for mode in ("window", "carry"):
+        _, _, detector = _model(mode)
+        audio = torch.randn(16000 * 2) * 0.1
+        a = stream(detector, audio, 1600)  # every 100 ms
+        b = stream(detector, audio, 800)  # every 50 ms: every second value lines up
+        assert torch.allclose(a, b[1::2], atol=1e-5), mode
 
 
 def test_torchscript_export_runs_without_kdlab(tmp_path):
-    _, _, detector = _model()
+    _, _, detector = _model("window")
     path = tmp_path / "stream.pt"
     torch.jit.script(detector).save(str(path))
     audio = torch.randn(16000) * 0.1
