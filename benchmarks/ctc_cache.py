@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import QUIET
 from kdlab.engine.runner import run
 
 RECIPE = """
@@ -30,15 +31,7 @@ device = "cpu"
 dataset = "phonemes"
 manifest = "{manifest}"
 batch_size = 16
-[plugins.progress]
-enabled = false
-[plugins.tensorboard]
-enabled = false
-[plugins.checkpoint]
-enabled = false
-[plugins.history]
-enabled = false
-[stages.student]
+{quiet}[stages.student]
 epochs = {epochs}
 eval_every = {epochs}
 model = {{ arch = "conformer_ctc", dim = 64, layers = 2, heads = 4, ffn = 128, subsample_channels = 16 }}
@@ -72,7 +65,7 @@ def main() -> None:
         paths = {}
         for i, (key, methods) in enumerate(VARIANTS.items()):
             paths[key] = Path(tmp) / f"{i}.toml"
-            paths[key].write_text(RECIPE.format(manifest=Path(args.manifest).resolve(), epochs=args.epochs,
+            paths[key].write_text(RECIPE.format(quiet=QUIET, manifest=Path(args.manifest).resolve(), epochs=args.epochs,
                                                 methods=methods.format(teacher=Path(args.teacher).resolve())))
         run(paths["student alone (plain CTC)"], out=tmp)  # warm-up: builds the feature cache
         for _ in range(args.repeats):

@@ -77,6 +77,30 @@ class Loader(Protocol):
     def shard(self, rank: int, world_size: int) -> None: ...
 
 
+class BatchLoader:
+    """The bookkeeping every in-memory loader shares: the epoch (set by the loop), this rank's
+    share of each global batch, and the batch count. Subclasses set ``batch_size`` and define
+    ``num_samples`` and ``__iter__``."""
+
+    batch_size: int
+    epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+
 def shard_slice(n: int, rank: int, world_size: int) -> slice:
     """This rank's contiguous part of a global batch of ``n`` samples (sizes differ by at most 1)."""
     base, extra = divmod(n, world_size)

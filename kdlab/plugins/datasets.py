@@ -17,7 +17,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import Batch, DataBundle, KdlabError, hookimpl
-from kdlab.engine.types import shard_slice
+from kdlab.engine.types import BatchLoader, shard_slice
 
 
 @attrs.frozen(kw_only=True)
@@ -49,7 +49,7 @@ class TorchvisionConfig(LoaderSettings):
     split_seed: int = field(default=0, validator=v.ge(0))
 
 
-class TensorLoader:
+class TensorLoader(BatchLoader):
     """Batches straight from in-memory tensors.
 
     Written by hand because a DataLoader over a TensorDataset indexes and collates every sample
@@ -59,21 +59,10 @@ class TensorLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int):
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
-        self.epoch = 0
-        self.rank, self.world_size = 0, 1
-
-    def shard(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     @property
     def num_samples(self) -> int:
         return len(self.x)
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
 
     def __iter__(self):
         n = len(self.x)

@@ -32,7 +32,7 @@ from attrs import validators as v
 
 from kdlab import Batch, DataBundle, KdlabError, hookimpl
 from kdlab.engine import checkpoint
-from kdlab.engine.types import shard_slice
+from kdlab.engine.types import BatchLoader, shard_slice
 from kdlab.speech.audio import resample
 from kdlab.speech.features import LogMel, spec_augment
 from kdlab.speech.manifest import Utterance, read_manifest
@@ -142,7 +142,7 @@ def _pad(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
 
 
-class PhonemeLoader:
+class PhonemeLoader(BatchLoader):
     """Length-bucketed batches: each epoch's order is a seeded permutation, cut into groups of 20
     batches sorted by length (less padding), whose batches are then shuffled."""
 
@@ -150,20 +150,10 @@ class PhonemeLoader:
         self.split, self.config, self.train, self.seed = split, config, train, seed
         self.batch_size = config.batch_size if train else config.eval_batch_size
         self.lengths = torch.tensor([len(f) for f in split["features"]])
-        self.epoch, self.rank, self.world_size = 0, 0, 1
-
-    def shard(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     @property
     def num_samples(self) -> int:
         return len(self.lengths)
-
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
 
     def batches(self) -> list[torch.Tensor]:
         n, bs = self.num_samples, self.batch_size

@@ -24,7 +24,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import Batch, DataBundle, KdlabError, hookimpl
-from kdlab.engine.types import shard_slice
+from kdlab.engine.types import BatchLoader, shard_slice
 from kdlab.speech.audio import read_audio
 from kdlab.speech.features import LogMel, spec_augment
 
@@ -113,7 +113,7 @@ def load_speech_commands(config: SpeechCommandsConfig) -> tuple[dict[str, Clips]
     return splits, noises
 
 
-class KWSLoader:
+class KWSLoader(BatchLoader):
     """Batches of log-mel features. Training batches are augmented on the fly from the stored
     audio with a generator seeded by (seed, epoch, batch), so that a resumed run sees the same
     data; evaluation features are computed once."""
@@ -123,21 +123,11 @@ class KWSLoader:
         self.clips, self.config, self.features, self.train, self.seed = clips, config, features, train, seed
         self.batch_size = config.batch_size if train else config.eval_batch_size
         self.noises = [torch.from_numpy(n) for n in noises]
-        self.epoch, self.rank, self.world_size = 0, 0, 1
         self.cached = None if train and config.augment else self._mel(clips.audio, None)
-
-    def shard(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     @property
     def num_samples(self) -> int:
         return len(self.clips.labels)
-
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
 
     def _mel(self, audio: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         wave = audio.float() / 32767.0
