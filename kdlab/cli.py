@@ -254,7 +254,7 @@ def cmd_report(args) -> int:
         rows = [{"run": str(r.run_dir), "stage": s, **m} for r in runs for s, m in r.metrics.items()]
         print(report.markdown(rows) if args.format == "md" else report.to_csv(rows), end="\n" if args.format == "md" else "")
         return 0
-    rows = aggregate.aggregate(aggregate.group_by_seed(runs))
+    rows = aggregate.aggregate(aggregate.group_by_seed(runs), extra=(args.metric,))
     stages = set(args.stages.split(",")) if args.stages else None
     if stages is not None:
         rows = [r for r in rows if r["stage"] in stages]

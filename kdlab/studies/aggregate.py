@@ -18,8 +18,9 @@ import attrs
 from kdlab.engine.errors import KdlabError
 
 # Final metrics shown, when present, in this order.
-SHOWN = ["test/accuracy", "test/top5", "test/geometry_preservation", "test/cka", "test/sparsity", "params",
-         "nonzero_params", "macs", "bytes"]
+SHOWN = ["test/accuracy", "test/top5", "test/au_fa_fr", "test/fp16_au_fa_fr", "test/per", "test/beam_per",
+         "test/geometry_preservation", "test/cka", "test/sparsity", "params", "nonzero_params", "macs", "bytes",
+         "bytes_fp16", "macs_ratio", "bytes_ratio", "bytes_fp16_ratio"]
 
 
 @attrs.frozen
@@ -102,15 +103,17 @@ def _monitor(run: Run, stage: str) -> tuple[str, str]:
     return table.get("monitor", "val/accuracy"), table.get("monitor_mode", "max")
 
 
-def aggregate(groups: list[Group]) -> list[dict]:
-    """One row per (group, stage): ``{metric: [values over seeds]}`` plus best/last of the monitor."""
+def aggregate(groups: list[Group], extra: tuple[str, ...] = ()) -> list[dict]:
+    """One row per (group, stage): ``{metric: [values over seeds]}`` for the metrics in SHOWN
+    and ``extra``, plus best/last of the monitor."""
+    shown = SHOWN + [k for k in extra if k not in SHOWN]
     rows = []
     for group in groups:
         stages = list(dict.fromkeys(s for r in group.runs for s in r.metrics))
         for stage in stages:
             runs = [r for r in group.runs if stage in r.metrics]
             row: dict[str, Any] = {"group": group.label, "stage": stage, "seeds": len(runs), "values": {}}
-            for key in SHOWN:
+            for key in shown:
                 vals = [r.metrics[stage][key] for r in runs if key in r.metrics[stage]]
                 if vals:
                     row["values"][key] = vals
@@ -137,10 +140,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def _fmt(key: str, values: list[float]) -> str:
     m, s = mean_std(values)
-    if key in ("params", "nonzero_params", "macs", "bytes") and s == 0:
+    if key in ("params", "nonzero_params", "macs", "bytes", "bytes_fp16") and s == 0:
         return f"{m:,.0f}"
     if key == "best epoch":
         return f"{m:.1f}"
+    if 0 < abs(m) < 0.01:  # small error rates (au_fa_fr): keep significant digits
+        return f"{m:.3e} ± {s:.1e}" if len(values) > 1 else f"{m:.3e}"
     return f"{m:.4f} ± {s:.4f}" if len(values) > 1 else f"{m:.4f}"
 
 

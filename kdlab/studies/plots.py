@@ -29,7 +29,7 @@ def metric_vs_cost(rows: list[dict], metric: str, cost: str, stages: set[str] | 
     # number the front's points on the plot; their settings are listed under it
     for k, i in enumerate(front, 1):
         ax.annotate(str(k), (xs[i], ys[i]), fontsize=8, color="tab:red", xytext=(4, -10), textcoords="offset points")
-    legend = [f"{k}: {pts[i][2]}  ({metric} {ys[i]:.4f}, {cost} {xs[i]:,.0f})" for k, i in enumerate(front, 1)]
+    legend = [f"{k}: {pts[i][2]}  ({metric} {ys[i]:.4g}, {cost} {xs[i]:,.0f})" for k, i in enumerate(front, 1)]
     fig.set_size_inches(9, 5.5 + 0.18 * len(legend))
     fig.text(0.01, 0.01, "\n".join(legend), fontsize=7, va="bottom", family="monospace")
     if min(xs) > 0 and max(xs) / min(xs) > 20:
