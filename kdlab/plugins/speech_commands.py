@@ -90,9 +90,9 @@ def load_speech_commands(config: SpeechCommandsConfig) -> tuple[dict[str, Clips]
     if missing:
         raise KdlabError(f"data.root: {len(missing)} clips listed in validation_list.txt/testing_list.txt "
                          f"do not exist under {root}, e.g. {missing[0]}")
-    if config.train_limit is not None:
-        items["train"] = items["train"][: config.train_limit] if len(items["train"]) <= config.train_limit else [
-            items["train"][i] for i in np.random.default_rng(0).choice(len(items["train"]), config.train_limit, replace=False)]
+    if config.train_limit is not None and len(items["train"]) > config.train_limit:
+        keep = np.random.default_rng(0).choice(len(items["train"]), config.train_limit, replace=False)
+        items["train"] = [items["train"][i] for i in sorted(keep)]
     splits = {}
     for split, entries in items.items():
         audio = np.zeros((len(entries), length), np.int16)
