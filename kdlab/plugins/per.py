@@ -17,7 +17,7 @@ import torchaudio
 from attrs import field
 from attrs import validators as v
 
-from kdlab import hookimpl
+from kdlab import KdlabError, hookimpl
 from kdlab.plugins.ctc import BLANK
 
 
@@ -67,6 +67,15 @@ class PER:
     @hookimpl
     def kdlab_config_class(self):
         return PERConfig
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        if stage.config_for(self).beam_size:
+            try:
+                import flashlight.lib.text  # noqa: F401 - what torchaudio's ctc_decoder needs
+            except ImportError as exc:
+                raise KdlabError("plugins.per.beam_size needs the flashlight-text package "
+                                 "(pip install flashlight-text), or set beam_size = 0") from exc
 
     @hookimpl
     def kdlab_eval_metrics(self, stage, split, output, targets):

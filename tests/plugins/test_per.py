@@ -25,7 +25,6 @@ def test_per_is_edit_distance_over_reference_length():
 
 
 def test_beam_search_decoder_on_a_tiny_example():
-    pytest.importorskip("flashlight.lib.text")
     batch = torch.stack([_frames([1, 1, 0, 2, 2, 0, 2, 3])])
     assert beam_decode(batch, torch.tensor([8]), beam_size=4) == [[1, 2, 2, 3]]
     # where greedy picks frame by frame, the beam sums paths: two frames that each prefer blank
