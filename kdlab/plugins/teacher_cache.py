@@ -17,7 +17,7 @@ Sequence teachers (CTC: per-frame outputs with lengths) are stored ragged: each 
 frames, concatenated, with offsets and lengths; lookups pad a batch back
 together. ``topk = k`` stores only the k most probable classes per frame (values fp16, indices
 int16) and spreads the remaining probability mass evenly over the other classes on lookup:
-about V / (2k) times smaller than fp32 for V classes. BENCHMARKS.md measures the effect on PER.
+4 bytes per kept class, V / k times smaller than float32 for V classes. BENCHMARKS.md measures the effect on PER.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ class TeacherCache:
         if not sequences:
             n = getattr(loader, "num_samples", None) or _split_size(loader)
             frames = float(outs[0].lengths.float().mean()) * n
-            per_frame = (cfg.topk * 3 if cfg.topk else outs[0].logits.shape[-1] * (2 if cfg.dtype == "float16" else 4))
+            per_frame = (cfg.topk * 4 if cfg.topk else outs[0].logits.shape[-1] * (2 if cfg.dtype == "float16" else 4))
             gb = frames * per_frame * len(outs) / 2**30
             log.info("%s: %s split, %d utterances, about %.3f GB of teacher outputs", NAME, split, n, gb)
             if gb > cfg.max_gb:
