@@ -40,7 +40,7 @@ optimizer = {{ name = "adamw", lr = 0.002 }}
 """
 
 VARIANTS = {
-    "student alone (plain CTC)": "methods.ctc = {}",
+    "student alone (plain CTC)": "methods.ctc = {{}}",
     "posterior KD, teacher every step": 'teachers = ["{teacher}"]\nmethods.ctc_kd = {{ strategy = "posterior" }}',
     "posterior KD, cached posteriors": 'teachers = ["{teacher}"]\nmethods.ctc_kd = {{ strategy = "posterior" }}\n'
                                        "methods.teacher_cache = {{}}",

@@ -99,7 +99,18 @@ def _parser() -> argparse.ArgumentParser:
                         "model on that window); carry: the GRU state is carried (cheaper, drifts on long audio)")
     p.add_argument("--plot", metavar="PNG", help="write the probability curve here (default: next to the audio)")
     p.add_argument("--export", metavar="PT", help="also save the streaming detector as TorchScript here")
+    p = sub.add_parser("transcribe", help="phonemes of audio files with an exported CTC model")
+    common(p, recipe=False)
+    p.add_argument("model", help="an exported wav2vec2_ctc or conformer_ctc (RUN_DIR/models/<stage>.pt)")
+    p.add_argument("audio", nargs="+", help="audio files (any rate; resampled to 16 kHz)")
+    p.add_argument("--beam", type=int, default=0, help="beam size (flashlight-text); 0: greedy (default)")
     return parser
+
+
+def cmd_transcribe(args) -> int:
+    from kdlab.speech import transcribe
+
+    return transcribe.cli(args)
 
 
 def cmd_data(args) -> int:
@@ -277,7 +288,7 @@ def cmd_kws_stream(args) -> int:
     return streaming.cli(args)
 
 
-COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
+COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

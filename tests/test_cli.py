@@ -91,3 +91,6 @@ def test_kws_stream_prints_probabilities_plots_and_exports(tmp_path, capsys):
     soundfile.write(tmp_path / "b.wav", np.zeros(8000, np.float32), 8000)
     assert main(["kws-stream", str(tmp_path / "m.pt"), str(tmp_path / "b.wav")]) == 2
     assert "b.wav: sample rate 8000 Hz, expected 16000 Hz" in capsys.readouterr().err
+    # transcribe needs a CTC model
+    assert main(["transcribe", str(tmp_path / "m.pt"), str(tmp_path / "a.wav")]) == 2
+    assert "a 'crnn' model; transcribe needs wav2vec2_ctc or conformer_ctc" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_kws_recipe_smoke(tmp_path, catalogue):
     assert all(t.dtype == torch.float16 for t in half["state_dict"].values() if t.is_floating_point())
 
 
-def test_ru_phonemes_recipe_smoke(tmp_path, catalogue):
+def test_ru_phonemes_recipe_smoke(tmp_path, catalogue, capsys):
     from tests.plugins.test_phonemes import make_phoneme_corpus
 
     manifest = make_phoneme_corpus(tmp_path / "corpus")
@@ -72,3 +72,15 @@ def test_ru_phonemes_recipe_smoke(tmp_path, catalogue):
                        "student_blank_weighted_kd"]
     for stage, metrics in m.items():
         assert 0 <= metrics["test/per"] and 0 <= metrics["test/beam_per"] and "val/per" in metrics, stage
+    # kdlab transcribe: phonemes of the corpus's inventory, from the student and from the teacher
+    from kdlab.cli import main
+    from tests.plugins.test_phonemes import INVENTORY
+
+    wavs = sorted(str(p) for p in (tmp_path / "corpus" / "clips").glob("test_*.wav"))
+    for stage in ("student_ctc", "teacher"):
+        assert main(["transcribe", str(result.run_dir / "models" / f"{stage}.pt"), *wavs, "--beam", "2"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [ln.split("\t")[0] for ln in lines] == wavs
+        assert all(set(ln.split("\t")[1].split()) <= set(INVENTORY) for ln in lines)
+    assert main(["transcribe", str(result.run_dir / "models" / "student_ctc.pt"), str(tmp_path / "missing.wav")]) == 2
+    assert "missing.wav: no such audio file" in capsys.readouterr().err

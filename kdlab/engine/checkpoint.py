@@ -60,8 +60,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
 
 
 def export_model(path: str | Path, *, model: torch.nn.Module, arch: str, config: dict, num_classes: int,
-                 input_shape: tuple[int, ...]) -> None:
-    """Write a self-describing model file: architecture, settings and weights."""
+                 input_shape: tuple[int, ...], classes: tuple[str, ...] = ()) -> None:
+    """Write a self-describing model file: architecture, settings, weights, and the class names
+    when the data has them (a CTC model's phonemes, for ``kdlab transcribe``)."""
     save(
         {
             "format": MODEL_FORMAT,
@@ -69,6 +70,7 @@ def export_model(path: str | Path, *, model: torch.nn.Module, arch: str, config:
             "config": config,
             "num_classes": num_classes,
             "input_shape": list(input_shape),
+            "classes": list(classes),
             "state_dict": model.state_dict(),
         },
         path,

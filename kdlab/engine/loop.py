@@ -124,6 +124,7 @@ def fit(stage: Stage) -> dict[str, float]:
             config=plain_config(cfg.model.config),
             num_classes=stage.data.num_classes,
             input_shape=stage.data.input_shape,
+            classes=stage.data.classes,
         )
         metrics.update(model_stats(stage.student, stage.data.input_shape, _batch_size(stage)))
     hook.kdlab_stage_summary(stage=stage, metrics=metrics)
