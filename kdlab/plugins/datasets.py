@@ -8,7 +8,6 @@ that says where to put them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import attrs
 import numpy as np

@@ -82,11 +82,12 @@ def prepare(config: PhonemesConfig) -> dict:
     classes = ["<blank>", *inventory]
     index = {p: i + 1 for i, p in enumerate(inventory)}
     cache_dir = Path(config.cache_dir) if config.cache_dir else manifest.parent / ".kdlab_features"
-    cache = cache_dir / f"{_cache_key(manifest, inventory, config)}.pt"
+    key = _cache_key(manifest, inventory, config)
+    cache = cache_dir / f"{key}.pt"
     if cache.is_file():
         data = checkpoint.load(cache)
         log.info("features: read from %s", cache)
-        return {**data, "classes": classes}
+        return {**data, "classes": classes, "key": key}
     features = LogMel(config.sample_rate, config.n_mels)
     out = {s: {"audio": [], "features": [], "ids": [], "lines": []} for s in ("train", "val", "test")}
     bad = []
@@ -111,7 +112,7 @@ def prepare(config: PhonemesConfig) -> dict:
     data = {"splits": out, "skipped": bad}
     checkpoint.save(data, cache)
     log.info("features: cached in %s", cache)
-    return {**data, "classes": classes}
+    return {**data, "classes": classes, "key": key}
 
 
 def _check(u: Utterance, manifest: Path, index: dict, config: PhonemesConfig, features: LogMel):
@@ -211,7 +212,7 @@ class Phonemes:
             # augmented=False: SpecAugment changes only the student's features; a teacher reads the
             # clean audio, so its outputs per utterance are fixed (the teacher cache relies on this)
             key={"dataset": "phonemes", "manifest": str(Path(config.manifest).resolve()),
-                 "manifest_sha": _cache_key(Path(config.manifest), data["classes"][1:], config),
+                 "manifest_sha": data["key"],
                  **{k: val for k, val in attrs.asdict(config).items() if k not in ("manifest", "cache_dir")}},
             classes=tuple(data["classes"]),
         )

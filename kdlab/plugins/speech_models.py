@@ -130,6 +130,9 @@ def wav2vec2_from_hf(hf_dir: str, classes: tuple[str, ...]) -> nn.Module:
 
 
 class SinusoidalPositions(nn.Module):
+    """Fixed sine/cosine positions added to the inputs. Written here because torchaudio's
+    Conformer has no positional encoding and torch has no stand-alone one."""
+
     def __init__(self, dim: int, max_len: int = 10000):
         super().__init__()
         pos = torch.arange(max_len)[:, None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -103,6 +104,15 @@ class Espeak:
                 break
             out.extend(split_ipa(chunk.decode("utf-8")))
         return out
+
+
+def voice_variants(language: str) -> list[str]:
+    """``language`` and every espeak-ng voice variant of it ("en", "en+f1", "en+m3", ...):
+    speaker variety for the corpus generators."""
+    import espeakng_loader
+
+    variants = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+    return [language] + [f"{language}+{p.name}" for p in sorted(variants.iterdir()) if p.is_file()]
 
 
 STRESS = str.maketrans("", "", "ˈˌ.‿")

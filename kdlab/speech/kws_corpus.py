@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kdlab.speech.audio import coloured_noise, mix_at_snr, resample, trim_silence, write_audio
-from kdlab.speech.espeak import engine
+from kdlab.speech.espeak import engine, voice_variants
 
 log = logging.getLogger("kdlab.data")
 SAMPLE_RATE = 16000
@@ -40,13 +40,6 @@ SPEECH_COMMANDS_WORDS = [
 # words that share sounds with "sheila": negatives that make the task harder than silence vs speech
 CONFUSABLE = ["she", "shale", "shield", "sheet", "sealer", "sailor", "layla", "delia", "shelley", "shiela's",
               "leila", "sheena", "tequila", "shy", "shell", "seal", "feeler", "healer", "she'll", "a"]
-
-
-def english_voices() -> list[str]:
-    import espeakng_loader
-
-    variants = sorted(p.name for p in (Path(espeakng_loader.get_data_path()) / "voices" / "!v").iterdir() if p.is_file())
-    return ["en"] + [f"en+{v}" for v in variants]
 
 
 def vocabulary(keyword: str, rng: np.random.Generator, common: int = 400) -> list[str]:
@@ -93,7 +86,7 @@ def generate(out: str | Path, keyword: str = "sheila", *, clips: int = 8000, key
     """Write the corpus under ``out`` and return its summary (counts per split)."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    voices = english_voices()
+    voices = voice_variants("en")
     rng.shuffle(voices)
     n_held = max(1, int(round(len(voices) * held_out_voices)))
     split_voices = {"test": voices[:n_held], "val": voices[n_held : 2 * n_held], "train": voices[2 * n_held :]}

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kdlab.speech.audio import coloured_noise, mix_at_snr, resample, write_audio
-from kdlab.speech.espeak import engine
+from kdlab.speech.espeak import engine, voice_variants
 from kdlab.speech.kws_corpus import speaker_id
 from kdlab.speech.manifest import Utterance, write_manifest
 
@@ -40,12 +40,6 @@ RU_PHONEMES = [
 ]
 
 
-def russian_voices() -> list[str]:
-    from kdlab.speech.kws_corpus import english_voices
-
-    return ["ru"] + [v.replace("en+", "ru+") for v in english_voices() if v != "en"]
-
-
 def russian_words(top: int = 20000) -> list[str]:
     from wordfreq import top_n_list
 
@@ -59,7 +53,7 @@ def generate(out: str | Path, *, utterances: int = 3000, seed: int = 0, min_word
     out = Path(out)
     rng = np.random.default_rng(seed)
     eng = engine()
-    voices = russian_voices()
+    voices = voice_variants("ru")
     rng.shuffle(voices)
     n_held = max(1, int(round(len(voices) * held_out_voices)))
     split_voices = {"test": voices[:n_held], "val": voices[n_held : 2 * n_held], "train": voices[2 * n_held :]}

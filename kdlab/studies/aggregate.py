@@ -128,7 +128,7 @@ def aggregate(groups: list[Group], extra: tuple[str, ...] = ()) -> list[dict]:
                     last.append(hist[-1][monitor])
             if best:
                 row["values"][f"best {monitor}"] = best
-                row["values"][f"best epoch"] = best_epoch
+                row["values"]["best epoch"] = best_epoch
                 row["values"][f"last {monitor}"] = last
             rows.append(row)
     return rows
