@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from benchmarks.common import KD_RECIPE
 from kdlab.engine import checkpoint
 from kdlab.engine.runner import run
-from kdlab.plugins.datasets import DigitsConfig, TensorLoader, load_digits_tensors
-from kdlab.plugins.logit_kd import hinton_kd_loss
-from kdlab.plugins.models import CompactCNN, CompactCNNConfig
+from kdlab.data.loader import TensorLoader
+from kdlab.data.vision import DigitsConfig, load_digits_tensors
+from kdlab.methods.logit_kd import hinton_kd_loss
+from kdlab.models.cnn import CompactCNN, CompactCNNConfig
 
 def hand(epochs: int, mode: str, teacher_state: dict) -> float:
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from kdlab.speech.features import LogMel
+from kdlab.data.features import LogMel
 from kdlab.speech.streaming import StreamingKWS, load_crnn, window_steps
 
 

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.engine.runner import run
-from kdlab.plugins.datasets import DigitsConfig, TensorLoader, load_digits_tensors
-from kdlab.plugins.models import CompactCNN, CompactCNNConfig
+from kdlab.data.loader import TensorLoader
+from kdlab.data.vision import DigitsConfig, load_digits_tensors
+from kdlab.models.cnn import CompactCNN, CompactCNNConfig
 
 RECIPE = """
 name = "overhead"

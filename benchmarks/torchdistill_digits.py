@@ -38,8 +38,8 @@ def torchdistill_side(teacher_file: str, epochs: int) -> dict:
     import torchdistill.core.interfaces.forward_proc  # noqa: F401 - registers the forward functions
     from torchdistill.core.distillation import get_distillation_box
 
-    from kdlab.plugins.datasets import DigitsConfig, load_digits_tensors
-    from kdlab.plugins.models import CompactCNN, CompactCNNConfig
+    from kdlab.data.vision import DigitsConfig, load_digits_tensors
+    from kdlab.models.cnn import CompactCNN, CompactCNNConfig
 
     torch.set_num_threads(1)
     start = time.perf_counter()

@@ -126,7 +126,7 @@ def cmd_data(args) -> int:
         print(f"{summary['phonemes']} phonemes; manifest: {args.out}/manifest.jsonl")
         return 0
     if args.corpus == "common-voice":
-        from kdlab.speech.manifest import convert_common_voice
+        from kdlab.speech.common_voice import convert_common_voice
 
         summary = convert_common_voice(args.root, args.out, voice=args.voice)
         for line in summary["skipped"]:
@@ -250,8 +250,8 @@ def cmd_plugins(args) -> int:
         print()
     for title, registry in (("data sets", catalogue.datasets), ("model architectures", catalogue.models)):
         print(f"{title}:")
-        for key, cls in sorted(registry.items()):
-            print(f"  {key}: " + "; ".join(_fields(cls)))
+        for key, entry in sorted(registry.items()):
+            print(f"  {key} (plugin {entry.plugin}): " + "; ".join(_fields(entry.config_class)))
     return 0
 
 

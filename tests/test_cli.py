@@ -45,7 +45,7 @@ def test_plugins_lists_fields(capsys):
     out = capsys.readouterr().out
     assert "logit_kd  (method, table [stages.<s>.methods.logit_kd])" in out
     assert "- temperature: float (default 4.0)" in out
-    assert "cnn: channels:" in out
+    assert "cnn (plugin models): channels:" in out
 
 
 def test_missing_data_files_exit_2(write_recipe, tmp_path, capsys):
@@ -70,7 +70,7 @@ def test_kws_stream_prints_probabilities_plots_and_exports(tmp_path, capsys):
     import torch
 
     from kdlab.engine import checkpoint
-    from kdlab.plugins.crnn import CRNN, CRNNConfig
+    from kdlab.models.crnn import CRNN, CRNNConfig
 
     torch.manual_seed(0)
     model = CRNN(CRNNConfig(hidden=16), 40, 2)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdlab.engine.runner import run
-from tests.plugins.test_datasets import make_cifar
+from tests.data.test_vision import make_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny data, one epoch, a couple of steps, the CPU, no AMP (bf16 ResNet-50 on a CPU is slow)
@@ -32,7 +32,7 @@ def test_cifar_recipe_smoke(recipe, hundred, tmp_path, catalogue):
 
 def test_kws_recipe_smoke(tmp_path, catalogue):
     from kdlab.engine import checkpoint
-    from tests.plugins.test_speech_commands import make_speech_commands
+    from tests.data.test_speech_commands import make_speech_commands
 
     make_speech_commands(tmp_path / "sc")
     overrides = ["defaults.epochs=1", "device=\"cpu\"", f"data.root={tmp_path / 'sc'}", "data.batch_size=4",
@@ -56,7 +56,7 @@ def test_kws_recipe_smoke(tmp_path, catalogue):
 
 
 def test_ru_phonemes_recipe_smoke(tmp_path, catalogue, capsys):
-    from tests.plugins.test_phonemes import make_phoneme_corpus
+    from tests.data.test_phonemes import make_phoneme_corpus
 
     manifest = make_phoneme_corpus(tmp_path / "corpus")
     overrides = ["defaults.epochs=1", "device=\"cpu\"", f"data.manifest={manifest}", "data.batch_size=3",
@@ -74,7 +74,7 @@ def test_ru_phonemes_recipe_smoke(tmp_path, catalogue, capsys):
         assert 0 <= metrics["test/per"] and 0 <= metrics["test/beam_per"] and "val/per" in metrics, stage
     # kdlab transcribe: phonemes of the corpus's inventory, from the student and from the teacher
     from kdlab.cli import main
-    from tests.plugins.test_phonemes import INVENTORY
+    from tests.data.test_phonemes import INVENTORY
 
     wavs = sorted(str(p) for p in (tmp_path / "corpus" / "clips").glob("test_*.wav"))
     for stage in ("student_ctc", "teacher"):

@@ -13,3 +13,10 @@ class RecipeError(KdlabError):
     def __init__(self, messages: list[str]):
         self.messages = list(messages)
         super().__init__("\n".join(self.messages))
+
+
+def missing_extra(extra: str, package: str, feature: str) -> KdlabError:
+    """The error for a feature whose optional dependency is not installed: one line naming the
+    package and the extra that installs it (``raise missing_extra(...) from exc``)."""
+    return KdlabError(f"{feature} needs the {package} package, which is not installed: "
+                      f"pip install 'kdlab[{extra}]'")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from kdlab.engine.registry import Registry
     from kdlab.engine.types import Batch, DataBundle, DataSpec, ModelOutput, ModelSpec, Stage
 
 PROJECT = "kdlab"
@@ -39,7 +40,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 # --------------------------------------------------------------------------------------------
-# Declaration: called once per plugin when recipes are validated, before anything trains.
+# Declaration: called once per plugin when plugins are discovered, before anything trains.
 # --------------------------------------------------------------------------------------------
 
 
@@ -47,7 +48,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def kdlab_config_class() -> type | None:
     """Return the frozen attrs class that structures this plugin's recipe table.
 
-    Fires: when a recipe is validated, once per installed plugin (the core attributes the answer
+    Most plugins instead set the class attribute ``config_class = MyConfig``, which the core reads
+    when this hook is not implemented; implement the hook only to compute the class.
+
+    Fires: when plugins are discovered, once per installed plugin (the core attributes the answer
     to the plugin that gave it). A method plugin's table is ``[stages.<stage>.methods.<name>]``
     (or ``[defaults.methods.<name>]`` for every stage); a plugin with ``default_enabled = True``
     reads ``[plugins.<name>]``. ``<name>`` is the plugin's entry-point name. The key ``enabled``
@@ -59,11 +63,34 @@ def kdlab_config_class() -> type | None:
 
 
 @hookspec
-def kdlab_dataset_configs() -> dict[str, type]:
-    """Declare data sets: ``{name: attrs config class}``.
+def kdlab_register_datasets(datasets: Registry) -> None:
+    """Register data sets: ``datasets.add(name, ConfigClass, build)``.
 
-    Fires: when a recipe is validated. ``[data] dataset = "<name>"`` selects the class that the
-    rest of the ``[data]`` table is structured into.
+    Fires: when plugins are discovered. ``[data] dataset = "<name>"`` selects the entry: the rest
+    of the ``[data]`` table is structured into ``ConfigClass`` and, once per run before the first
+    stage, ``build(config, seed) -> DataBundle`` makes the loaders (``seed`` is the recipe seed).
+    A name registered twice is an error naming both plugins. Notification.
+    """
+
+
+@hookspec
+def kdlab_register_models(models: Registry) -> None:
+    """Register model architectures: ``models.add(arch, ConfigClass, build)``.
+
+    Fires: when plugins are discovered. ``[stages.<s>.model] arch = "<arch>"`` selects the entry:
+    the rest of the model table is structured into ``ConfigClass``, and
+    ``build(config, data) -> nn.Module`` makes a freshly initialised model (``data`` has
+    ``num_classes``, ``input_shape``, ``classes``). An arch registered twice is an error naming
+    both plugins. Notification.
+    """
+
+
+@hookspec
+def kdlab_dataset_configs() -> dict[str, type]:
+    """Older form of :func:`kdlab_register_datasets`, kept for existing plugins: declare data sets
+    as ``{name: attrs config class}`` and build them in :func:`kdlab_build_data`.
+
+    Fires: when plugins are discovered, after :func:`kdlab_register_datasets`.
 
     Returns: a dict (collected and merged; a name declared twice is an error).
     """
@@ -71,10 +98,10 @@ def kdlab_dataset_configs() -> dict[str, type]:
 
 @hookspec
 def kdlab_model_configs() -> dict[str, type]:
-    """Declare model architectures: ``{arch: attrs config class}``.
+    """Older form of :func:`kdlab_register_models`, kept for existing plugins: declare
+    architectures as ``{arch: attrs config class}`` and build them in :func:`kdlab_build_model`.
 
-    Fires: when a recipe is validated. ``[stages.<s>.model] arch = "<arch>"`` selects the class
-    the rest of the model table is structured into.
+    Fires: when plugins are discovered, after :func:`kdlab_register_models`.
 
     Returns: a dict (collected and merged; an arch declared twice is an error).
     """
@@ -87,10 +114,13 @@ def kdlab_model_configs() -> dict[str, type]:
 
 @hookspec(firstresult=True)
 def kdlab_build_data(spec: DataSpec, seed: int) -> DataBundle | None:
-    """Build the train / val / test batches for ``spec`` (``spec.name``, ``spec.config``).
+    """Build the train / val / test batches for ``spec`` (``spec.name``, ``spec.config``),
+    instead of the builder registered for the name.
 
     Fires: once per run, before the first stage; all stages share the result.
-    ``seed`` is the recipe seed (for deterministic splits and shuffling).
+    ``seed`` is the recipe seed (for deterministic splits and shuffling). When every
+    implementation returns None, the core calls the ``build`` registered with
+    :func:`kdlab_register_datasets`.
 
     Returns: a :class:`DataBundle` (firstresult); return None for data sets you do not handle.
     """
@@ -98,11 +128,14 @@ def kdlab_build_data(spec: DataSpec, seed: int) -> DataBundle | None:
 
 @hookspec(firstresult=True)
 def kdlab_build_model(spec: ModelSpec, data: DataBundle) -> nn.Module | None:
-    """Build a freshly initialised model for ``spec`` (``spec.arch``, ``spec.config``).
+    """Build a freshly initialised model for ``spec`` (``spec.arch``, ``spec.config``), instead
+    of the builder registered for the arch.
 
     Fires: for the student at stage start (the global RNG is seeded just before, so stages with
     the same architecture and seed start from the same weights), and when a teacher or an
-    ``init`` checkpoint is loaded. ``data`` gives ``num_classes`` and ``input_shape``.
+    ``init`` checkpoint is loaded. ``data`` gives ``num_classes`` and ``input_shape``. When every
+    implementation returns None, the core calls the ``build`` registered with
+    :func:`kdlab_register_models`.
 
     Returns: an ``nn.Module`` whose forward returns logits (firstresult); None if not yours.
     """

@@ -116,7 +116,7 @@ def fit(stage: Stage) -> dict[str, float]:
     hook.kdlab_stage_end(stage=stage, metrics=metrics)
     for taps in [stage.student_taps, *stage.teacher_taps]:
         taps.remove()
-    if stage.rank == 0:  # in distributed training every rank holds the same model; one writes it
+    if stage.is_main:  # in distributed training every rank holds the same model; one writes it
         checkpoint.export_model(
             stage.run_dir / "models" / f"{stage.name}.pt",
             model=stage.student,
@@ -162,9 +162,14 @@ def evaluate(stage: Stage, split: str) -> dict[str, float]:
 
 
 def build_model(stage: Stage, spec: ModelSpec) -> torch.nn.Module:
+    """A freshly initialised model: a plugin's ``kdlab_build_model`` if one answers, otherwise the
+    builder registered for ``spec.arch``."""
     model = stage.hook.kdlab_build_model(spec=spec, data=stage.data)
     if model is None:
-        raise KdlabError(f"stage {stage.name}: no plugin builds model arch '{spec.arch}'")
+        entry = stage.catalogue.models[spec.arch] if spec.arch in stage.catalogue.models else None
+        if entry is None or entry.build is None:
+            raise KdlabError(f"stage {stage.name}: no plugin builds model arch '{spec.arch}'")
+        model = entry.build(spec.config, stage.data)
     return model
 
 
@@ -175,7 +180,7 @@ def load_model(stage: Stage, ref: str) -> torch.nn.Module:
     registry = stage.catalogue.models
     if data["arch"] not in registry:
         raise KdlabError(f"{path}: model arch '{data['arch']}' is not provided by any installed plugin")
-    spec = ModelSpec(arch=data["arch"], config=CONVERTER.structure(data["config"], registry[data["arch"]]))
+    spec = ModelSpec(arch=data["arch"], config=CONVERTER.structure(data["config"], registry[data["arch"]].config_class))
     if data["num_classes"] != stage.data.num_classes:
         raise KdlabError(f"{path}: model has {data['num_classes']} classes, the data has {stage.data.num_classes}")
     model = build_model(stage, spec)

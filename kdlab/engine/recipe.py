@@ -416,7 +416,7 @@ def _structure_named(problems: _Problems, raw: Any, selector: str, registry: dic
     if name not in registry:
         problems.add(where + (selector,), f"unknown {what} '{name}' (available: {', '.join(sorted(registry))})")
         return None
-    config = problems.structure(raw, registry[name], where)
+    config = problems.structure(raw, registry[name].config_class, where)
     if config is None:
         return None
     return DataSpec(name=name, config=config) if selector == "dataset" else ModelSpec(arch=name, config=config)

@@ -7,7 +7,9 @@ imports a plugin module by name.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
+from typing import Any
 
 import attrs
 import pluggy
@@ -32,12 +34,67 @@ class PluginInfo:
 
 
 @attrs.frozen(kw_only=True)
+class Registered:
+    """One data set or model architecture: its recipe name, the attrs class its table is
+    structured into, the function that builds it, and the plugin that registered it."""
+
+    name: str
+    config_class: type
+    # models: build(config, data) -> nn.Module; data sets: build(config, seed) -> DataBundle.
+    # None for names declared through the older kdlab_*_configs hooks, built by kdlab_build_*.
+    build: Callable[..., Any] | None
+    plugin: str
+
+
+class Registry:
+    """Names -> (config class, builder), in one place: what ``kdlab_register_models`` and
+    ``kdlab_register_datasets`` fill (in the spirit of tox's ``tox_register_tox_env``). A name
+    registered twice is an error naming both plugins. Read-only as a mapping of names to
+    :class:`Registered`."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._entries: dict[str, Registered] = {}
+        self._plugin = "?"  # the plugin whose hook is running (set by discover)
+
+    def add(self, name: str, config_class: type, build: Callable[..., Any] | None = None) -> None:
+        """Register ``name``: recipes select it (``arch = name`` / ``dataset = name``), its table
+        is structured into ``config_class`` (a frozen attrs class), and ``build`` makes it."""
+        where = f"plugin '{self._plugin}': {self.what} '{name}'"
+        if not isinstance(name, str) or not name:
+            raise KdlabError(f"plugin '{self._plugin}': a {self.what} name must be a non-empty string, got {name!r}")
+        if name in self._entries:
+            raise KdlabError(f"{self.what} '{name}' is declared by two plugins: {self._entries[name].plugin} "
+                             f"and {self._plugin}")
+        if not (inspect.isclass(config_class) and attrs.has(config_class)):
+            raise KdlabError(f"{where}: the config class must be an attrs class, got {config_class!r}")
+        if build is not None and not callable(build):
+            raise KdlabError(f"{where}: the builder must be callable, got {build!r}")
+        self._entries[name] = Registered(name=name, config_class=config_class, build=build, plugin=self._plugin)
+
+    def __getitem__(self, name: str) -> Registered:
+        return self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def items(self):
+        return self._entries.items()
+
+
+@attrs.frozen(kw_only=True)
 class Catalogue:
     """Every installed plugin with what it declared: its config class, data sets, models."""
 
     plugins: dict[str, PluginInfo]
-    datasets: dict[str, type]
-    models: dict[str, type]
+    datasets: Registry
+    models: Registry
 
     @property
     def methods(self) -> list[str]:
@@ -87,6 +144,7 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
         name = pm.get_name(plugin) if plugin is not None else "?"
         raise KdlabError(f"plugin '{name}' implements an unknown hook: {exc}") from exc
 
+    # the hook, where a plugin computes its class; otherwise the class attribute `config_class`
     config_classes = {impl.plugin_name: impl.function() for impl in pm.hook.kdlab_config_class.get_hookimpls()}
     plugins = {}
     for name, (obj, origin) in sorted(found.items()):
@@ -97,25 +155,29 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
             factory=obj,
             origin=origin,
             default_enabled=bool(getattr(obj, "default_enabled", False)),
-            config_class=config_classes.get(name),
+            config_class=config_classes.get(name, getattr(obj, "config_class", None)),
             hooks=hooks,
         )
     return Catalogue(
         plugins=plugins,
-        datasets=_merge_declarations(pm.hook.kdlab_dataset_configs, "data set"),
-        models=_merge_declarations(pm.hook.kdlab_model_configs, "model architecture"),
+        datasets=_registry(pm.hook.kdlab_register_datasets, pm.hook.kdlab_dataset_configs, "data set"),
+        models=_registry(pm.hook.kdlab_register_models, pm.hook.kdlab_model_configs, "model architecture"),
     )
 
 
-def _merge_declarations(hook, what: str) -> dict[str, type]:
-    merged: dict[str, type] = {}
-    owner: dict[str, str] = {}
-    for impl in hook.get_hookimpls():
+def _registry(register_hook, declare_hook, what: str) -> Registry:
+    """Fill a registry from every plugin's ``kdlab_register_*`` hook, then from the older
+    ``kdlab_*_configs`` declarations (names only; those plugins build through ``kdlab_build_*``)."""
+    registry = Registry(what)
+    for impl in register_hook.get_hookimpls():
+        registry._plugin = impl.plugin_name
+        impl.function(*[registry for _ in impl.argnames])  # the one argument, if taken
+    for impl in declare_hook.get_hookimpls():
+        registry._plugin = impl.plugin_name
         for key, cls in (impl.function() or {}).items():
-            if key in merged:
-                raise KdlabError(f"{what} '{key}' is declared by two plugins: {owner[key]} and {impl.plugin_name}")
-            merged[key], owner[key] = cls, impl.plugin_name
-    return merged
+            registry.add(key, cls)
+    registry._plugin = "?"
+    return registry
 
 
 def call_order(pm: pluggy.PluginManager) -> dict[str, list[str]]:

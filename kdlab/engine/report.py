@@ -25,11 +25,16 @@ def _cell(value) -> str:
     return str(value) if value is not None else ""
 
 
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """The one markdown table writer (``kdlab run``'s table and ``kdlab report``'s)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict], with_run: bool = True, preferred_only: bool = False) -> str:
     cols = columns(rows, with_run, preferred_only)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(cols, [[_cell(r.get(c)) for c in cols] for r in rows])
 
 
 def to_csv(rows: list[dict], with_run: bool = True) -> str:

@@ -172,15 +172,25 @@ def _determinism(on: bool):
         torch.backends.cudnn.benchmark = before[3]
 
 
+def build_data(pm, catalogue: Catalogue, recipe: Recipe):
+    """The run's data: a plugin's ``kdlab_build_data`` if one answers, otherwise the builder
+    registered for ``[data] dataset``."""
+    data = pm.hook.kdlab_build_data(spec=recipe.data, seed=recipe.seed)
+    if data is None:
+        entry = catalogue.datasets[recipe.data.name] if recipe.data.name in catalogue.datasets else None
+        if entry is None or entry.build is None:
+            raise KdlabError(f"no plugin builds data set '{recipe.data.name}'")
+        data = entry.build(recipe.data.config, recipe.seed)
+    return data
+
+
 def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, world_size: int) -> RunResult:
     device = resolve_device(recipe)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     data_pm = catalogue.manager([n for n in catalogue.plugins if catalogue.plugins[n].default_enabled
                                  and n not in recipe.disabled])
-    data = data_pm.hook.kdlab_build_data(spec=recipe.data, seed=recipe.seed)
-    if data is None:
-        raise KdlabError(f"no plugin builds data set '{recipe.data.name}'")
+    data = build_data(data_pm, catalogue, recipe)
     if world_size > 1:
         data.train.shard(rank, world_size)
 

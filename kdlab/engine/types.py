@@ -69,43 +69,13 @@ class Loader(Protocol):
     """What a data set supplies per split: iterable over :class:`Batch`, sized, and re-seedable
     per epoch (like ``DistributedSampler.set_epoch``) so that shuffling is a function of
     (seed, epoch) and a resumed run sees the same order. ``shard(rank, world_size)`` makes the
-    training loader yield this rank's part of each global batch (distributed training)."""
+    training loader yield this rank's part of each global batch (distributed training).
+    :mod:`kdlab.data.loader` has a base class and two ready loaders."""
 
     def __iter__(self) -> Iterator[Batch]: ...
     def __len__(self) -> int: ...
     def set_epoch(self, epoch: int) -> None: ...
     def shard(self, rank: int, world_size: int) -> None: ...
-
-
-class BatchLoader:
-    """The bookkeeping every in-memory loader shares: the epoch (set by the loop), this rank's
-    share of each global batch, and the batch count. Subclasses set ``batch_size`` and define
-    ``num_samples`` and ``__iter__``."""
-
-    batch_size: int
-    epoch: int = 0
-    rank: int = 0
-    world_size: int = 1
-
-    def shard(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def num_samples(self) -> int:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
-
-
-def shard_slice(n: int, rank: int, world_size: int) -> slice:
-    """This rank's contiguous part of a global batch of ``n`` samples (sizes differ by at most 1)."""
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (rank < extra))
 
 
 @attrs.frozen(kw_only=True)
@@ -199,6 +169,12 @@ class Stage:
     @property
     def hook(self):
         return self.pm.hook
+
+    @property
+    def is_main(self) -> bool:
+        """True in the one process that writes files (rank 0; the only process without
+        ``--nproc``). Every rank may read them."""
+        return self.rank == 0
 
     def config_for(self, plugin: object) -> Any:
         """The structured recipe table of ``plugin`` (pass ``self``). Plugins call this every step;

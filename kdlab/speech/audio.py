@@ -1,4 +1,5 @@
-"""Audio files (soundfile), resampling (torchaudio) and noise mixing."""
+"""Audio helpers for generating corpora: writing files, trimming silence, noise mixing.
+(Reading and resampling, shared with training, are in :mod:`kdlab.data.audio`.)"""
 
 from __future__ import annotations
 
@@ -6,36 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-import torch
-import torchaudio
-
-from kdlab.engine.errors import KdlabError
-
-
-def read_audio(path: str | Path, sample_rate: int, where: str = "") -> np.ndarray:
-    """Mono float32 samples of ``path``; a file at another rate, unreadable or empty is an error
-    naming the file (and ``where`` it was listed)."""
-    prefix = f"{where}: " if where else ""
-    try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
-        raise KdlabError(f"{prefix}{path}: unreadable audio ({exc})") from exc
-    if rate != sample_rate:
-        raise KdlabError(f"{prefix}{path}: sample rate {rate} Hz, expected {sample_rate} Hz")
-    if data.shape[0] == 0:
-        raise KdlabError(f"{prefix}{path}: empty audio")
-    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
 
 
 def write_audio(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(str(path), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16")
-
-
-def resample(samples: np.ndarray, orig: int, new: int) -> np.ndarray:
-    if orig == new:
-        return samples
-    return torchaudio.functional.resample(torch.from_numpy(samples), orig, new).numpy()
 
 
 def trim_silence(samples: np.ndarray, threshold: float = 0.01) -> np.ndarray:

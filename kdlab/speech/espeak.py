@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdlab.engine.errors import KdlabError
+from kdlab.engine.errors import KdlabError, missing_extra
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 CHARS_UTF8 = 1
@@ -39,10 +39,7 @@ def engine() -> Espeak:
 
 class Espeak:
     def __init__(self):
-        try:
-            import espeakng_loader
-        except ImportError as exc:  # a declared dependency; this only fires in a broken install
-            raise KdlabError("the espeakng-loader package is needed for speech synthesis: pip install espeakng-loader") from exc
+        espeakng_loader = _loader()
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
@@ -109,10 +106,27 @@ class Espeak:
 def voice_variants(language: str) -> list[str]:
     """``language`` and every espeak-ng voice variant of it ("en", "en+f1", "en+m3", ...):
     speaker variety for the corpus generators."""
-    import espeakng_loader
-
+    espeakng_loader = _loader()
     variants = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
     return [language] + [f"{language}+{p.name}" for p in sorted(variants.iterdir()) if p.is_file()]
+
+
+def word_lists():
+    """wordfreq's ``top_n_list`` (the corpora's vocabularies), or an error naming the extra."""
+    try:
+        from wordfreq import top_n_list
+    except ImportError as exc:
+        raise missing_extra("speech", "wordfreq", "the corpus generators (kdlab data)") from exc
+    return top_n_list
+
+
+def _loader():
+    """The espeakng-loader package (ships libespeak-ng and its data), or an error naming the extra."""
+    try:
+        import espeakng_loader
+    except ImportError as exc:
+        raise missing_extra("speech", "espeakng-loader", "speech synthesis (kdlab data)") from exc
+    return espeakng_loader
 
 
 STRESS = str.maketrans("", "", "ˈˌ.‿")

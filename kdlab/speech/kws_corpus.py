@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from kdlab.speech.audio import coloured_noise, mix_at_snr, resample, trim_silence, write_audio
-from kdlab.speech.espeak import engine, voice_variants
+from kdlab.data.audio import resample
+from kdlab.speech.audio import coloured_noise, mix_at_snr, trim_silence, write_audio
+from kdlab.speech.espeak import engine, voice_variants, word_lists
 
 log = logging.getLogger("kdlab.data")
 SAMPLE_RATE = 16000
@@ -43,7 +44,7 @@ CONFUSABLE = ["she", "shale", "shield", "sheet", "sealer", "sailor", "layla", "d
 
 
 def vocabulary(keyword: str, rng: np.random.Generator, common: int = 400) -> list[str]:
-    from wordfreq import top_n_list
+    top_n_list = word_lists()
 
     words = [w for w in top_n_list("en", 3000) if w.isalpha() and len(w) > 1]
     picked = list(rng.choice(words, size=min(common, len(words)), replace=False))

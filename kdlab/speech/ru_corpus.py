@@ -8,7 +8,7 @@ phoneme (the inventory below). An utterance with a phoneme outside the inventory
 English, a rare allophone) is drawn again, never written. Splits: validation and test are spoken
 only by voice variants never used in training.
 
-Output: ``OUT/manifest.jsonl`` (see :mod:`kdlab.speech.manifest`), ``OUT/phonemes.txt``,
+Output: ``OUT/manifest.jsonl`` (see :mod:`kdlab.data.manifest`), ``OUT/phonemes.txt``,
 ``OUT/clips/<split>/<n>.wav``, ``OUT/corpus.json`` (settings and counts). One seed gives the
 same files (each corpus made in a fresh process: see :mod:`kdlab.speech.espeak`).
 """
@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from kdlab.speech.audio import coloured_noise, mix_at_snr, resample, write_audio
-from kdlab.speech.espeak import engine, voice_variants
+from kdlab.data.audio import resample
+from kdlab.speech.audio import coloured_noise, mix_at_snr, write_audio
+from kdlab.speech.espeak import engine, voice_variants, word_lists
 from kdlab.speech.kws_corpus import speaker_id
-from kdlab.speech.manifest import Utterance, write_manifest
+from kdlab.data.manifest import Utterance, write_manifest
 
 log = logging.getLogger("kdlab.data")
 SAMPLE_RATE = 16000
@@ -41,7 +42,7 @@ RU_PHONEMES = [
 
 
 def russian_words(top: int = 20000) -> list[str]:
-    from wordfreq import top_n_list
+    top_n_list = word_lists()
 
     cyrillic = set("абвгдеёжзийклмнопрстуфхцчшщъыьэюя")
     return [w for w in top_n_list("ru", top) if len(w) > 1 and set(w) <= cyrillic]

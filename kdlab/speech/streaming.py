@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdlab.engine.errors import KdlabError
-from kdlab.plugins.crnn import CRNN, CRNNConfig
-from kdlab.speech.features import LOG_FLOOR, LogMel
+from kdlab.engine.errors import KdlabError, missing_extra
+from kdlab.data.features import LOG_FLOOR, LogMel
+from kdlab.models.crnn import CRNN, CRNNConfig
 
 
 class StreamingKWS(nn.Module):
@@ -129,7 +129,7 @@ def stream(detector: nn.Module, audio: torch.Tensor, chunk: int) -> torch.Tensor
 
 
 def cli(args) -> int:
-    from kdlab.speech.audio import read_audio
+    from kdlab.data.audio import read_audio
 
     crnn = load_crnn(args.model)
     features = LogMel(16000, crnn.n_mels)
@@ -150,12 +150,23 @@ def cli(args) -> int:
     print(f"detections (p >= {args.threshold}): " + (", ".join(f"{t:.1f} s" for t in hits.tolist()) or "none"),
           file=sys.stderr)
     png = Path(args.plot) if args.plot else Path(args.audio).with_suffix(".kws.png")
-    _plot(times, probs, args.threshold, png)
-    print(f"plot: {png}", file=sys.stderr)
+    if args.plot or has_matplotlib():  # the default plot is skipped without the plots extra
+        _plot(times, probs, args.threshold, png)
+        print(f"plot: {png}", file=sys.stderr)
+    else:
+        print("plot: skipped (pip install 'kdlab[plots]' to draw one)", file=sys.stderr)
     return 0
 
 
+def has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _plot(times: torch.Tensor, probs: torch.Tensor, threshold: float, path: Path) -> None:
+    if not has_matplotlib():
+        raise missing_extra("plots", "matplotlib", "kws-stream --plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import torch
 
 from kdlab.engine.errors import KdlabError
@@ -18,52 +19,58 @@ from kdlab.engine.errors import KdlabError
 def load_ctc_model(path: str | Path):
     from kdlab.engine.checkpoint import load_model_file
     from kdlab.engine.recipe import CONVERTER
-    from kdlab.engine.types import DataBundle
-    from kdlab.engine.types import ModelSpec
-    from kdlab.plugins.speech_models import ConformerConfig, SpeechModels, Wav2Vec2Config, Wav2Vec2CTC, wav2vec2_from_scratch
+    from kdlab.models import conformer_ctc, wav2vec2_ctc
 
     data = load_model_file(path)
     classes = tuple(data.get("classes") or ())
-    if data["arch"] not in ("wav2vec2_ctc", "conformer_ctc"):
+    modules = {"wav2vec2_ctc": (wav2vec2_ctc, wav2vec2_ctc.Wav2Vec2Config),
+               "conformer_ctc": (conformer_ctc, conformer_ctc.ConformerConfig)}
+    if data["arch"] not in modules:
         raise KdlabError(f"{path}: a '{data['arch']}' model; transcribe needs wav2vec2_ctc or conformer_ctc")
     if len(classes) != data["num_classes"]:
         raise KdlabError(f"{path}: the file does not name its phonemes (exported before kdlab stored them)")
-    cls = Wav2Vec2Config if data["arch"] == "wav2vec2_ctc" else ConformerConfig
+    module, cls = modules[data["arch"]]
     config = CONVERTER.structure(data["config"], cls)
-    if data["arch"] == "wav2vec2_ctc":
-        # the weights below replace everything, a Hugging Face source directory is not needed
-        if config.hf_dir:
-            raise KdlabError(f"{path}: a Hugging Face teacher; transcribe with it through its own tools, or with a student")
-        model = Wav2Vec2CTC(wav2vec2_from_scratch(config, data["num_classes"]))
-    else:
-        bundle = DataBundle(train=None, val=None, test=None, num_classes=data["num_classes"],
-                            input_shape=tuple(data["input_shape"]), classes=classes)
-        model = SpeechModels().kdlab_build_model(spec=ModelSpec(arch=data["arch"], config=config), data=bundle)
+    # the weights below replace everything, a Hugging Face source directory is not needed
+    if getattr(config, "hf_dir", None):
+        raise KdlabError(f"{path}: a Hugging Face teacher; transcribe with it through its own tools, or with a student")
+    shape = _Shape(num_classes=data["num_classes"], input_shape=tuple(data["input_shape"]), classes=classes)
+    model = module.build(config, shape)
     model.load_state_dict(data["state_dict"])
     return model.train(False), classes
 
 
-def transcribe(model, classes: tuple[str, ...], files: list[str], beam: int = 0) -> list[str]:
-    from kdlab.plugins.per import beam_decode, greedy_decode
-    from kdlab.plugins.phonemes import load_wave
-    from kdlab.plugins.speech_models import ConformerCTC
-    from kdlab.speech.features import LogMel
+@attrs.frozen(kw_only=True)
+class _Shape:
+    """What a model builder reads of the data (``DataBundle`` without loaders)."""
 
+    num_classes: int
+    input_shape: tuple[int, ...]
+    classes: tuple[str, ...]
+
+
+def transcribe(model, classes: tuple[str, ...], files: list[str], beam: int = 0) -> list[str]:
+    from kdlab.data.audio import read_audio
+    from kdlab.data.features import LogMel, utterance_features
+    from kdlab.models.conformer_ctc import ConformerCTC
+    from kdlab.speech.ctc_decoding import beam_decode, greedy_decode, require_beam_search
+
+    if beam:
+        require_beam_search("transcribe --beam")
     features = LogMel(16000, getattr(model, "n_mels", 80))
     out = []
     for f in files:
         if not Path(f).is_file():
             raise KdlabError(f"{f}: no such audio file")
         try:
-            wave = torch.from_numpy(load_wave(Path(f), 16000))
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+            wave = torch.from_numpy(read_audio(Path(f), 16000, resample_to_rate=True))
+        except KdlabError as exc:
             raise KdlabError(f"{f}: unreadable or empty audio ({exc})") from exc
         with torch.inference_mode():
             if isinstance(model, ConformerCTC):
                 if len(wave) < features.n_fft:
                     raise KdlabError(f"{f}: shorter than one 25 ms frame")
-                mel = features(wave).T
-                mel = (mel - mel.mean(0)) / (mel.std(0) + 1e-5)
+                mel = utterance_features(wave, features)  # the same features the model trained on
                 logits, lengths = model(mel.unsqueeze(0), torch.tensor([mel.shape[0]]))
             else:
                 logits, lengths = model(wave.unsqueeze(0), torch.tensor([len(wave)]))

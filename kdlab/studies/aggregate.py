@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from kdlab.engine.errors import KdlabError
+from kdlab.engine.report import markdown_table
 
 # Final metrics shown, when present, in this order.
 SHOWN = ["test/accuracy", "test/top5", "test/au_fa_fr", "test/fp16_au_fa_fr", "test/per", "test/beam_per",
@@ -157,13 +158,13 @@ def columns(rows: list[dict]) -> list[str]:
 def markdown(rows: list[dict], pareto: dict[int, list[str]] | None = None) -> str:
     cols = columns(rows)
     head = ["group", "stage", "seeds", *cols] + (["pareto"] if pareto is not None else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for i, r in enumerate(rows):
         cells = [r["group"], r["stage"], str(r["seeds"])] + [_fmt(c, r["values"][c]) if c in r["values"] else "" for c in cols]
         if pareto is not None:
             cells.append(", ".join(pareto.get(i, [])))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from kdlab.engine.errors import missing_extra
+from kdlab.studies.aggregate import lower_is_better, mean_std, pareto_front
+
+try:
+    import matplotlib
+except ImportError as exc:  # an optional dependency: say which extra brings it
+    raise missing_extra("plots", "matplotlib", "kdlab report --plots") from exc
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
-
-from kdlab.studies.aggregate import lower_is_better, mean_std, pareto_front  # noqa: E402
 
 
 def metric_vs_cost(rows: list[dict], metric: str, cost: str, stages: set[str] | None = None):

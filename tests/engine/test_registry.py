@@ -54,7 +54,7 @@ def third_party(tmp_path):
 
 def test_builtins_are_discovered_through_entry_points(catalogue):
     assert {"supervised", "logit_kd", "amp", "pruning", "grad_clip"} <= set(catalogue.methods)
-    assert catalogue.plugins["logit_kd"].origin.startswith("kdlab.plugins.logit_kd:LogitKD (kdlab ")
+    assert catalogue.plugins["logit_kd"].origin.startswith("kdlab.methods.logit_kd:LogitKD (kdlab ")
     assert catalogue.plugins["tensorboard"].default_enabled
     assert {"digits", "mnist", "cifar10", "cifar100"} <= set(catalogue.datasets)
 

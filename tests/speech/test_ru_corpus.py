@@ -4,7 +4,7 @@ import sys
 
 import soundfile
 
-from kdlab.speech.manifest import read_manifest
+from kdlab.data.manifest import read_manifest
 from kdlab.speech.ru_corpus import RU_PHONEMES
 
 

@@ -4,8 +4,8 @@ import textwrap
 
 import torch
 
-from kdlab.plugins.crnn import CRNN, CRNNConfig
-from kdlab.speech.features import LogMel
+from kdlab.models.crnn import CRNN, CRNNConfig
+from kdlab.data.features import LogMel
 from kdlab.speech.streaming import StreamingKWS, offline_window_probs, stream, window_steps
 
 

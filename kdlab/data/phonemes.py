@@ -1,0 +1,197 @@
+"""Phoneme recognition data from a manifest (:mod:`kdlab.data.manifest`): 80-dim log-mel
+features for the student (torchaudio MelSpectrogram, 25 ms window, 10 ms hop, normalised per
+utterance and band, SpecAugment on the training split) and the raw 16 kHz audio for a teacher
+that reads waveforms (wav2vec2). Targets are phoneme ids (0 is the CTC blank, the inventory
+follows), padded with -1.
+
+Bad entries are reported with the manifest file and line: unreadable or empty audio, phonemes
+outside the inventory, and transcripts that cannot fit the utterance's 20 ms output frames
+(CTC needs at least one frame per label, two between repeated labels). ``on_bad = "error"``
+(the default) stops with the first; ``"skip"`` logs every one and leaves them out. Nothing bad
+is trained on silently.
+
+Features are computed once and cached on disk (``cache_dir``, default ``.kdlab_features`` next to
+the manifest), keyed by a hash of the manifest, the inventory and the feature settings, written
+atomically; a changed corpus or setting builds a new cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import numpy as np
+import torch
+from attrs import field
+from attrs import validators as v
+
+from kdlab.data.audio import read_audio
+from kdlab.data.features import LogMel, spec_augment, utterance_features
+from kdlab.data.loader import BatchLoader, epoch_seed
+from kdlab.data.manifest import Utterance, read_manifest
+from kdlab.engine import checkpoint
+from kdlab.engine.errors import KdlabError
+from kdlab.engine.types import Batch, DataBundle
+
+log = logging.getLogger("kdlab")
+FRAME_SAMPLES = 320  # one 20 ms CTC output frame at 16 kHz (wav2vec2's stride; the student's 10 ms x 2)
+
+
+@attrs.frozen(kw_only=True)
+class PhonemesConfig:
+    manifest: str
+    sample_rate: int = field(default=16000, validator=v.ge(8000))
+    n_mels: int = field(default=80, validator=v.ge(8))
+    batch_size: int = field(default=16, validator=v.ge(1))
+    eval_batch_size: int = field(default=32, validator=v.ge(1))
+    augment: bool = True  # SpecAugment on the student's training features
+    freq_mask: int = field(default=15, validator=v.ge(0))
+    time_mask: int = field(default=25, validator=v.ge(0))
+    masks: int = field(default=2, validator=v.ge(0))
+    on_bad: Literal["error", "skip"] = "error"
+    cache_dir: str | None = None
+    train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))
+
+
+def ctc_min_frames(ids: list[int]) -> int:
+    """Frames a CTC alignment of ``ids`` needs: one per label plus a blank between repeats."""
+    return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+
+
+def _cache_key(manifest: Path, inventory: list[str], config: PhonemesConfig) -> str:
+    h = hashlib.sha256(manifest.read_bytes())
+    h.update(json.dumps([inventory, config.sample_rate, config.n_mels, "logmel-400-160-uttnorm"]).encode())
+    return h.hexdigest()[:20]
+
+
+def prepare(config: PhonemesConfig) -> dict:
+    """Read, check and featurise the corpus: per split, audio (int16), features (fp16), ids."""
+    manifest = Path(config.manifest)
+    utterances, inventory = read_manifest(manifest)
+    classes = ["<blank>", *inventory]
+    index = {p: i + 1 for i, p in enumerate(inventory)}
+    cache_dir = Path(config.cache_dir) if config.cache_dir else manifest.parent / ".kdlab_features"
+    key = _cache_key(manifest, inventory, config)
+    cache = cache_dir / f"{key}.pt"
+    if cache.is_file():
+        data = checkpoint.load(cache)
+        log.info("features: read from %s", cache)
+        return {**data, "classes": classes, "key": key}
+    features = LogMel(config.sample_rate, config.n_mels)
+    out = {s: {"audio": [], "features": [], "ids": [], "lines": []} for s in ("train", "val", "test")}
+    bad = []
+    for u in utterances:
+        problem, item = _check(u, manifest, index, config, features)
+        if problem:
+            message = f"{manifest}:{u.line}: {problem}"
+            if config.on_bad == "error":
+                raise KdlabError(message + " (set data.on_bad = \"skip\" to leave such entries out)")
+            bad.append(message)
+            continue
+        split = out[u.split]
+        for k, val in item.items():
+            split[k].append(val)
+        split["lines"].append(u.line)
+    for message in bad:
+        log.warning("skipped %s", message)
+    if bad:
+        log.warning("skipped %d of %d utterances in %s", len(bad), len(utterances), manifest)
+    if not out["train"]["ids"]:
+        raise KdlabError(f"data.manifest: {manifest} has no usable training utterances")
+    data = {"splits": out, "skipped": bad}
+    checkpoint.save(data, cache)
+    log.info("features: cached in %s", cache)
+    return {**data, "classes": classes, "key": key}
+
+
+def _check(u: Utterance, manifest: Path, index: dict, config: PhonemesConfig, features: LogMel):
+    unknown = sorted({p for p in u.phonemes if p not in index})
+    if unknown:
+        return f"phonemes not in the inventory (phonemes.txt): {' '.join(unknown)}", None
+    if not u.phonemes:
+        return "empty transcript", None
+    path = manifest.parent / u.audio
+    try:
+        wave = read_audio(path, config.sample_rate, resample_to_rate=True)
+    except KdlabError as exc:
+        return f"{u.audio}: unreadable or empty audio ({exc})", None
+    ids = [index[p] for p in u.phonemes]
+    frames = len(wave) // FRAME_SAMPLES
+    if ctc_min_frames(ids) > frames:
+        return (f"{u.audio}: transcript needs {ctc_min_frames(ids)} CTC frames, the audio has {frames} "
+                f"({len(wave) / config.sample_rate:.2f} s)"), None
+    wave_t = torch.from_numpy(np.clip(wave, -1, 1))
+    mel = utterance_features(wave_t, features)  # (frames, n_mels)
+    return None, {"audio": (wave_t * 32767).round().to(torch.int16), "features": mel.half(),
+                  "ids": torch.tensor(ids, dtype=torch.long)}
+
+
+def _pad(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+
+
+class PhonemeLoader(BatchLoader):
+    """Length-bucketed batches: each epoch's order is a seeded permutation, cut into groups of 20
+    batches sorted by length (less padding), whose batches are then shuffled."""
+
+    def __init__(self, split: dict, config: PhonemesConfig, *, train: bool, seed: int):
+        self.split, self.config, self.train, self.seed = split, config, train, seed
+        self.batch_size = config.batch_size if train else config.eval_batch_size
+        self.lengths = torch.tensor([len(f) for f in split["features"]])
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[torch.Tensor]:
+        n, bs = self.num_samples, self.batch_size
+        if not self.train:
+            order = torch.argsort(self.lengths, stable=True)
+            return [order[i : i + bs] for i in range(0, n, bs)]
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(n, generator=g)
+        groups = [order[i : i + 20 * bs] for i in range(0, n, 20 * bs)]
+        batches = []
+        for group in groups:
+            group = group[torch.argsort(self.lengths[group], stable=True)]
+            batches += [group[i : i + bs] for i in range(0, len(group), bs)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+    def __iter__(self):
+        s = self.split
+        for idx in self.batches():
+            idx = self.my_part(idx)
+            ids = idx.tolist()
+            feats = _pad([s["features"][i].float() for i in ids], 0.0)
+            if self.train and self.config.augment and self.config.masks:
+                # masks come from torch's global generator, which checkpoints save and restore
+                feats = spec_augment(feats.transpose(1, 2), self.config.freq_mask, self.config.time_mask,
+                                     self.config.masks).transpose(1, 2)
+            waves = [s["audio"][i] for i in ids]
+            yield Batch(
+                feats, _pad([s["ids"][i] for i in ids], -1), idx,
+                {"input_lengths": self.lengths[idx], "wave": _pad(waves, 0).float() / 32767.0,
+                 "wave_lengths": torch.tensor([len(w) for w in waves])},
+            )
+
+
+def build(config: PhonemesConfig, seed: int) -> DataBundle:
+    data = prepare(config)
+    splits = data["splits"]
+    if config.train_limit is not None:
+        splits = {**splits, "train": {k: val[: config.train_limit] for k, val in splits["train"].items()}}
+    make = lambda name, train: PhonemeLoader(splits[name], config, train=train, seed=seed) if splits[name]["ids"] else None  # noqa: E731
+    return DataBundle(
+        train=make("train", True), val=make("val", False), test=make("test", False),
+        num_classes=len(data["classes"]), input_shape=(100, config.n_mels), augmented=False,
+        # augmented=False: SpecAugment changes only the student's features; a teacher reads the
+        # clean audio, so its outputs per utterance are fixed (the teacher cache relies on this)
+        key={"dataset": "phonemes", "manifest": str(Path(config.manifest).resolve()),
+             "manifest_sha": data["key"],
+             **{k: val for k, val in attrs.asdict(config).items() if k not in ("manifest", "cache_dir")}},
+        classes=tuple(data["classes"]),
+    )

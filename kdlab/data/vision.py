@@ -1,0 +1,156 @@
+"""Image classification data: scikit-learn's 8x8 digits (bundled, the default), and MNIST,
+CIFAR-10, CIFAR-100 through torchvision's readers from a local ``root`` directory.
+
+Nothing is downloaded unless the recipe says ``download = true``; missing files give an error
+that says where to put them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import numpy as np
+import torch
+from attrs import field
+from attrs import validators as v
+
+from kdlab.data.loader import DatasetLoader, TensorLoader
+from kdlab.engine.errors import KdlabError
+from kdlab.engine.types import DataBundle
+
+
+@attrs.frozen(kw_only=True)
+class LoaderSettings:
+    batch_size: int = field(default=64, validator=v.ge(1))
+    eval_batch_size: int = field(default=512, validator=v.ge(1))
+
+
+@attrs.frozen(kw_only=True)
+class DigitsConfig(LoaderSettings):
+    """scikit-learn's digits: 1,797 8x8 images, split stratified into train/val/test."""
+
+    val_fraction: float = field(default=0.15, validator=[v.gt(0), v.lt(0.5)])
+    test_fraction: float = field(default=0.25, validator=[v.gt(0), v.lt(0.5)])
+    split_seed: int = field(default=0, validator=v.ge(0))
+
+
+@attrs.frozen(kw_only=True)
+class TorchvisionConfig(LoaderSettings):
+    """MNIST / CIFAR files in ``root``, read by torchvision; the last ``val_size`` images of a
+    seeded permutation of the training set form the validation split."""
+
+    root: str
+    download: bool = False
+    val_size: int = field(default=5000, validator=v.ge(0))
+    augment: bool = True  # CIFAR: random crop (pad 4) + horizontal flip on the training split
+    num_workers: int = field(default=0, validator=v.ge(0))
+    train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # quick runs
+    split_seed: int = field(default=0, validator=v.ge(0))
+
+
+def load_digits_tensors(config: DigitsConfig):
+    """(x, y) splits of the digits data as float tensors of shape (N, 1, 8, 8), normalised with
+    the training split's mean and std."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32) / 16.0
+    y = digits.target.astype(np.int64)
+    idx = np.arange(len(x))
+    rest, test = train_test_split(idx, test_size=config.test_fraction, stratify=y, random_state=config.split_seed)
+    val_share = config.val_fraction / (1 - config.test_fraction)
+    train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=config.split_seed)
+    mean, std = x[train].mean(), x[train].std()
+    to_t = lambda ids: (torch.from_numpy((x[ids] - mean) / std)[:, None], torch.from_numpy(y[ids]))  # noqa: E731
+    return to_t(train), to_t(val), to_t(test)
+
+
+_VISION = {
+    # name: (torchvision class name, classes, input shape, mean, std, expected files under root)
+    "mnist": ("MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,),
+              ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte",
+               "MNIST/raw/t10k-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"]),
+    "cifar10": ("CIFAR10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch",
+                 "cifar-10-batches-py/batches.meta"]),
+    "cifar100": ("CIFAR100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                 ["cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"]),
+}
+
+
+def _vision_class(name: str):
+    import torchvision
+
+    base = getattr(torchvision.datasets, _VISION[name][0])
+    if name == "mnist":
+        return base
+
+    class Cifar(base):
+        # torchvision checks the md5 of each file, which only detects a corrupted download;
+        # with md5 None its check_integrity tests that the file exists and the reader validates
+        # the content, so that the real reader can be tested on small files in the real format.
+        train_list = [[name, None] for name, _ in base.train_list]
+        test_list = [[name, None] for name, _ in base.test_list]
+        meta = {**base.meta, "md5": None}
+
+    return Cifar
+
+
+def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
+    from torchvision import transforms as T
+
+    cls_name, classes, shape, mean, std, files = _VISION[name]
+    root = Path(config.root)
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing and not config.download:
+        raise KdlabError(
+            f"data.root: {name} files not found under {root} (missing {', '.join(missing)}); "
+            f"put the original files there or set data.download = true"
+        )
+    normalize = [T.ToTensor(), T.Normalize(mean, std)]
+    train_tf = T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if name != "mnist" and config.augment else []) + normalize)
+    eval_tf = T.Compose(normalize)
+    cls = _vision_class(name)
+    try:
+        train_aug = cls(str(root), train=True, transform=train_tf, download=config.download)
+        train_clean = cls(str(root), train=True, transform=eval_tf)
+        test = cls(str(root), train=False, transform=eval_tf)
+    except Exception as exc:  # noqa: BLE001 - unreadable files: say which data set and where
+        raise KdlabError(f"data.root: cannot read {name} from {root}: {exc}") from exc
+
+    order = torch.randperm(len(train_aug), generator=torch.Generator().manual_seed(config.split_seed)).tolist()
+    val_size = min(config.val_size, len(order) // 2)
+    train_idx, val_idx = order[: len(order) - val_size], order[len(order) - val_size :]
+    if config.train_limit is not None:
+        train_idx = train_idx[: config.train_limit]
+    subset = torch.utils.data.Subset
+    make = lambda ds, bs, shuffle: DatasetLoader(ds, bs, shuffle=shuffle, seed=seed, num_workers=config.num_workers,
+                                                   pin_memory=config.num_workers > 0)  # noqa: E731
+    return DataBundle(
+        train=make(subset(train_aug, train_idx), config.batch_size, True),
+        val=make(subset(train_clean, val_idx), config.eval_batch_size, False) if val_idx else None,
+        test=make(test, config.eval_batch_size, False),
+        num_classes=classes,
+        input_shape=shape,
+        augmented=name != "mnist" and config.augment,
+        key={"dataset": name, "root": str(root.resolve()), **attrs.asdict(config)},
+    )
+
+
+def build_digits(config: DigitsConfig, seed: int) -> DataBundle:
+    (xtr, ytr), (xva, yva), (xte, yte) = load_digits_tensors(config)
+    return DataBundle(
+        train=TensorLoader(xtr, ytr, config.batch_size, shuffle=True, seed=seed),
+        val=TensorLoader(xva, yva, config.eval_batch_size, shuffle=False, seed=seed),
+        test=TensorLoader(xte, yte, config.eval_batch_size, shuffle=False, seed=seed),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        key={"dataset": "digits", **attrs.asdict(config)},
+    )
+
+
+def builder(name: str):
+    """The build function of one torchvision data set (``mnist``, ``cifar10``, ``cifar100``)."""
+    return lambda config, seed: build_vision(name, config, seed)

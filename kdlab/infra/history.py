@@ -1,0 +1,42 @@
+"""Per-epoch history: ``<run>/history/<stage>.jsonl``, one line per epoch with the epoch number,
+the learning rate and that epoch's validation metrics. Reports read it for the best epoch and
+for training curves. On resume, lines past the resumed epoch are dropped before new ones are
+written, so the file always describes the weights the run ends with.
+"""
+
+from __future__ import annotations
+
+import json
+
+from kdlab import hookimpl
+
+
+class History:
+    default_enabled = True
+
+    def __init__(self):
+        self.checked = False
+
+    @staticmethod
+    def _path(stage):
+        return stage.run_dir / "history" / f"{stage.name}.jsonl"
+
+    @hookimpl
+    def kdlab_epoch_start(self, stage, epoch):
+        if self.checked or not stage.is_main:
+            return
+        self.checked = True
+        path = self._path(stage)
+        if path.exists():  # resumed: keep the lines of the epochs completed before the interruption
+            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= epoch]
+            path.write_text("".join(ln + "\n" for ln in lines))
+
+    @hookimpl
+    def kdlab_epoch_end(self, stage, epoch, metrics):
+        if not stage.is_main:
+            return
+        path = self._path(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"epoch": epoch + 1, "lr": stage.optimizer.param_groups[0]["lr"], **metrics}
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,263 @@
+"""Teacher-output cache: run the teachers once over each split, then answer
+``kdlab_teacher_outputs`` from the stored outputs (logits and tapped features) by sample index.
+
+Valid only when a sample's teacher input is the same every epoch: a data set with random
+training augmentation (``data.augment = true`` on CIFAR) is refused with an error. The usual way
+around — the teacher sees the clean image, the student the augmented one — needs a loader that
+returns both views; until then, turn augmentation off for cached stages.
+
+The cache key covers the data (data-set settings and split sizes), the split, the teachers'
+weights (a SHA-256 of their exported files), the tapped modules, and the autocast settings, so a
+stale cache is never used. Outputs live in memory; with ``dir`` set they are also written there
+as .npy files (read back memory-mapped by later runs with the same key) under a directory named
+by the key, written to a temporary name and renamed when complete. ``dtype = "float16"`` halves
+the size. The size is estimated, logged, and checked against ``max_gb`` before anything is built.
+
+Sequence teachers (CTC: per-frame outputs with lengths) are stored ragged: each utterance's valid
+frames, concatenated, with offsets and lengths; lookups pad a batch back
+together. ``topk = k`` stores only the k most probable classes per frame (values fp16, indices
+int16) and spreads the remaining probability mass evenly over the other classes on lookup:
+4 bytes per kept class, V / k times smaller than float32 for V classes. BENCHMARKS.md measures the effect on PER.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import numpy as np
+import torch
+from attrs import field
+from attrs import validators as v
+
+from kdlab import KdlabError, ModelOutput, hookimpl
+
+log = logging.getLogger("kdlab")
+NAME = "teacher_cache"
+SIZE_KEYS = ("batch_size", "eval_batch_size", "num_workers")  # do not change per-sample outputs
+
+
+@attrs.frozen(kw_only=True)
+class TeacherCacheConfig:
+    dir: str | None = None  # on-disk cache directory; None keeps the outputs in memory only
+    dtype: Literal["float32", "float16"] = "float32"
+    max_gb: float = field(default=4.0, validator=v.gt(0))
+    topk: int | None = field(default=None, validator=v.optional(v.ge(1)))  # sequence teachers only
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(stage, split: str, teacher_hashes: list[str]) -> str:
+    """A hash of everything the cached outputs depend on."""
+    cfg = stage.config
+    data_key = {k: val for k, val in stage.data.key.items() if k not in SIZE_KEYS}
+    parts = {
+        "data": data_key,
+        "split": split,
+        "teachers": teacher_hashes,
+        "taps": [cfg.taps.for_teacher(ref) for ref in cfg.teachers],
+        "amp": repr(cfg.methods.get("amp")),
+        "store": [getattr(cfg.methods.get(NAME), "dtype", None), getattr(cfg.methods.get(NAME), "topk", None)],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class Store:
+    """Per-split arrays indexed by sample position: ``logits[t]`` and ``features[t][alias]``;
+    for sequence teachers ``offsets[t]``/``lengths[t]`` into ragged frame arrays."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors  # "t{k}/logits", "t{k}/<alias>"
+
+    def lookup(self, index: torch.Tensor, n_teachers: int, aliases: list[list[str]], device) -> list[ModelOutput]:
+        idx = index.cpu()
+        out = []
+        for k in range(n_teachers):
+            if f"t{k}/lengths" in self.tensors:
+                out.append(self._sequence(k, idx, device))
+                continue
+            logits = self.tensors[f"t{k}/logits"][idx].to(device, torch.float32, non_blocking=True)
+            feats = {a: self.tensors[f"t{k}/{a}"][idx].to(device, torch.float32, non_blocking=True) for a in aliases[k]}
+            out.append(ModelOutput(logits, feats))
+        return out
+
+    def _sequence(self, k: int, idx: torch.Tensor, device) -> ModelOutput:
+        t = self.tensors
+        lengths, offsets = t[f"t{k}/lengths"][idx], t[f"t{k}/offsets"][idx]
+        spans = [slice(int(o), int(o) + int(n)) for o, n in zip(offsets, lengths)]
+        if f"t{k}/topk_values" in t:
+            num_classes = int(t[f"t{k}/classes"][0])
+            frames = [expand_topk(t[f"t{k}/topk_values"][s], t[f"t{k}/topk_index"][s], num_classes) for s in spans]
+        else:
+            frames = [t[f"t{k}/logits"][s].float() for s in spans]
+        logits = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)
+        return ModelOutput(logits.to(device, non_blocking=True), {}, lengths.to(device))
+
+
+def expand_topk(values: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Top-k log-probabilities per frame -> full log-probabilities, the remaining mass spread
+    evenly over the other classes."""
+    values = values.float()
+    k = values.shape[-1]
+    rest = (1 - values.exp().sum(-1, keepdim=True)).clamp(min=1e-8) / max(1, num_classes - k)
+    full = rest.log().expand(*values.shape[:-1], num_classes).clone()
+    return full.scatter_(-1, index.long(), values)
+
+
+def _compact_sequences(per_sample: list[torch.Tensor], dtype: torch.dtype, topk: int | None, k: int) -> dict:
+    """Valid frames of every utterance (logits; log-probabilities for top-k) -> ragged arrays."""
+    lengths = torch.tensor([len(x) for x in per_sample])
+    offsets = torch.zeros(len(per_sample), dtype=torch.long)
+    offsets[1:] = torch.cumsum(lengths, 0)[:-1]
+    frames = torch.cat(per_sample)
+    out = {f"t{k}/lengths": lengths, f"t{k}/offsets": offsets}
+    if topk is not None:
+        values, index = frames.topk(topk, dim=-1)
+        out.update({f"t{k}/topk_values": values.half(), f"t{k}/topk_index": index.to(torch.int16),
+                    f"t{k}/classes": torch.tensor([frames.shape[-1]])})
+    else:
+        out[f"t{k}/logits"] = frames.to(dtype)
+    return out
+
+
+class TeacherCache:
+    def __init__(self):
+        self.stores: dict[str, Store] = {}
+        self.building = False
+        self.teacher_hashes: list[str] | None = None  # hashed once per stage, not once per split
+
+    config_class = TeacherCacheConfig
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        if not stage.teachers:
+            raise KdlabError(f"stages.{stage.name}.methods.{NAME}: the stage has no teachers to cache")
+        if stage.data.augmented:
+            raise KdlabError(
+                f"stages.{stage.name}.methods.{NAME}: the training inputs are randomly augmented, so the "
+                "teacher's outputs change every epoch and cannot be cached; set data.augment = false for "
+                f"this run or remove {NAME}")
+
+    @hookimpl
+    def kdlab_teacher_outputs(self, stage, batch):
+        if self.building or stage.phase not in ("train", "val", "test"):
+            return None  # let the teachers run (while building, or for the probe batch)
+        split = stage.phase
+        if split not in self.stores:
+            self.stores[split] = self._load_or_build(stage, split)
+        aliases = [list(stage.config.taps.for_teacher(ref)) for ref in stage.config.teachers]
+        return self.stores[split].lookup(batch.index, len(stage.teachers), aliases, stage.device)
+
+    def _load_or_build(self, stage, split: str) -> Store:
+        cfg = stage.config_for(self)
+        if self.teacher_hashes is None:
+            self.teacher_hashes = [file_sha256(stage.resolve_model_ref(ref)) for ref in stage.config.teachers]
+        key = cache_key(stage, split, self.teacher_hashes)
+        target = Path(cfg.dir) / key if cfg.dir else None
+        if target is not None and (target / "done").is_file():
+            log.info("%s: reading %s outputs from %s", NAME, split, target)
+            return Store({_decode(p.stem): torch.from_numpy(np.load(p, mmap_mode="c"))
+                          for p in sorted(target.glob("*.npy"))})
+        return self._build(stage, split, cfg, target)
+
+    def _build(self, stage, split: str, cfg: TeacherCacheConfig, target: Path | None) -> Store:
+        loader = getattr(stage.data, split)
+        loader.set_epoch(0)
+        dtype = torch.float16 if cfg.dtype == "float16" else torch.float32
+        tensors: dict[str, torch.Tensor] = {}
+        sequences: dict[int, dict[int, torch.Tensor]] = {}
+        self.building = True
+        try:
+            # the pass over the split must not move the random stream the training loop uses
+            # (a loader may draw augmentation for the student from it)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                for batch in loader:
+                    outs = stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch.to(stage.device))
+                    if outs[0].lengths is not None:
+                        self._collect_sequences(stage, outs, batch, sequences, cfg, split, loader)
+                        continue
+                    items = {f"t{k}/logits": o.logits for k, o in enumerate(outs)}
+                    items.update({f"t{k}/{a}": f for k, o in enumerate(outs) for a, f in o.features.items()})
+                    if not tensors:
+                        n = getattr(loader, "num_samples", None) or _split_size(loader)
+                        gb = sum(math.prod(t.shape[1:]) for t in items.values()) * n * dtype.itemsize / 2**30
+                        log.info("%s: %s split, %d samples, %.3f GB of teacher outputs", NAME, split, n, gb)
+                        if gb > cfg.max_gb:
+                            raise KdlabError(f"stages.{stage.name}.methods.{NAME}: the {split} cache would take "
+                                             f"{gb:.2f} GB, over max_gb = {cfg.max_gb}")
+                        tensors = {name: torch.zeros((n, *t.shape[1:]), dtype=dtype) for name, t in items.items()}
+                    idx = batch.index.cpu()
+                    for name, t in items.items():
+                        tensors[name][idx] = t.detach().to("cpu", dtype)
+        finally:
+            self.building = False
+        for k, per_index in sequences.items():
+            tensors.update(_compact_sequences([per_index[i] for i in sorted(per_index)], dtype, cfg.topk, k))
+        if target is not None and stage.is_main:
+            _write(tensors, target)
+        return Store(tensors)
+
+    def _collect_sequences(self, stage, outs, batch, sequences, cfg, split, loader) -> None:
+        if any(o.features for o in outs):
+            raise KdlabError(f"stages.{stage.name}.methods.{NAME}: tapped features of sequence teachers "
+                             "are not cached; remove the teacher taps or the cache")
+        if not sequences:
+            n = getattr(loader, "num_samples", None) or _split_size(loader)
+            frames = float(outs[0].lengths.float().mean()) * n
+            per_frame = (cfg.topk * 4 if cfg.topk else outs[0].logits.shape[-1] * (2 if cfg.dtype == "float16" else 4))
+            gb = frames * per_frame * len(outs) / 2**30
+            log.info("%s: %s split, %d utterances, about %.3f GB of teacher outputs", NAME, split, n, gb)
+            if gb > cfg.max_gb:
+                raise KdlabError(f"stages.{stage.name}.methods.{NAME}: the {split} cache would take "
+                                 f"{gb:.2f} GB, over max_gb = {cfg.max_gb}")
+        for k, o in enumerate(outs):
+            # top-k needs log-probabilities; otherwise the logits are kept as they are, so that
+            # the cached run computes exactly what the uncached one does
+            frames = (torch.log_softmax(o.logits.float(), dim=-1) if cfg.topk else o.logits).cpu()
+            store = sequences.setdefault(k, {})
+            for j, i in enumerate(batch.index.tolist()):
+                store[i] = frames[j, : int(o.lengths[j])]
+
+    @hookimpl
+    def kdlab_stage_end(self, stage):
+        self.stores.clear()
+
+
+def _split_size(loader) -> int:
+    """Number of samples in a split: one more than the largest index the loader yields."""
+    return 1 + max(int(b.index.max()) for b in loader)
+
+
+def _encode(name: str) -> str:
+    return name.replace("/", "__")
+
+
+def _decode(stem: str) -> str:
+    return stem.replace("__", "/")
+
+
+def _write(tensors: dict[str, torch.Tensor], target: Path) -> None:
+    """Write to a temporary directory and rename it: a half-written cache is never read."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, t in tensors.items():
+        np.save(tmp / f"{_encode(name)}.npy", t.numpy())
+    (tmp / "done").write_text("complete\n")
+    try:
+        tmp.rename(target)
+    except OSError:  # another run finished the same cache first: theirs is as good
+        shutil.rmtree(tmp, ignore_errors=True)

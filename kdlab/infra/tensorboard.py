@@ -1,0 +1,85 @@
+"""TensorBoard logging under ``<run>/tb/<stage>/``: every loss term and the total loss (every
+``log_every`` steps), learning rate and evaluation metrics (every epoch), the resolved recipe as
+text, optional weight histograms, and hparams with the final metrics so that stages and runs
+compare in the HParams tab.
+"""
+
+from __future__ import annotations
+
+import attrs
+import tomli_w
+from attrs import field
+from attrs import validators as v
+
+from kdlab import hookimpl
+from kdlab.engine.recipe import recipe_to_dict
+
+
+@attrs.frozen(kw_only=True)
+class TensorBoardConfig:
+    log_every: int = field(default=10, validator=v.ge(1))  # steps between loss scalars
+    histograms: bool = False  # weight histograms every epoch
+
+
+def flat_hparams(table: dict, prefix: str = "") -> dict:
+    """Scalar leaves of a nested table as ``{"a.b.c": value}`` (lists become strings)."""
+    out = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+class TensorBoard:
+    default_enabled = True
+
+    def __init__(self):
+        self.writer = None
+
+    config_class = TensorBoardConfig
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        if not stage.is_main:  # rank 0 alone writes files
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(stage.run_dir / "tb" / stage.name))
+        text = tomli_w.dumps(recipe_to_dict(stage.recipe))
+        self.writer.add_text("recipe", "```\n" + text + "\n```", 0)
+
+    @hookimpl
+    def kdlab_step_end(self, stage, loss, terms):
+        if self.writer is None or stage.step % stage.config_for(self).log_every:
+            return
+        # .item() syncs with the device; this runs only every log_every steps
+        self.writer.add_scalar("loss/total", loss.item(), stage.step)
+        for name, term in terms.items():
+            self.writer.add_scalar(f"loss/{name}", term.item(), stage.step)
+
+    @hookimpl
+    def kdlab_epoch_end(self, stage, epoch, metrics):
+        if self.writer is None:
+            return
+        for i, group in enumerate(stage.optimizer.param_groups):
+            self.writer.add_scalar("lr" if i == 0 else f"lr/{i}", group["lr"], stage.epoch)
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, stage.epoch)
+        if stage.config_for(self).histograms:
+            for name, param in stage.student.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), stage.epoch)
+
+    @hookimpl
+    def kdlab_stage_summary(self, stage, metrics):
+        if self.writer is None:
+            return
+        resolved = recipe_to_dict(stage.recipe)
+        hparams = {"stage": stage.name, "seed": stage.recipe.seed, **flat_hparams(resolved["data"], "data."),
+                   **flat_hparams(resolved["stages"][stage.name])}
+        self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in metrics.items()}, run_name=".")
+        self.writer.close()

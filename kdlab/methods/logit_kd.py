@@ -1,0 +1,52 @@
+"""Logit distillation (Hinton, Vinyals, Dean 2015, "Distilling the Knowledge in a Neural
+Network", arXiv:1503.02531).
+
+    loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))
+
+The KL is averaged over the batch; T^2 keeps the gradient scale independent of T. With several
+teachers the KD term is the mean over teachers. Loss terms: ``kd`` (already multiplied by alpha)
+and ``ce`` (multiplied by 1 - alpha, left out when alpha = 1). Because this method supplies the
+hard-label term itself, do not enable ``supervised`` in the same stage.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from attrs import field
+from attrs import validators as v
+
+from kdlab import KdlabError, hookimpl
+
+
+@attrs.frozen(kw_only=True)
+class LogitKDConfig:
+    temperature: float = field(default=4.0, validator=v.gt(0))
+    alpha: float = field(default=0.9, validator=[v.ge(0), v.le(1)])
+
+
+def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over the batch."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+class LogitKD:
+    config_class = LogitKDConfig
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        if not stage.teachers:
+            raise KdlabError(f"stages.{stage.name}.methods.logit_kd needs a teacher: set stages.{stage.name}.teachers")
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
+        cfg = stage.config_for(self)
+        kd = sum(hinton_kd_loss(student_out.logits, t.logits, temperature=cfg.temperature) for t in teacher_outs)
+        terms = {"kd": cfg.alpha * kd / len(teacher_outs)}
+        if cfg.alpha < 1:
+            terms["ce"] = (1 - cfg.alpha) * F.cross_entropy(student_out.logits, batch.targets)
+        return terms

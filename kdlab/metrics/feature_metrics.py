@@ -1,0 +1,86 @@
+"""Representation metrics against a teacher, for any recipe.
+
+- ``geometry_preservation``: Pearson correlation of the off-diagonal entries of the teacher's and
+  the student's class-centre cosine-similarity matrices on the split (1.0 = same geometry); the
+  number REFERENCES.md asks for to make seed 004's "geometry preservation" measurable.
+- ``cka``: linear centred kernel alignment (Kornblith et al. 2019, "Similarity of Neural Network
+  Representations Revisited", arXiv:1905.00414) between the tapped student and teacher features.
+
+The similarity matrices of the test split are also written to TensorBoard as images
+(``geometry/student``, ``geometry/teacher``).
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from attrs import field
+from attrs import validators as v
+
+from kdlab import hookimpl
+from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method
+from kdlab.methods.geometry import class_centres, off_diagonal, similarity_matrix
+
+NAME = "feature_metrics"
+
+
+@attrs.frozen(kw_only=True)
+class FeatureMetricsConfig(FeaturePairConfig):
+    images: bool = True
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12))
+
+
+def geometry_preservation(student_feats, teacher_feats, labels, num_classes: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+    s, present = class_centres(as_vector(student_feats).double(), labels, num_classes)
+    t, _ = class_centres(as_vector(teacher_feats).double(), labels, num_classes)
+    s_sim, t_sim = similarity_matrix(s[present]), similarity_matrix(t[present])
+    return pearson(off_diagonal(s_sim), off_diagonal(t_sim)), s_sim, t_sim
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) for centred (N, D) feature matrices."""
+    x = as_vector(x).double()
+    y = as_vector(y).double()
+    x, y = x - x.mean(0), y - y.mean(0)
+    return float((y.t() @ x).norm() ** 2 / ((x.t() @ x).norm() * (y.t() @ y).norm()).clamp(min=1e-12))
+
+
+def _image(matrix: torch.Tensor, scale: int = 16) -> torch.Tensor:
+    """(1, H, W) grey image of a similarity matrix in [-1, 1], each entry a scale x scale block."""
+    img = ((matrix.float().cpu() + 1) / 2).clamp(0, 1)
+    return img.repeat_interleave(scale, 0).repeat_interleave(scale, 1)[None]
+
+
+class FeatureMetrics:
+    def __init__(self):
+        self.matrices: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    config_class = FeatureMetricsConfig
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        check_feature_method(stage, NAME, stage.config_for(self))
+
+    @hookimpl
+    def kdlab_eval_metrics(self, stage, split, output, targets, teacher_outputs):
+        cfg = stage.config_for(self)
+        s = output.features[cfg.student]
+        t = teacher_outputs[cfg.teacher_index].features[cfg.teacher]
+        gp, s_sim, t_sim = geometry_preservation(s, t, targets, stage.data.num_classes)
+        if split == "test":
+            self.matrices = (s_sim, t_sim)
+        return {"geometry_preservation": gp, "cka": linear_cka(s, t)}
+
+    @hookimpl
+    def kdlab_stage_summary(self, stage):
+        if not stage.config_for(self).images or self.matrices is None or not stage.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=str(stage.run_dir / "tb" / stage.name)) as writer:
+            writer.add_image("geometry/student", _image(self.matrices[0]), stage.epoch)
+            writer.add_image("geometry/teacher", _image(self.matrices[1]), stage.epoch)

@@ -1,0 +1,59 @@
+"""Phoneme error rate for CTC models, on by default for sequence outputs.
+
+PER = sum of edit distances (torchaudio.functional.edit_distance) between decoded and reference
+phoneme sequences / sum of reference lengths. Greedy decoding is vectorised over the batch
+(argmax per frame, repeats merged, blanks dropped, frames past the valid length ignored). With
+``[plugins.per] beam_size = N`` (N > 0), the test split is also decoded by torchaudio's
+flashlight-text beam search (``ctc_decoder``, lexicon-free, no language model) and reported as
+``beam_per``. (ctcdecode, the usual choice, has no wheels and its sdist downloads its
+dependencies at build time, which these machines cannot; flashlight-text ships wheels.)
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torchaudio
+from attrs import field
+from attrs import validators as v
+
+from kdlab import hookimpl
+from kdlab.speech.ctc_decoding import beam_decode, greedy_decode, require_beam_search
+
+
+@attrs.frozen(kw_only=True)
+class PERConfig:
+    enabled: bool = True
+    beam_size: int = field(default=0, validator=v.ge(0))  # 0: greedy decoding only
+    beam_splits: tuple[str, ...] = ("test",)
+
+
+def references(targets: torch.Tensor) -> list[list[int]]:
+    return [row[row >= 0].tolist() for row in targets]
+
+
+def error_rate(hyps: list[list[int]], refs: list[list[int]]) -> float:
+    errors = sum(torchaudio.functional.edit_distance(r, h) for h, r in zip(hyps, refs))
+    return errors / max(1, sum(len(r) for r in refs))
+
+
+class PER:
+    default_enabled = True
+
+    config_class = PERConfig
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        if stage.config_for(self).beam_size:
+            require_beam_search("plugins.per.beam_size")
+
+    @hookimpl
+    def kdlab_eval_metrics(self, stage, split, output, targets):
+        if output.lengths is None or output.logits.ndim != 3:
+            return None
+        refs = references(targets)
+        metrics = {"per": error_rate(greedy_decode(output.logits, output.lengths), refs)}
+        cfg = stage.config_for(self)
+        if cfg.beam_size and split in cfg.beam_splits:
+            metrics["beam_per"] = error_rate(beam_decode(output.logits, output.lengths, cfg.beam_size), refs)
+        return metrics

@@ -1,0 +1,95 @@
+"""The CTC student of seed 000 (part 2): a convolutional subsampling front end (two 3x3 convs, x2 in
+time, so 10 ms log-mel frames become 20 ms outputs, matching the wav2vec2 teacher), a linear
+projection, sinusoidal positions, torchaudio's ``Conformer`` blocks, and a linear CTC head.
+
+Returns per-frame logits (batch, frames, classes) and valid lengths; counts its MACs on one second
+of features. Tap point: ``encoder``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+import torchaudio
+from attrs import field
+from attrs import validators as v
+from torch import nn
+
+from kdlab.engine.errors import KdlabError
+
+
+@attrs.frozen(kw_only=True)
+class ConformerConfig:
+    dim: int = field(default=96, validator=v.ge(1))
+    layers: int = field(default=3, validator=v.ge(1))
+    heads: int = field(default=4, validator=v.ge(1))
+    ffn: int = field(default=256, validator=v.ge(1))
+    kernel: int = field(default=15, validator=v.ge(1))  # depthwise conv kernel (odd)
+    subsample_channels: int = field(default=64, validator=v.ge(1))
+    dropout: float = field(default=0.1, validator=[v.ge(0), v.lt(1)])
+
+    @kernel.validator
+    def _odd(self, _attr, value):
+        if value % 2 == 0:
+            raise ValueError(f"must be odd, got {value}")
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sine/cosine positions added to the inputs. Written here because torchaudio's
+    Conformer has no positional encoding and torch has no stand-alone one."""
+
+    def __init__(self, dim: int, max_len: int = 10000):
+        super().__init__()
+        pos = torch.arange(max_len)[:, None]
+        div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(max_len, dim)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.shape[1]]
+
+
+class ConformerCTC(nn.Module):
+    def __init__(self, config: ConformerConfig, n_mels: int, num_classes: int):
+        super().__init__()
+        c = config.subsample_channels
+        # x2 in time (10 ms -> 20 ms, the teacher's rate), /4 in frequency; time padding keeps
+        # the output at ceil(frames / 2)
+        self.subsample = nn.Sequential(
+            nn.Conv2d(1, c, 3, stride=(2, 2), padding=(1, 0)), nn.ReLU(),
+            nn.Conv2d(c, c, 3, stride=(1, 2), padding=(1, 0)), nn.ReLU(),
+        )
+        freq = ((n_mels - 3) // 2 + 1 - 3) // 2 + 1
+        self.proj = nn.Linear(c * freq, config.dim)
+        self.positions = SinusoidalPositions(config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = torchaudio.models.Conformer(
+            input_dim=config.dim, num_heads=config.heads, ffn_dim=config.ffn, num_layers=config.layers,
+            depthwise_conv_kernel_size=config.kernel, dropout=config.dropout)
+        self.head = nn.Linear(config.dim, num_classes)
+        self.n_mels = n_mels
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None):
+        if lengths is None:
+            lengths = torch.full((feats.shape[0],), feats.shape[1], device=feats.device)
+        x = self.subsample(feats.unsqueeze(1))  # (B, C, T', F')
+        x = self.proj(x.permute(0, 2, 1, 3).flatten(2))
+        out_lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        x, _ = self.encoder(self.dropout(self.positions(x)), out_lengths.clamp(max=x.shape[1]))
+        return self.head(x), out_lengths.clamp(max=x.shape[1])
+
+    def forward_batch(self, batch):
+        return self(batch.inputs, batch.extra["input_lengths"])
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, 98, self.n_mels)  # 1 s of 10 ms frames (25 ms windows, no padding)
+
+
+def build(config: ConformerConfig, data) -> ConformerCTC:
+    if config.dim % config.heads:
+        raise KdlabError(f"model.dim {config.dim} must be divisible by model.heads {config.heads}")
+    return ConformerCTC(config, data.input_shape[-1], data.num_classes)

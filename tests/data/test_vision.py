@@ -1,0 +1,131 @@
+"""Loaders on small files in the real formats (IDX for MNIST, pickled batches for CIFAR)."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from kdlab import KdlabError
+from kdlab.data.vision import DigitsConfig, TorchvisionConfig, build_vision, load_digits_tensors
+
+rng = np.random.default_rng(0)
+
+
+def write_idx_images(path, images: np.ndarray):
+    n, rows, cols = images.shape
+    path.write_bytes(struct.pack(">IIII", 0x803, n, rows, cols) + images.astype(np.uint8).tobytes())
+
+
+def write_idx_labels(path, labels: np.ndarray):
+    path.write_bytes(struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def make_mnist(root, n_train=30, n_test=12):
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    train = rng.integers(0, 256, (n_train, 28, 28))
+    train_labels = np.arange(n_train) % 10
+    write_idx_images(raw / "train-images-idx3-ubyte", train)
+    write_idx_labels(raw / "train-labels-idx1-ubyte", train_labels)
+    write_idx_images(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)))
+    write_idx_labels(raw / "t10k-labels-idx1-ubyte", np.arange(n_test) % 10)
+    return train, train_labels
+
+
+def make_cifar(root, hundred=False, per_batch=6):
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    key = "fine_labels" if hundred else "labels"
+    classes = 100 if hundred else 10
+
+    def batch(name, n):
+        data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, key: list(rng.integers(0, classes, n))}, f)
+        return data
+
+    if hundred:
+        first = batch("train", 5 * per_batch)
+        batch("test", per_batch)
+        meta = {"fine_label_names": [f"c{i}" for i in range(100)]}
+        meta_name = "meta"
+    else:
+        first = batch("data_batch_1", per_batch)
+        for i in range(2, 6):
+            batch(f"data_batch_{i}", per_batch)
+        batch("test_batch", per_batch)
+        meta = {"label_names": [f"c{i}" for i in range(10)]}
+        meta_name = "batches.meta"
+    with open(folder / meta_name, "wb") as f:
+        pickle.dump(meta, f)
+    return first
+
+
+def build(name, **kw):
+    return build_vision(name, TorchvisionConfig(**kw), seed=0)
+
+
+def test_mnist_reads_idx_files(tmp_path):
+    images, labels = make_mnist(tmp_path)
+    data = build("mnist", root=str(tmp_path), val_size=6, batch_size=8)
+    assert data.num_classes == 10 and data.input_shape == (1, 28, 28)
+    train = list(data.train)
+    assert sum(len(b.targets) for b in train) == 24
+    assert sum(len(b.targets) for b in data.val) == 6 and sum(len(b.targets) for b in data.test) == 12
+    b = train[0]
+    assert b.inputs.shape[1:] == (1, 28, 28) and b.inputs.dtype == torch.float32
+    # each sample is the file's image, normalised with MNIST's mean and std
+    i = int(b.index[0])
+    expected = (torch.from_numpy(images[i]).float() / 255 - 0.1307) / 0.3081
+    j = data.train.loader.dataset.dataset.indices[i]
+    expected = (torch.from_numpy(images[j]).float() / 255 - 0.1307) / 0.3081
+    assert torch.allclose(b.inputs[0, 0], expected, atol=1e-5)
+    assert int(b.targets[0]) == labels[j]
+
+
+def test_cifar10_and_cifar100_read_pickled_batches(tmp_path):
+    make_cifar(tmp_path / "c10")
+    make_cifar(tmp_path / "c100", hundred=True)
+    c10 = build("cifar10", root=str(tmp_path / "c10"), val_size=5, batch_size=4)
+    c100 = build("cifar100", root=str(tmp_path / "c100"), val_size=5, batch_size=4, augment=False)
+    assert c10.num_classes == 10 and c100.num_classes == 100
+    assert sum(len(b.targets) for b in c10.train) == 25 and sum(len(b.targets) for b in c10.test) == 6
+    batch = next(iter(c100.train))
+    assert batch.inputs.shape == (4, 3, 32, 32)
+    assert int(batch.targets.max()) < 100
+
+
+def test_shuffle_is_a_function_of_seed_and_epoch(tmp_path):
+    make_mnist(tmp_path)
+    data = build("mnist", root=str(tmp_path), val_size=6, batch_size=8)
+    order = lambda: torch.cat([b.index for b in data.train]).tolist()  # noqa: E731
+    data.train.set_epoch(3)
+    first = order()
+    data.train.set_epoch(4)
+    assert order() != first
+    data.train.set_epoch(3)
+    assert order() == first
+
+
+def test_missing_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(KdlabError, match=r"mnist files not found under .* set data.download = true"):
+        build("mnist", root=str(tmp_path))
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    make_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(KdlabError, match="cannot read cifar10"):
+        build("cifar10", root=str(tmp_path))
+
+
+def test_digits_split_is_stratified_and_normalised():
+    (xtr, ytr), (xva, yva), (xte, yte) = load_digits_tensors(DigitsConfig())
+    assert len(xtr) + len(xva) + len(xte) == 1797
+    assert len(xte) == pytest.approx(0.25 * 1797, abs=2) and len(xva) == pytest.approx(0.15 * 1797, abs=2)
+    assert set(ytr.tolist()) == set(range(10)) and set(yte.tolist()) == set(range(10))
+    assert abs(float(xtr.mean())) < 1e-4 and float(xtr.std()) == pytest.approx(1.0, abs=1e-3)

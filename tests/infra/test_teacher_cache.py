@@ -1,0 +1,125 @@
+"""The teacher-output cache gives the same training as running the teacher, reads a valid disk
+cache instead of running the teacher, never uses a stale one, and refuses augmented data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdlab import KdlabError, hookimpl
+from kdlab.engine.registry import discover
+from kdlab.engine.runner import run
+from kdlab.data.vision import DigitsConfig, load_digits_tensors
+from tests.conftest import TINY, state_dicts_equal
+from tests.data.test_vision import make_cifar
+
+CACHED = TINY.replace('methods.logit_kd = { temperature = 4.0, alpha = 0.5 }',
+                      'methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\n'
+                      'taps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
+                      'methods.feature_metrics = {}\nmethods.teacher_cache = { dir = "CACHE" }')
+
+
+class CountTeacherCalls:
+    default_enabled = True
+    calls = 0
+
+    @hookimpl(tryfirst=True)
+    def kdlab_stage_start(self, stage):
+        for teacher in stage.teachers:
+            teacher.register_forward_hook(lambda *a: setattr(CountTeacherCalls, "calls", CountTeacherCalls.calls + 1))
+
+
+def _student(result):
+    return torch.load(result.run_dir / "models/student.pt", weights_only=True)["state_dict"]
+
+
+def test_cached_training_equals_uncached_and_disk_cache_is_reused(write_recipe, tmp_path):
+    cat = discover(extra={"count": CountTeacherCalls})
+    plain = run(write_recipe(CACHED.replace('\nmethods.teacher_cache = { dir = "CACHE" }', "")),
+                out=tmp_path / "a", catalogue=cat)
+    uncached_calls, CountTeacherCalls.calls = CountTeacherCalls.calls, 0
+    recipe = write_recipe(CACHED.replace("CACHE", str(tmp_path / "cache")), name="cached.toml")
+    first = run(recipe, out=tmp_path / "b", catalogue=cat)
+    first_calls, CountTeacherCalls.calls = CountTeacherCalls.calls, 0
+    assert state_dicts_equal(_student(plain), _student(first))
+    assert first.metrics["student"]["test/accuracy"] == plain.metrics["student"]["test/accuracy"]
+    assert first.metrics["student"]["test/cka"] == pytest.approx(plain.metrics["student"]["test/cka"], abs=1e-6)
+    # uncached: every step of 2 epochs and 4 evaluations (val twice, final val and test; the
+    # teachers run there because feature_metrics takes their outputs); cached: one pass per split
+    steps = math.ceil(len(load_digits_tensors(DigitsConfig())[0][0]) / 64)
+    assert uncached_calls == 2 * steps + 4
+    assert first_calls == steps + 2
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # train, val, test
+    # a second run with the same teacher file reads the cache from disk: no teacher forward at all
+    teacher_file = first.run_dir / "models" / "teacher.pt"
+    reuse = CACHED.replace("CACHE", str(tmp_path / "cache")).split("[stages.teacher]")[0] + f"""
+[stages.student]
+teachers = ["{teacher_file}"]
+taps = {{ student = {{ emb = "embed" }}, teacher = {{ emb = "embed" }} }}
+methods.logit_kd = {{ temperature = 4.0, alpha = 0.5 }}
+methods.teacher_cache = {{ dir = "{tmp_path / 'cache'}" }}
+"""
+    second = run(write_recipe(reuse, name="reuse.toml"), out=tmp_path / "c", catalogue=cat)
+    assert CountTeacherCalls.calls == 0
+    assert state_dicts_equal(_student(first), _student(second))
+
+
+def test_a_different_teacher_never_uses_a_stale_cache(write_recipe, tmp_path, catalogue):
+    recipe = write_recipe(CACHED.replace("CACHE", str(tmp_path / "cache")))
+    run(recipe, out=tmp_path / "a", catalogue=catalogue)
+    run(recipe, out=tmp_path / "b", overrides=["seed=1"], catalogue=catalogue)  # another teacher
+    assert len(list((tmp_path / "cache").iterdir())) == 6
+
+
+def test_augmented_data_is_refused(write_recipe, tmp_path, catalogue):
+    make_cifar(tmp_path / "data")
+    text = CACHED.replace('dataset = "digits"', f'dataset = "cifar10"\nroot = "{tmp_path / "data"}"\nval_size = 4'
+                          ).replace('\ntaps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
+                                    'methods.feature_metrics = {}', "").replace(' dir = "CACHE" ', "")
+    with pytest.raises(KdlabError, match="teacher_cache: the training inputs are randomly augmented"):
+        run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+
+
+def test_sequence_teacher_cache_gives_identical_students_and_topk_is_close(tmp_path, catalogue):
+    from kdlab.engine import checkpoint
+    from kdlab.engine.runner import run
+    from kdlab.infra.teacher_cache import expand_topk
+    from tests.data.test_phonemes import make_phoneme_corpus
+
+    manifest = make_phoneme_corpus(tmp_path / "corpus", per_split=(8, 2, 2))
+    text = f"""
+name = "ctc_cache"
+device = "cpu"
+[data]
+dataset = "phonemes"
+manifest = "{manifest}"
+batch_size = 3
+[plugins.progress]
+enabled = false
+[defaults]
+epochs = 1  # later epochs batch utterances differently: the live teacher then differs by rounding
+model = {{ arch = "conformer_ctc", dim = 8, layers = 1, heads = 2, ffn = 8, subsample_channels = 2 }}
+[stages.teacher]
+model = {{ arch = "wav2vec2_ctc", conv_dim = 8, dim = 16, layers = 1, heads = 2, ffn = 16 }}
+methods.ctc = {{}}
+[stages.live]
+teachers = ["teacher"]
+methods.ctc_kd = {{ strategy = "posterior" }}
+[stages.cached]
+teachers = ["teacher"]
+methods.ctc_kd = {{ strategy = "posterior" }}
+methods.teacher_cache = {{ dir = "{tmp_path / 'cache'}" }}
+"""
+    (tmp_path / "r.toml").write_text(text)
+    result = run(tmp_path / "r.toml", out=tmp_path / "runs", catalogue=catalogue)
+    models = {s: checkpoint.load_model_file(result.run_dir / "models" / f"{s}.pt")["state_dict"] for s in ("live", "cached")}
+    assert all(torch.equal(models["live"][k], models["cached"][k]) for k in models["live"])
+    assert any((tmp_path / "cache").glob("*/t0__offsets.npy"))
+    # top-k keeps the k largest log-probabilities exactly and the total mass at 1
+    logp = torch.log_softmax(torch.randn(5, 7), -1)
+    values, index = logp.topk(3, -1)
+    full = expand_topk(values, index, 7)
+    assert torch.allclose(full.exp().sum(-1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(full.gather(-1, index), values)
