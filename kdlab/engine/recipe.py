@@ -175,6 +175,9 @@ class _Problems:
         self._validate(obj, path)
         return obj if len(self.items) == before else None
 
+    # Written out rather than cattrs.transform_error: that walks the same exception groups but
+    # hands back "message @ $.a.b" strings (the line lookup needs the key path as a tuple) and
+    # reports forbidden keys once per table (here each unknown key gets its own line and message).
     def _walk(self, exc: BaseException, path: tuple, cls: Any) -> None:
         if isinstance(exc, ClassValidationError):
             with_notes, without = exc.group_exceptions()
