@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import subprocess
 import sys
@@ -294,6 +295,8 @@ COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_tr
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `kdlab ... | head` ends quietly
+    if argv is None:
+        signal.signal(signal.SIGTERM, _terminate)
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
@@ -310,6 +313,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"kdlab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("kdlab: interrupted; continue with: kdlab run RECIPE --resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)
+        if args.command == "run" and run_dir is not None:
+            again = ["kdlab", "run", args.recipe, *[f"--set={o}" for o in args.overrides], "--resume", str(run_dir)]
+            print(f"kdlab: interrupted; the last checkpoint is kept; continue with: {shlex.join(again)}",
+                  file=sys.stderr)
+        else:
+            print(f"kdlab: interrupted ({args.command})", file=sys.stderr)
         return 130
+
+
+def _terminate(signum, _frame):
+    """SIGTERM (a scheduler's stop, `kill`) ends a command the way Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -25,7 +25,7 @@ import tomli_w
 import torch
 import torch.distributed as dist
 
-from kdlab.engine import checkpoint
+from kdlab.engine import checkpoint, rundir
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.loop import fit
 from kdlab.engine.recipe import Recipe, load_recipe, recipe_to_dict
@@ -109,8 +109,26 @@ def run(
         if isinstance(shared, KdlabError):
             raise shared
         run_dir = shared
-    with _determinism(recipe.deterministic):
-        return _run_stages(recipe, catalogue, run_dir, rank, world_size)
+    lock = rundir.RunLock(run_dir)
+    if rank == 0:  # rank 0 writes the directory, so it holds the lock
+        lock.acquire()
+        for path in rundir.clean_stale_temp_files(run_dir):
+            log.info("removed %s (left by an interrupted write)", path)
+    try:
+        with _determinism(recipe.deterministic):
+            return _run_stages(recipe, catalogue, run_dir, rank, world_size)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say where the run can be continued
+        raise Interrupted(run_dir) from exc
+    finally:
+        lock.release()
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM; its last checkpoint stays valid in ``run_dir``."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
 
 
 def _init_distributed() -> tuple[int, int]:

@@ -14,14 +14,15 @@ import copy
 import torch
 from torch import nn
 
-from kdlab import hookimpl
+from kdlab import Batch, hookimpl
 from kdlab.engine import checkpoint
 from kdlab.engine.loop import plain_config, evaluate
 from kdlab.engine.stats import state_dict_bytes
 
 
 class HalfModel(nn.Module):
-    """Runs ``model`` in float16: inputs are cast down, logits back up for the metrics."""
+    """Runs ``model`` in float16: inputs are cast down, logits back up for the metrics. Sequence
+    models (``forward_batch``) get their batch's floating-point tensors cast down too."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -31,6 +32,15 @@ class HalfModel(nn.Module):
         # float16 throughout, whatever autocast (the amp method) is active around the forward
         with torch.autocast(x.device.type, enabled=False):
             return self.model(x.half()).float()
+
+    def forward_batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not hasattr(self.model, "forward_batch"):
+            return self(batch.inputs), None
+        half = lambda t: t.half() if t.is_floating_point() else t  # noqa: E731
+        low = Batch(half(batch.inputs), batch.targets, batch.index, {k: half(t) for k, t in batch.extra.items()})
+        with torch.autocast(batch.inputs.device.type, enabled=False):
+            logits, lengths = self.model.forward_batch(low)
+        return logits.float(), lengths
 
 
 class Fp16Export:
@@ -51,5 +61,5 @@ class Fp16Export:
             checkpoint.export_model(
                 stage.run_dir / "models" / f"{stage.name}.fp16.pt", model=half, arch=cfg.model.arch,
                 config=plain_config(cfg.model.config), num_classes=stage.data.num_classes,
-                input_shape=stage.data.input_shape,
+                input_shape=stage.data.input_shape, classes=stage.data.classes,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import statistics
 import tomllib
 from pathlib import Path
@@ -17,6 +18,8 @@ import attrs
 
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.report import markdown_table
+
+log = logging.getLogger("kdlab")
 
 # Final metrics shown, when present, in this order.
 SHOWN = ["test/accuracy", "test/top5", "test/au_fa_fr", "test/fp16_au_fa_fr", "test/per", "test/beam_per",
@@ -91,8 +94,21 @@ def group_by_seed(runs: list[Run]) -> list[Group]:
     groups = []
     for key in keys:
         label = ", ".join(f"{short[k]}={_plain(flat[key].get(k))}" for k in varying)
-        groups.append(Group(label or keyed[key][0].recipe.get("name", "runs"), keyed[key]))
+        groups.append(Group(label or keyed[key][0].recipe.get("name", "runs"), _one_per_seed(keyed[key])))
     return groups
+
+
+def _one_per_seed(runs: list[Run]) -> list[Run]:
+    """Two runs of the same recipe and seed are one measurement, not two seeds: keep the last
+    (run directories sort by their start time) and say so."""
+    by_seed: dict[Any, Run] = {}
+    for r in runs:
+        seed = r.recipe.get("seed", 0)
+        if seed in by_seed:
+            log.warning("report: %s and %s ran the same recipe with seed %s; counting only %s",
+                        by_seed[seed].run_dir, r.run_dir, seed, r.run_dir)
+        by_seed[seed] = r
+    return list(by_seed.values())
 
 
 def _plain(value: Any) -> str:
@@ -136,15 +152,16 @@ def aggregate(groups: list[Group], extra: tuple[str, ...] = ()) -> list[dict]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+    """Mean and *sample* standard deviation (n - 1): the seeds are a sample of all seeds."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _fmt(key: str, values: list[float]) -> str:
     m, s = mean_std(values)
     if key in ("params", "nonzero_params", "macs", "bytes", "bytes_fp16") and s == 0:
         return f"{m:,.0f}"
-    if key == "best epoch":
-        return f"{m:.1f}"
+    if key == "best epoch":  # epochs are whole numbers; a mean over seeds is not
+        return f"{int(m)}" if len(values) == 1 else f"{m:.1f} ± {s:.1f}"
     if 0 < abs(m) < 0.01:  # small error rates (au_fa_fr): keep significant digits
         return f"{m:.3e} ± {s:.1e}" if len(values) > 1 else f"{m:.3e}"
     return f"{m:.4f} ± {s:.4f}" if len(values) > 1 else f"{m:.4f}"

@@ -186,8 +186,12 @@ def execute(p: SweepPlan, *, out: Path, jobs: int = 1, catalogue: Catalogue | No
         logfile = out / p.name / f"{r.run_id}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "kdlab", *p.command(r, out)[1:]]
-        with logfile.open("w") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        # appended, not truncated: a rerun must not erase the log of a run that is still going
+        with logfile.open("a") as f:
+            f.write(f"--- {shlex.join(cmd)}\n")
+            f.flush()
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                  preexec_fn=die_with_parent).returncode
         return r.run_id, "finished" if code == 0 else f"failed: exit {code}, see {logfile}"
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -195,6 +199,19 @@ def execute(p: SweepPlan, *, out: Path, jobs: int = 1, catalogue: Catalogue | No
             results[run_id] = state
             log.info("sweep run %s: %s", run_id, state)
     return results
+
+
+def die_with_parent() -> None:
+    """In a child process (``preexec_fn``): have the kernel send it SIGTERM when its parent dies,
+    so that killing ``kdlab sweep`` alone leaves no orphan runs (Linux; elsewhere a no-op)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def print_commands(p: SweepPlan, out: Path) -> str:
