@@ -36,50 +36,64 @@ def flat_hparams(table: dict, prefix: str = "") -> dict:
 
 
 class TensorBoard:
+    """Every scalar is logged against the stage's optimizer step (``epoch`` is a scalar of its
+    own), so that after a resume one ``purge_step`` drops whatever the interrupted process logged
+    after its last checkpoint and no step appears twice."""
+
     default_enabled = True
+    config_class = TensorBoardConfig
 
     def __init__(self):
         self.writer = None
 
-    config_class = TensorBoardConfig
+    def _writer(self, stage):
+        # opened on first use, after the loop has restored a checkpoint: stage.step is then the
+        # step the checkpoint was taken at, and TensorBoard discards events from there on
+        if self.writer is None and stage.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(stage.run_dir / "tb" / stage.name),
+                                        purge_step=stage.step + 1 if stage.step else None)
+            if stage.step == 0:
+                text = tomli_w.dumps(recipe_to_dict(stage.recipe))
+                self.writer.add_text("recipe", "```\n" + text + "\n```", 0)
+        return self.writer
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        if not stage.is_main:  # rank 0 alone writes files
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(stage.run_dir / "tb" / stage.name))
-        text = tomli_w.dumps(recipe_to_dict(stage.recipe))
-        self.writer.add_text("recipe", "```\n" + text + "\n```", 0)
+    def kdlab_epoch_start(self, stage):
+        self._writer(stage)  # the first epoch start comes after the resume: open here
 
     @hookimpl
     def kdlab_step_end(self, stage, loss, terms):
-        if self.writer is None or stage.step % stage.config_for(self).log_every:
+        if not stage.is_main or stage.step % stage.config_for(self).log_every:
             return
+        writer = self._writer(stage)
         # .item() syncs with the device; this runs only every log_every steps
-        self.writer.add_scalar("loss/total", loss.item(), stage.step)
+        writer.add_scalar("loss/total", loss.item(), stage.step)
         for name, term in terms.items():
-            self.writer.add_scalar(f"loss/{name}", term.item(), stage.step)
+            writer.add_scalar(f"loss/{name}", term.item(), stage.step)
 
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
-        if self.writer is None:
+        writer = self._writer(stage)
+        if writer is None:
             return
+        writer.add_scalar("epoch", stage.epoch, stage.step)
         for i, group in enumerate(stage.optimizer.param_groups):
-            self.writer.add_scalar("lr" if i == 0 else f"lr/{i}", group["lr"], stage.epoch)
+            writer.add_scalar("lr" if i == 0 else f"lr/{i}", group["lr"], stage.step)
         for name, value in metrics.items():
-            self.writer.add_scalar(name, value, stage.epoch)
+            writer.add_scalar(name, value, stage.step)
         if stage.config_for(self).histograms:
             for name, param in stage.student.named_parameters():
-                self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), stage.epoch)
+                writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), stage.step)
 
     @hookimpl
     def kdlab_stage_summary(self, stage, metrics):
-        if self.writer is None:
+        writer = self._writer(stage)
+        if writer is None:
             return
         resolved = recipe_to_dict(stage.recipe)
         hparams = {"stage": stage.name, "seed": stage.recipe.seed, **flat_hparams(resolved["data"], "data."),
                    **flat_hparams(resolved["stages"][stage.name])}
-        self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in metrics.items()}, run_name=".")
-        self.writer.close()
+        writer.add_hparams(hparams, {f"final/{k}": v for k, v in metrics.items()}, run_name=".")
+        writer.close()
