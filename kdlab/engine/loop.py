@@ -14,7 +14,7 @@
             stage.load_state_dict(state) -> kdlab_load_state_dict(stage, state) per plugin
         for epoch in range(stage.epoch, epochs):
             kdlab_epoch_start(stage, epoch)
-            for batch in train:
+            for batch in train:                                # stage.batch = batch
                 student_out  = kdlab_student_forward(stage, batch)       # firstresult
                 teacher_outs = kdlab_teacher_outputs(stage, batch)       # firstresult, if teachers
                 terms = kdlab_loss_terms(stage, batch, student_out, teacher_outs)   # collected
@@ -87,12 +87,18 @@ def fit(stage: Stage) -> dict[str, float]:
         stage.extra.train()
         hook.kdlab_epoch_start(stage=stage, epoch=epoch)
         for batch in stage.data.train:
-            batch = batch.to(stage.device)
-            student_out = hook.kdlab_student_forward(stage=stage, batch=batch)
-            teacher_outs = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if stage.teachers else []
-            terms = _merge_terms(stage, hook.kdlab_loss_terms(
-                stage=stage, batch=batch, student_out=student_out, teacher_outs=teacher_outs))
-            loss = _weighted_sum(terms, weights)
+            batch = stage.batch = batch.to(stage.device)
+            if len(batch.index) == 0:
+                # only in distributed training: this rank's share of a last global batch smaller
+                # than the number of processes. It computes nothing but joins the gradient
+                # exchange in kdlab_backward, so every rank steps on the same averaged gradient.
+                terms, loss = {}, torch.zeros((), device=stage.device, requires_grad=True)
+            else:
+                student_out = hook.kdlab_student_forward(stage=stage, batch=batch)
+                teacher_outs = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if stage.teachers else []
+                terms = _merge_terms(stage, hook.kdlab_loss_terms(
+                    stage=stage, batch=batch, student_out=student_out, teacher_outs=teacher_outs))
+                loss = _weighted_sum(terms, weights)
             stage.optimizer.zero_grad(set_to_none=True)
             hook.kdlab_backward(stage=stage, loss=loss)
             hook.kdlab_before_optimizer_step(stage=stage)

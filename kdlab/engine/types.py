@@ -161,6 +161,7 @@ class Stage:
     scheduler: Any = None
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    batch: Batch | None = None  # the training batch of the current step (this rank's share of it)
     _configs: dict = attrs.field(factory=dict, init=False, repr=False)  # plugin id -> its table
     phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
     rank: int = 0  # this process's rank in distributed training (0 alone writes files)

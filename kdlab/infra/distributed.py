@@ -21,18 +21,33 @@ from kdlab import hookimpl
 def average_gradients(params: list[torch.nn.Parameter], local_samples: int) -> None:
     """Replace each rank's gradient (a mean over its samples) by the mean over all ranks' samples:
     sum of (gradient x local count) / total count, in one all-reduce. Weighting by the counts
-    keeps a last, unevenly split batch exact."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    keeps a last, unevenly split batch exact (a rank with no samples adds nothing).
+
+    Every rank sends a buffer of the same size whatever its gradients: a parameter without a
+    gradient here sends zeros and a 0 flag. A parameter that no rank gave a gradient stays
+    without one (as in one process, where the optimizer then skips it)."""
+    if not params:
         return
-    flat = torch.cat([g.reshape(-1) * local_samples for g in grads] +
-                     [torch.tensor([float(local_samples)], device=grads[0].device, dtype=grads[0].dtype)])
+    device = params[0].device
+    dtype = next((p.grad.dtype for p in params if p.grad is not None), params[0].dtype)
+    parts, flags = [], []
+    for p in params:
+        parts.append(p.grad.reshape(-1).to(dtype) * local_samples if p.grad is not None
+                     else torch.zeros(p.numel(), device=device, dtype=dtype))
+        flags.append(float(p.grad is not None))
+    flat = torch.cat(parts + [torch.tensor(flags + [float(local_samples)], device=device, dtype=dtype)])
     dist.all_reduce(flat)
-    flat /= flat[-1].clone()
+    # one host sync per step (only in distributed training): the sample count and the flags
+    *had_grad, total = flat[-1 - len(params):].tolist()
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for p, had in zip(params, had_grad):
+        if had > 0:  # some rank had a gradient for it
+            g = flat[offset : offset + p.numel()].view_as(p) / total
+            if p.grad is None:
+                p.grad = g.to(p.dtype).clone()
+            else:
+                p.grad.copy_(g)
+        offset += p.numel()
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
@@ -50,18 +65,11 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 class Distributed:
     default_enabled = True
 
-    def __init__(self):
-        self.local_samples = 0
-
-    @hookimpl
-    def kdlab_loss_terms(self, stage, batch):
-        self.local_samples = len(batch.targets)  # no loss term: only notes this rank's batch size
-
     @hookimpl(wrapper=True)
     def kdlab_backward(self, stage, loss):
         result = yield
         if stage.world_size > 1:  # before clipping, unscaling and the step see the gradients
-            average_gradients(stage.trainable_parameters(), self.local_samples)
+            average_gradients(stage.trainable_parameters(), len(stage.batch.index))
         return result
 
     @hookimpl

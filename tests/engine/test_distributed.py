@@ -51,3 +51,56 @@ def test_distributed_resume(write_recipe, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     after = torch.load(run_dir / "models/student.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)  # restored from last.pt, not retrained
+
+
+GATED = '''
+"""A method whose loss counts only samples of even index (a per-sample mean, so one process and
+two agree); a rank whose share has none returns no term, and its gate gets no gradient."""
+import torch
+from kdlab import hookimpl
+
+
+class Gated:
+    @hookimpl
+    def kdlab_extra_modules(self):
+        return {"gate": torch.nn.Linear(10, 10)}
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, batch, student_out):
+        even = batch.index.to(student_out.logits.device) % 2 == 0
+        if not bool(even.any()):
+            return None
+        per_sample = stage.extra["gate"](student_out.logits).pow(2).mean(1)
+        return {"gate": 0.01 * per_sample[even].sum() / len(batch.index)}
+'''
+
+
+def test_uneven_gradients_and_an_empty_share_match_one_process(write_recipe, tmp_path):
+    # 1,078 training digits in batches of 3: the last global batch has 1 sample, so rank 1's
+    # share is empty; the gated method leaves the gate without gradients on some ranks' steps
+    site = tmp_path / "site"
+    (site / "kdlab_gated").mkdir(parents=True)
+    (site / "kdlab_gated" / "__init__.py").write_text(GATED)
+    info = site / "kdlab_gated-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdlab-gated\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[kdlab.plugins]\ngated = kdlab_gated:Gated\n")
+    recipe = write_recipe(RECIPE.replace("batch_size = 64", "batch_size = 3").replace("epochs = 2", "epochs = 1")
+                          .replace("methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+                                   "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.gated = {}"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    kdlab = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r"]
+    one = subprocess.run([*kdlab, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*kdlab, "--out", str(tmp_path / "two"), "--nproc", "2"], env=env, capture_output=True,
+                         text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for stage in ("teacher", "student"):
+        a = torch.load(tmp_path / "one/tiny/r/models" / f"{stage}.pt", weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "two/tiny/r/models" / f"{stage}.pt", weights_only=True)["state_dict"]
+        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert worst < ATOL, (stage, worst)
+    gate = [torch.load(tmp_path / d / "tiny/r/checkpoints/student/last.pt", weights_only=True)["extra"]["gate.weight"]
+            for d in ("one", "two")]
+    assert float((gate[0] - gate[1]).abs().max()) < ATOL
