@@ -38,6 +38,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import KdlabError, ModelOutput, hookimpl
+from kdlab.methods.amp import autocast_dtype
 
 log = logging.getLogger("kdlab")
 NAME = "teacher_cache"
@@ -69,7 +70,9 @@ def cache_key(stage, split: str, teacher_hashes: list[str]) -> str:
         "split": split,
         "teachers": teacher_hashes,
         "taps": [cfg.taps.for_teacher(ref) for ref in cfg.teachers],
-        "amp": repr(cfg.methods.get("amp")),
+        # what the teachers actually ran in: the resolved autocast dtype, on which device type
+        "amp": str(autocast_dtype(cfg.methods["amp"], stage.device)) if "amp" in cfg.methods else None,
+        "device": stage.device.type,
         "store": [getattr(cfg.methods.get(NAME), "dtype", None), getattr(cfg.methods.get(NAME), "topk", None)],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]

@@ -1,5 +1,5 @@
 """Automatic mixed precision with torch.amp: autocast around the forward passes and the loss;
-on CUDA with fp16, a GradScaler scales the loss, unscales before clipping, and steps.
+with fp16 (CUDA or CPU), a GradScaler scales the loss, unscales before clipping, and steps.
 
 ``dtype = "auto"`` picks bf16 on the CPU and fp16 on CUDA. The scaler's state is checkpointed.
 """
@@ -35,9 +35,10 @@ class Amp:
     @hookimpl
     def kdlab_stage_start(self, stage):
         self.dtype = autocast_dtype(stage.config_for(self), stage.device)
-        # Loss scaling is needed only where fp16 gradients can underflow: fp16 on CUDA.
-        if self.dtype == torch.float16 and stage.device.type == "cuda":
-            self.scaler = torch.amp.GradScaler("cuda")
+        # Loss scaling is needed wherever fp16 gradients can underflow: fp16 on any device
+        # (bf16 has float32's exponent range and needs none).
+        if self.dtype == torch.float16:
+            self.scaler = torch.amp.GradScaler(stage.device.type)
 
     def _autocast(self, stage):
         return torch.autocast(device_type=stage.device.type, dtype=self.dtype)

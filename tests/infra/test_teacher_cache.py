@@ -123,3 +123,23 @@ methods.teacher_cache = {{ dir = "{tmp_path / 'cache'}" }}
     full = expand_topk(values, index, 7)
     assert torch.allclose(full.exp().sum(-1), torch.ones(5), atol=1e-5)
     assert torch.allclose(full.gather(-1, index), values)
+
+
+def test_cache_key_follows_the_resolved_autocast_dtype_and_the_device():
+    from types import SimpleNamespace
+
+    from kdlab.engine.recipe import TapsConfig
+    from kdlab.infra.teacher_cache import cache_key
+    from kdlab.methods.amp import AmpConfig
+
+    def key(amp, device):
+        methods = {"amp": amp} if amp is not None else {}
+        config = SimpleNamespace(taps=TapsConfig(), teachers=("t",), methods=methods)
+        stage = SimpleNamespace(config=config, data=SimpleNamespace(key={"dataset": "digits"}),
+                                device=torch.device(device))
+        return cache_key(stage, "train", ["abc"])
+
+    # "auto" is bf16 on the CPU: the same outputs as asking for bf16, others than fp16 or none
+    assert key(AmpConfig(dtype="auto"), "cpu") == key(AmpConfig(dtype="bf16"), "cpu")
+    assert key(AmpConfig(dtype="auto"), "cpu") != key(AmpConfig(dtype="fp16"), "cpu")
+    assert key(None, "cpu") != key(None, "meta")  # another device computes other outputs
