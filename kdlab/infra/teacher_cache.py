@@ -120,10 +120,15 @@ def expand_topk(values: torch.Tensor, index: torch.Tensor, num_classes: int) -> 
     return full.scatter_(-1, index.long(), values)
 
 
-def _compact_sequences(per_sample: list[torch.Tensor], dtype: torch.dtype, topk: int | None, k: int) -> dict:
-    """Valid frames of every utterance (logits; log-probabilities for top-k) -> ragged arrays."""
+def _compact_sequences(per_index: dict[int, torch.Tensor], dtype: torch.dtype, topk: int | None, k: int) -> dict:
+    """Valid frames of every utterance (logits; log-probabilities for top-k) -> ragged arrays,
+    with ``lengths`` and ``offsets`` at the utterance's data-set index (what lookups use)."""
+    n = 1 + max(per_index)
+    if len(per_index) != n:
+        raise KdlabError(f"{NAME}: the loader yielded {len(per_index)} of {n} utterances; cannot cache a partial split")
+    per_sample = [per_index[i] for i in range(n)]
     lengths = torch.tensor([len(x) for x in per_sample])
-    offsets = torch.zeros(len(per_sample), dtype=torch.long)
+    offsets = torch.zeros(n, dtype=torch.long)
     offsets[1:] = torch.cumsum(lengths, 0)[:-1]
     frames = torch.cat(per_sample)
     out = {f"t{k}/lengths": lengths, f"t{k}/offsets": offsets}
@@ -179,6 +184,12 @@ class TeacherCache:
     def _build(self, stage, split: str, cfg: TeacherCacheConfig, target: Path | None) -> Store:
         loader = getattr(stage.data, split)
         loader.set_epoch(0)
+        # Under --nproc the training loader yields only this rank's share of each batch; the
+        # cache must hold every sample (later epochs shuffle differently), so every rank builds
+        # it from the whole split and rank 0 alone writes it.
+        sharded = stage.world_size > 1 and split == "train"
+        if sharded:
+            loader.shard(0, 1)
         dtype = torch.float16 if cfg.dtype == "float16" else torch.float32
         tensors: dict[str, torch.Tensor] = {}
         sequences: dict[int, dict[int, torch.Tensor]] = {}
@@ -202,13 +213,20 @@ class TeacherCache:
                             raise KdlabError(f"stages.{stage.name}.methods.{NAME}: the {split} cache would take "
                                              f"{gb:.2f} GB, over max_gb = {cfg.max_gb}")
                         tensors = {name: torch.zeros((n, *t.shape[1:]), dtype=dtype) for name, t in items.items()}
+                        filled = torch.zeros(n, dtype=torch.bool)
                     idx = batch.index.cpu()
+                    filled[idx] = True
                     for name, t in items.items():
                         tensors[name][idx] = t.detach().to("cpu", dtype)
+            if tensors and not bool(filled.all()):  # a cache with zero rows would train on zero logits
+                raise KdlabError(f"stages.{stage.name}.methods.{NAME}: the {split} loader yielded "
+                                 f"{int(filled.sum())} of {len(filled)} samples; cannot cache a partial split")
         finally:
             self.building = False
+            if sharded:
+                loader.shard(stage.rank, stage.world_size)
         for k, per_index in sequences.items():
-            tensors.update(_compact_sequences([per_index[i] for i in sorted(per_index)], dtype, cfg.topk, k))
+            tensors.update(_compact_sequences(per_index, dtype, cfg.topk, k))
         if target is not None and stage.is_main:
             _write(tensors, target)
         return Store(tensors)

@@ -104,3 +104,29 @@ def test_uneven_gradients_and_an_empty_share_match_one_process(write_recipe, tmp
     gate = [torch.load(tmp_path / d / "tiny/r/checkpoints/student/last.pt", weights_only=True)["extra"]["gate.weight"]
             for d in ("one", "two")]
     assert float((gate[0] - gate[1]).abs().max()) < ATOL
+
+
+def test_teacher_cache_under_two_processes_holds_every_sample(write_recipe, tmp_path):
+    """Two processes with the cache train like one process without it, and the cache they write
+    holds every training sample's outputs (not rank 0's epoch-0 share)."""
+    import numpy as np
+
+    cache = tmp_path / "cache"
+    recipe = write_recipe(RECIPE.replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        f"methods.logit_kd = {{ temperature = 4.0, alpha = 0.5 }}\nmethods.teacher_cache = {{ dir = '{cache}' }}"))
+    plain = write_recipe(RECIPE, name="plain.toml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "kdlab", "run", str(plain), "--out", str(tmp_path / "one"),
+                          "--run-id", "r"], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "kdlab", "run", str(recipe), "--out", str(tmp_path / "two"),
+                          "--run-id", "r", "--nproc", "2"], env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = torch.load(tmp_path / "one/tiny/r/models/student.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two/tiny/r/models/student.pt", weights_only=True)["state_dict"]
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < ATOL
+    train = [np.load(d / "t0__logits.npy") for d in cache.iterdir() if (d / "done").is_file()]
+    assert train and all(len(x) > 0 for x in train)
+    largest = max(train, key=len)  # the training split
+    assert (np.abs(largest).sum(axis=1) > 0).all()  # no zero rows
