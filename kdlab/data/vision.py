@@ -7,6 +7,9 @@ that says where to put them.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import pickle
 from pathlib import Path
 
 import attrs
@@ -47,6 +50,7 @@ class TorchvisionConfig(LoaderSettings):
     num_workers: int = field(default=0, validator=v.ge(0))
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # quick runs
     split_seed: int = field(default=0, validator=v.ge(0))
+    verify: bool = True  # CIFAR: check each file's published md5 before reading it
 
 
 def load_digits_tensors(config: DigitsConfig):
@@ -80,22 +84,90 @@ _VISION = {
 }
 
 
-def _vision_class(name: str):
+def _vision_class(name: str, verify: bool):
     import torchvision
 
     base = getattr(torchvision.datasets, _VISION[name][0])
     if name == "mnist":
-        return base
+        return base  # IDX files, parsed without pickle
 
     class Cifar(base):
-        # torchvision checks the md5 of each file, which only detects a corrupted download;
-        # with md5 None its check_integrity tests that the file exists and the reader validates
-        # the content, so that the real reader can be tested on small files in the real format.
-        train_list = [[name, None] for name, _ in base.train_list]
-        test_list = [[name, None] for name, _ in base.test_list]
-        meta = {**base.meta, "md5": None}
+        """torchvision's CIFAR data set, reading its pickled batches with :func:`safe_unpickle`
+        (torchvision's reader runs ``pickle.load`` on whatever file sits at those paths). The
+        published md5 of every file is checked first; ``verify = false`` skips that for files
+        the user trusts (the tests write small files in the real format)."""
+
+        def __init__(self, root, train=True, transform=None, download=False):
+            torchvision.datasets.VisionDataset.__init__(self, root, transform=transform)
+            self.train = train
+            if download:
+                self.download()
+            folder = Path(self.root) / self.base_folder
+            files = self.train_list if train else self.test_list
+            for file_name, md5 in [*files, [self.meta["filename"], self.meta["md5"]]]:
+                if verify and file_md5(folder / file_name) != md5:
+                    raise KdlabError(
+                        f"data.root: {folder / file_name} does not have the published {name} checksum "
+                        f"(md5 {md5}); replace it with the original file, or set data.verify = false "
+                        "if you made or trust it")
+            entries = [safe_unpickle(folder / f) for f, _ in files]
+            data = [np.asarray(e["data"], dtype=np.uint8) for e in entries]
+            self.targets = [int(t) for e in entries for t in e.get("labels", e.get("fine_labels", []))]
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
+            if len(self.targets) != len(self.data) or not all(0 <= t < _VISION[name][1] for t in self.targets):
+                raise ValueError(f"{len(self.data)} images but {len(self.targets)} labels in 0..{_VISION[name][1] - 1}")
+            self.classes = list(safe_unpickle(folder / self.meta["filename"])[self.meta["key"]])
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     return Cifar
+
+
+def _check_arrays(name: str, split: str, ds) -> None:
+    """The images have the format's size and every image has a label in range."""
+    _, classes, (channels, height, width), *_ = _VISION[name]
+    want = (height, width) if name == "mnist" else (height, width, channels)
+    targets = torch.as_tensor(ds.targets)
+    if tuple(ds.data.shape[1:]) != want:
+        raise ValueError(f"{split} images are {tuple(ds.data.shape[1:])}, the format has {want}")
+    if len(targets) != len(ds.data):
+        raise ValueError(f"{split}: {len(ds.data)} images but {len(targets)} labels")
+    if len(targets) and not (0 <= int(targets.min()) and int(targets.max()) < classes):
+        raise ValueError(f"{split}: labels must lie in 0..{classes - 1}, found {int(targets.min())}..{int(targets.max())}")
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# What CIFAR's pickles contain: dicts, lists, strings, numbers and numpy arrays. The numpy
+# names below only rebuild arrays, dtypes and scalars; anything else (os.system, eval, a class
+# with __reduce__) is refused before it is called.
+_SAFE_GLOBALS = {
+    (module, attr)
+    for prefix in ("numpy.core", "numpy._core")
+    for module, attr in [(f"{prefix}.multiarray", "_reconstruct"), (f"{prefix}.multiarray", "scalar"),
+                         (f"{prefix}.numeric", "_frombuffer")]
+} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of the CIFAR format")
+        return super().find_class(module.replace("numpy.core", "numpy._core"), name)
+
+
+def safe_unpickle(path: Path) -> dict:
+    """A CIFAR batch or meta file as a dict, without running code a crafted file may hold."""
+    with open(path, "rb") as f:
+        entry = _SafeUnpickler(f, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name} holds a {type(entry).__name__}, not a dict")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: val for k, val in entry.items()}
 
 
 def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
@@ -112,11 +184,16 @@ def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
     normalize = [T.ToTensor(), T.Normalize(mean, std)]
     train_tf = T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if name != "mnist" and config.augment else []) + normalize)
     eval_tf = T.Compose(normalize)
-    cls = _vision_class(name)
+    cls = _vision_class(name, config.verify)
     try:
         train_aug = cls(str(root), train=True, transform=train_tf, download=config.download)
-        train_clean = cls(str(root), train=True, transform=eval_tf)
+        train_clean = copy.copy(train_aug)  # the same files, read once, without augmentation
+        train_clean.transform = eval_tf
         test = cls(str(root), train=False, transform=eval_tf)
+        for split, ds in (("train", train_aug), ("test", test)):
+            _check_arrays(name, split, ds)
+    except KdlabError:
+        raise
     except Exception as exc:  # noqa: BLE001 - unreadable files: say which data set and where
         raise KdlabError(f"data.root: cannot read {name} from {root}: {exc}") from exc
 

@@ -90,8 +90,8 @@ def test_mnist_reads_idx_files(tmp_path):
 def test_cifar10_and_cifar100_read_pickled_batches(tmp_path):
     make_cifar(tmp_path / "c10")
     make_cifar(tmp_path / "c100", hundred=True)
-    c10 = build("cifar10", root=str(tmp_path / "c10"), val_size=5, batch_size=4)
-    c100 = build("cifar100", root=str(tmp_path / "c100"), val_size=5, batch_size=4, augment=False)
+    c10 = build("cifar10", root=str(tmp_path / "c10"), val_size=5, batch_size=4, verify=False)
+    c100 = build("cifar100", root=str(tmp_path / "c100"), val_size=5, batch_size=4, augment=False, verify=False)
     assert c10.num_classes == 10 and c100.num_classes == 100
     assert sum(len(b.targets) for b in c10.train) == 25 and sum(len(b.targets) for b in c10.test) == 6
     batch = next(iter(c100.train))
@@ -120,7 +120,62 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     make_cifar(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(KdlabError, match="cannot read cifar10"):
+        build("cifar10", root=str(tmp_path), verify=False)
+
+
+class _Payload:
+    """A pickle that runs a command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("target", ["data_batch_1", "batches.meta", "test_batch"])
+def test_a_crafted_pickle_is_refused_without_running(tmp_path, target):
+    make_cifar(tmp_path)
+    marker = tmp_path / "ran"
+    (tmp_path / "cifar-10-batches-py" / target).write_bytes(pickle.dumps({"data": _Payload(marker)}))
+    with pytest.raises(KdlabError, match=f"cannot read cifar10 .*refusing to load posix.system"):
+        build("cifar10", root=str(tmp_path), verify=False)
+    assert not marker.exists()
+
+
+def test_cifar100_train_payload_is_refused(tmp_path):
+    make_cifar(tmp_path, hundred=True)
+    marker = tmp_path / "ran"
+    (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(KdlabError, match="refusing to load"):
+        build("cifar100", root=str(tmp_path), verify=False)
+    assert not marker.exists()
+
+
+def test_files_without_the_published_checksum_are_refused_by_default(tmp_path):
+    make_cifar(tmp_path)
+    with pytest.raises(KdlabError, match=r"data_batch_1 does not have the published cifar10 checksum .*data.verify = false"):
         build("cifar10", root=str(tmp_path))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("size", r"train images are \(16, 16\), the format has \(28, 28\)"),
+    ("labels", "labels must lie in 0..9"),
+    ("count", "30 images but 20 labels"),
+])
+def test_mnist_files_that_do_not_hold_the_format_are_refused(tmp_path, change, message):
+    make_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    if change == "size":
+        write_idx_images(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (30, 16, 16)))
+    elif change == "labels":
+        write_idx_labels(raw / "train-labels-idx1-ubyte", np.full(30, 12))
+    else:
+        write_idx_labels(raw / "train-labels-idx1-ubyte", np.arange(20) % 10)
+    with pytest.raises(KdlabError, match=message):
+        build("mnist", root=str(tmp_path))
 
 
 def test_digits_split_is_stratified_and_normalised():
