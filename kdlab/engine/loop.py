@@ -55,7 +55,7 @@ def fit(stage: Stage) -> dict[str, float]:
     torch.manual_seed(stage.recipe.seed)
     stage.student = build_model(stage, cfg.model).to(stage.device)
     if cfg.init is not None:
-        stage.student.load_state_dict(load_model(stage, cfg.init).state_dict())
+        checkpoint.load_weights(stage.student, load_model(stage, cfg.init).state_dict(), f"stages.{stage.name}.init = '{cfg.init}'")
     if cfg.teachers:
         stage.teachers = hook.kdlab_load_teachers(stage=stage)
         for teacher in stage.teachers:
@@ -77,7 +77,11 @@ def fit(stage: Stage) -> dict[str, float]:
     stage.scheduler = hook.kdlab_configure_scheduler(stage=stage, optimizer=stage.optimizer)
     state = hook.kdlab_resume_state(stage=stage)
     if state is not None:
-        stage.load_state_dict(state)
+        try:
+            stage.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise KdlabError(f"stage {stage.name}: the checkpoint does not fit this stage's models and "
+                             f"optimizer ({checkpoint.first_lines(exc)}); delete checkpoints/{stage.name} to restart it") from exc
 
     weights = cfg.loss_weights
     for epoch in range(stage.epoch, cfg.epochs):
@@ -190,7 +194,7 @@ def load_model(stage: Stage, ref: str) -> torch.nn.Module:
     if data["num_classes"] != stage.data.num_classes:
         raise KdlabError(f"{path}: model has {data['num_classes']} classes, the data has {stage.data.num_classes}")
     model = build_model(stage, spec)
-    model.load_state_dict(data["state_dict"])
+    checkpoint.load_weights(model, data["state_dict"], str(path))
     return model
 
 

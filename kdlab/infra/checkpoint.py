@@ -37,7 +37,9 @@ class Checkpoint:
     @hookimpl(tryfirst=True)
     def kdlab_resume_state(self, stage):
         last = self._dir(stage) / "last.pt"
-        return checkpoint.load(last, map_location=stage.device) if last.is_file() else None
+        if not last.is_file():
+            return None
+        return checkpoint.check_resume_state(checkpoint.load(last, map_location=stage.device), last, stage.config.epochs)
 
     @hookimpl
     def kdlab_state_dict(self, stage):

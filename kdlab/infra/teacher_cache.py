@@ -177,8 +177,7 @@ class TeacherCache:
         target = Path(cfg.dir) / key if cfg.dir else None
         if target is not None and (target / "done").is_file():
             log.info("%s: reading %s outputs from %s", NAME, split, target)
-            return Store({_decode(p.stem): torch.from_numpy(np.load(p, mmap_mode="c"))
-                          for p in sorted(target.glob("*.npy"))})
+            return _read(target, stage, split)
         return self._build(stage, split, cfg, target)
 
     def _build(self, stage, split: str, cfg: TeacherCacheConfig, target: Path | None) -> Store:
@@ -260,6 +259,23 @@ class TeacherCache:
 def _split_size(loader) -> int:
     """Number of samples in a split: one more than the largest index the loader yields."""
     return 1 + max(int(b.index.max()) for b in loader)
+
+
+def _read(target: Path, stage, split: str) -> Store:
+    """A finished cache directory, checked: every file readable, one row per sample."""
+    try:
+        tensors = {_decode(p.stem): torch.from_numpy(np.load(p, mmap_mode="c", allow_pickle=False))
+                   for p in sorted(target.glob("*.npy"))}
+    except (ValueError, OSError, EOFError) as exc:
+        raise KdlabError(f"{target}: a cached file is unreadable ({exc}); delete the directory to rebuild it") from exc
+    n = getattr(getattr(stage.data, split), "num_samples", None)
+    # one row per sample: the logits of a classifier teacher, the lengths of a sequence teacher
+    rows = [len(t) for name, t in tensors.items()
+            if name.endswith("/lengths") or (name.endswith("/logits") and name.replace("logits", "lengths") not in tensors)]
+    if not rows or (n is not None and any(r != n for r in rows)):
+        raise KdlabError(f"{target}: the cache does not hold one row per {split} sample ({n}); "
+                         "delete the directory to rebuild it")
+    return Store(tensors)
 
 
 def _encode(name: str) -> str:

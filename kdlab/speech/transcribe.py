@@ -17,7 +17,7 @@ from kdlab.engine.errors import KdlabError
 
 
 def load_ctc_model(path: str | Path):
-    from kdlab.engine.checkpoint import load_model_file
+    from kdlab.engine.checkpoint import load_model_file, load_weights
     from kdlab.engine.recipe import CONVERTER
     from kdlab.models import conformer_ctc, wav2vec2_ctc
 
@@ -36,7 +36,7 @@ def load_ctc_model(path: str | Path):
         raise KdlabError(f"{path}: a Hugging Face teacher; transcribe with it through its own tools, or with a student")
     shape = _Shape(num_classes=data["num_classes"], input_shape=tuple(data["input_shape"]), classes=classes)
     model = module.build(config, shape)
-    model.load_state_dict(data["state_dict"])
+    load_weights(model, data["state_dict"], str(path))
     return model.train(False), classes
 
 

@@ -66,6 +66,26 @@ methods.teacher_cache = {{ dir = "{tmp_path / 'cache'}" }}
     assert state_dicts_equal(_student(first), _student(second))
 
 
+@pytest.mark.parametrize("damage", ["truncate", "short"])
+def test_a_damaged_cache_file_is_one_clear_error(write_recipe, tmp_path, catalogue, damage):
+    import numpy as np
+
+    recipe = write_recipe(CACHED.replace("CACHE", str(tmp_path / "cache")))
+    run(recipe, out=tmp_path / "a", run_id="r", catalogue=catalogue)
+    train = max((tmp_path / "cache").iterdir(), key=lambda d: len(np.load(d / "t0__logits.npy")))
+    logits = train / "t0__logits.npy"
+    if damage == "truncate":
+        logits.write_bytes(logits.read_bytes()[:200])
+    else:
+        np.save(logits, np.load(logits)[:10])
+    (tmp_path / "a/tiny/r/models/student.pt").unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "a/tiny/r/checkpoints/student")
+    with pytest.raises(KdlabError, match="delete the directory to rebuild it"):
+        run(recipe, out=tmp_path / "a", run_id="r", catalogue=catalogue)
+
+
 def test_a_different_teacher_never_uses_a_stale_cache(write_recipe, tmp_path, catalogue):
     recipe = write_recipe(CACHED.replace("CACHE", str(tmp_path / "cache")))
     run(recipe, out=tmp_path / "a", catalogue=catalogue)
@@ -75,7 +95,7 @@ def test_a_different_teacher_never_uses_a_stale_cache(write_recipe, tmp_path, ca
 
 def test_augmented_data_is_refused(write_recipe, tmp_path, catalogue):
     make_cifar(tmp_path / "data")
-    text = CACHED.replace('dataset = "digits"', f'dataset = "cifar10"\nroot = "{tmp_path / "data"}"\nval_size = 4'
+    text = CACHED.replace('dataset = "digits"', f'dataset = "cifar10"\nroot = "{tmp_path / "data"}"\nval_size = 4\nverify = false'
                           ).replace('\ntaps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
                                     'methods.feature_metrics = {}', "").replace(' dir = "CACHE" ', "")
     with pytest.raises(KdlabError, match="teacher_cache: the training inputs are randomly augmented"):
