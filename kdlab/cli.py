@@ -209,6 +209,9 @@ def cmd_validate(args) -> int:
 
     catalogue = discover()
     recipe = load_recipe(args.recipe, catalogue, args.overrides)
+    from kdlab.engine.preflight import check_taps
+
+    check_taps(recipe, catalogue, args.recipe)
     print(f"# {args.recipe}: valid\n# resolved recipe\n")
     print(tomli_w.dumps(recipe_to_dict(recipe)))
     from kdlab.studies import sweep
@@ -249,6 +252,8 @@ def cmd_plugins(args) -> int:
             for line in _fields(info.config_class):
                 print(f"  - {line}")
         print()
+    for name, why in sorted(catalogue.broken.items()):
+        print(f"{name}  (BROKEN, skipped)\n  {why}\n")
     for title, registry in (("data sets", catalogue.datasets), ("model architectures", catalogue.models)):
         print(f"{title}:")
         for key, entry in sorted(registry.items()):

@@ -253,9 +253,28 @@ def format_path(path: tuple) -> str:
 
 def _find_line(text: str | None, path: tuple) -> int | None:
     """The line where the deepest existing prefix of ``path`` is written (best effort: tables,
-    dotted keys and plain keys; not keys inside inline tables)."""
+    dotted keys and plain keys; not keys inside inline tables). A stage's key that the stage
+    does not write but ``[defaults]`` does points at the line in ``[defaults]``."""
+    line, depth = _deepest(text, path)
+    if len(path) > 2 and path[0] == "stages" and depth <= 2:
+        in_defaults, d = _deepest(text, ("defaults", *path[2:]))
+        if d > 1:
+            return in_defaults
+    return line
+
+
+def locate(file: str | Path, path: tuple) -> str:
+    """``file:line`` of a key path in a recipe file (``file`` alone when the line is unknown)."""
+    try:
+        line = _find_line(Path(file).read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError):
+        line = None
+    return f"{file}:{line}" if line else str(file)
+
+
+def _deepest(text: str | None, path: tuple) -> tuple[int | None, int]:
     if not text or not path:
-        return None
+        return None, 0
     table: tuple = ()
     best, best_len = None, 0
     want = tuple(str(k) for k in path)
@@ -275,7 +294,7 @@ def _find_line(text: str | None, path: tuple) -> int | None:
             best, best_len = number, n
         elif table == want[: len(table)] and len(table) > best_len:
             best, best_len = number, len(table)
-    return best
+    return best, best_len
 
 
 def _key_parts(key: str) -> list[str]:
@@ -446,6 +465,9 @@ def _structure_default_plugins(problems: _Problems, raw: Any, catalogue: Catalog
         raw = {}
     for name in raw:
         info = catalogue.plugins.get(name)
+        if name in catalogue.broken:
+            problems.add(("plugins", name), catalogue.broken[name])
+            continue
         if info is None or not info.default_enabled:
             hint = " (it is a method: enable it under [stages.<stage>.methods])" if info else ""
             defaults = ", ".join(n for n, p in catalogue.plugins.items() if p.default_enabled)
@@ -475,6 +497,9 @@ def _structure_stage(problems: _Problems, raw: dict, catalogue: Catalogue, where
         raw_methods = {}
     for name, table in raw_methods.items():
         info = catalogue.plugins.get(name)
+        if name in catalogue.broken:
+            problems.add(where + ("methods", name), catalogue.broken[name])
+            continue
         if info is None or info.default_enabled:
             why = f"'{name}' is on by default: configure it under [plugins.{name}]" if info else f"unknown method '{name}'"
             problems.add(where + ("methods", name), f"{why} (methods: {', '.join(catalogue.methods)})")

@@ -7,17 +7,20 @@ imports a plugin module by name.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
 import attrs
 import pluggy
+import torch
 
 from kdlab.engine import hookspecs
 from kdlab.engine.errors import KdlabError
 
 ENTRY_POINT_GROUP = "kdlab.plugins"
+log = logging.getLogger("kdlab")
 
 
 @attrs.frozen(kw_only=True)
@@ -95,6 +98,7 @@ class Catalogue:
     plugins: dict[str, PluginInfo]
     datasets: Registry
     models: Registry
+    broken: dict[str, str] = attrs.Factory(dict)  # name -> why it was left out
 
     @property
     def methods(self) -> list[str]:
@@ -105,7 +109,32 @@ class Catalogue:
         pm = new_manager()
         for name in names:
             pm.register(self.plugins[name].instantiate(), name=name)
+        for impl in pm.hook.kdlab_loss_terms.get_hookimpls():
+            if not (impl.wrapper or impl.hookwrapper):  # a wrapper's result is the others' list
+                impl.function = _checked_loss_terms(impl.function, impl.plugin_name)
         return pm
+
+
+def _checked_loss_terms(function: Callable, plugin: str) -> Callable:
+    """Wrap one plugin's ``kdlab_loss_terms`` so that a wrong result is an error naming the
+    plugin and the term at the step it happens (the first, in practice), rather than a traceback
+    from the core's sum later. Type and shape checks only: no device synchronisation."""
+    def checked(*args):
+        result = function(*args)
+        if result is None:
+            return None
+        if not isinstance(result, dict):
+            raise KdlabError(f"plugin '{plugin}': kdlab_loss_terms returned a {type(result).__name__}; "
+                             "return a dict of term name -> scalar tensor, or None")
+        for name, term in result.items():
+            if not isinstance(name, str) or not torch.is_tensor(term) or term.dim() != 0 or not term.is_floating_point():
+                got = (f"a tensor of shape {tuple(term.shape)} and dtype {term.dtype}" if torch.is_tensor(term)
+                       else f"a {type(term).__name__}")
+                raise KdlabError(f"plugin '{plugin}': loss term {name!r} is {got}; a loss term must be a "
+                                 "floating-point scalar tensor (e.g. reduce it with .mean())")
+        return result
+
+    return checked
 
 
 def new_manager() -> pluggy.PluginManager:
@@ -115,8 +144,14 @@ def new_manager() -> pluggy.PluginManager:
 
 
 def discover(extra: dict[str, object] | None = None) -> Catalogue:
-    """Load every plugin declared under the entry-point group (plus ``extra``, for tests)."""
+    """Load every plugin declared under the entry-point group (plus ``extra``, for tests).
+
+    A plugin that fails to import, fails pluggy's validation, implements a hook that does not
+    exist, or has ``kdlab_*`` methods without ``@hookimpl`` is left out and recorded in
+    ``Catalogue.broken`` with the reason: the other plugins keep working (``kdlab plugins``
+    lists it), and a recipe that uses it gets the reason as its error."""
     found: dict[str, tuple[object, str]] = {}
+    broken: dict[str, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
         if ep.name in found and found[ep.name][1] != f"{ep.value} ({dist})":
@@ -125,24 +160,36 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
             )
         try:
             obj = ep.load()
-        except Exception as exc:  # a broken third-party package must not hide the others' names
-            raise KdlabError(f"plugin '{ep.name}' ({ep.value}, {dist}) failed to load: {exc!r}") from exc
+        except Exception as exc:  # noqa: BLE001 - a broken third-party package must not hide the others
+            broken[ep.name] = f"plugin '{ep.name}' ({ep.value}, {dist}) failed to load: {type(exc).__name__}: {exc}"
+            continue
         found[ep.name] = (obj, f"{ep.value} ({dist})")
     for name, obj in (extra or {}).items():
-        found[name] = (obj, f"{getattr(obj, '__module__', obj)!s} (registered in-process)")
+        found[name] = (obj, f"{_qualname(obj)} (registered in-process)")
 
     pm = new_manager()
-    for name, (obj, origin) in found.items():
-        try:
-            pm.register(obj() if inspect.isclass(obj) else obj, name=name)
-        except pluggy.PluginValidationError as exc:
-            raise KdlabError(f"plugin '{name}' ({origin}) is invalid: {exc}") from exc
-    try:
-        pm.check_pending()  # a misspelt kdlab_* hook name is an error, not a silent no-op
-    except pluggy.PluginValidationError as exc:
-        plugin = getattr(exc, "plugin", None)
-        name = pm.get_name(plugin) if plugin is not None else "?"
-        raise KdlabError(f"plugin '{name}' implements an unknown hook: {exc}") from exc
+    for name, (obj, origin) in list(found.items()):
+        problem = _undecorated(obj)
+        if problem is None:
+            try:
+                pm.register(obj() if inspect.isclass(obj) else obj, name=name)
+            except Exception as exc:  # noqa: BLE001 - pluggy's validation, or the class's __init__
+                problem = str(exc).split("\n")[0]
+        if problem is not None:
+            broken[name] = f"plugin '{name}' ({origin}) is invalid: {problem}"
+            del found[name]
+    for hook_name in dir(pm.hook):
+        caller = getattr(pm.hook, hook_name)
+        if hook_name.startswith("kdlab_") and getattr(caller, "spec", None) is None:
+            for impl in caller.get_hookimpls():  # a misspelt hook would otherwise never be called
+                broken[impl.plugin_name] = (f"plugin '{impl.plugin_name}' ({found[impl.plugin_name][1]}) implements "
+                                            f"an unknown hook '{hook_name}' (see kdlab.engine.hookspecs)")
+    for name in broken:
+        if name in found:
+            pm.unregister(name=name)
+            del found[name]
+    for message in broken.values():
+        log.warning("%s; it is skipped", message)
 
     # the hook, where a plugin computes its class; otherwise the class attribute `config_class`
     config_classes = {impl.plugin_name: impl.function() for impl in pm.hook.kdlab_config_class.get_hookimpls()}
@@ -162,7 +209,26 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
         plugins=plugins,
         datasets=_registry(pm.hook.kdlab_register_datasets, pm.hook.kdlab_dataset_configs, "data set"),
         models=_registry(pm.hook.kdlab_register_models, pm.hook.kdlab_model_configs, "model architecture"),
+        broken=broken,
     )
+
+
+def _qualname(obj: object) -> str:
+    """``module:Name`` of a plugin class or module (what an entry point would say), not a repr."""
+    if inspect.ismodule(obj):
+        return obj.__name__
+    cls = obj if inspect.isclass(obj) else type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _undecorated(obj: object) -> str | None:
+    """A ``kdlab_*`` method without ``@hookimpl`` is never called: say which, instead of a no-op."""
+    marker = f"{hookspecs.PROJECT}_impl"
+    names = [n for n in dir(obj) if n.startswith("kdlab_") and callable(getattr(obj, n, None))
+             and not hasattr(getattr(obj, n), marker)]
+    if names:
+        return f"{', '.join(names)} lack{'s' if len(names) == 1 else ''} the @hookimpl decorator, so kdlab would never call them"
+    return None
 
 
 def _registry(register_hook, declare_hook, what: str) -> Registry:

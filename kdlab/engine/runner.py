@@ -28,6 +28,7 @@ import torch.distributed as dist
 from kdlab.engine import checkpoint, rundir
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.loop import fit
+from kdlab.engine.preflight import check_taps
 from kdlab.engine.recipe import Recipe, load_recipe, recipe_to_dict
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.types import Stage
@@ -116,7 +117,7 @@ def run(
             log.info("removed %s (left by an interrupted write)", path)
     try:
         with _determinism(recipe.deterministic):
-            return _run_stages(recipe, catalogue, run_dir, rank, world_size)
+            return _run_stages(recipe, catalogue, run_dir, rank, world_size, recipe_path)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say where the run can be continued
         raise Interrupted(run_dir) from exc
     finally:
@@ -202,13 +203,15 @@ def build_data(pm, catalogue: Catalogue, recipe: Recipe):
     return data
 
 
-def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, world_size: int) -> RunResult:
+def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, world_size: int,
+                recipe_path: str | Path) -> RunResult:
     device = resolve_device(recipe)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     data_pm = catalogue.manager([n for n in catalogue.plugins if catalogue.plugins[n].default_enabled
                                  and n not in recipe.disabled])
     data = build_data(data_pm, catalogue, recipe)
+    check_taps(recipe, catalogue, recipe_path, data)  # before any stage trains
     if world_size > 1:
         data.train.shard(rank, world_size)
 

@@ -156,3 +156,36 @@ def test_zero_epochs_exports_the_starting_model(write_recipe, tmp_path, catalogu
     assert state_dicts_equal(checkpoint.load_model_file(teacher)["state_dict"],
                              checkpoint.load_model_file(second.run_dir / "models" / "teacher.pt")["state_dict"])
     assert second.metrics["teacher"]["test/accuracy"] > 0.5
+
+
+class FloatTerm:
+    @hookimpl
+    def kdlab_loss_terms(self):
+        return {"oops": 0.5}
+
+
+class VectorTerm:
+    @hookimpl
+    def kdlab_loss_terms(self, student_out):
+        return {"per_sample": student_out.logits.pow(2).mean(1)}
+
+
+class ListResult:
+    @hookimpl
+    def kdlab_loss_terms(self, student_out):
+        return [student_out.logits.mean()]
+
+
+@pytest.mark.parametrize(("plugin", "message"), [
+    (FloatTerm, r"plugin 'bad': loss term 'oops' is a float; a loss term must be a floating-point scalar"),
+    (VectorTerm, r"plugin 'bad': loss term 'per_sample' is a tensor of shape \(64,\)"),
+    (ListResult, r"plugin 'bad': kdlab_loss_terms returned a list"),
+])
+def test_a_wrong_loss_term_names_the_plugin_before_any_stage_trains(write_recipe, tmp_path, plugin, message):
+    from kdlab.engine.registry import discover
+
+    catalogue = discover(extra={"bad": plugin})
+    recipe = write_recipe(TINY.replace("methods.supervised = {}", "methods.supervised = {}\nmethods.bad = {}"))
+    with pytest.raises(KdlabError, match=message):
+        run(recipe, out=tmp_path, catalogue=catalogue)
+    assert not list(tmp_path.glob("*/*/models/*.pt"))  # failed at the first step of the first stage

@@ -100,9 +100,49 @@ class Misspelt:
         return {}
 
 
-def test_misspelt_hook_is_an_error():
-    with pytest.raises(KdlabError, match="plugin 'misspelt' implements an unknown hook"):
-        discover(extra={"misspelt": Misspelt})
+def test_misspelt_hook_is_reported_by_module_and_skipped():
+    catalogue = discover(extra={"misspelt": Misspelt})
+    assert "misspelt" not in catalogue.plugins and "logit_kd" in catalogue.plugins
+    why = catalogue.broken["misspelt"]
+    assert "tests.engine.test_registry:Misspelt" in why and "unknown hook 'kdlab_loss_term'" in why
+    assert " object at 0x" not in why
+
+
+class Undecorated:
+    def kdlab_loss_terms(self, stage, batch, student_out):  # no @hookimpl: never called
+        return {"x": student_out.logits.mean()}
+
+
+def test_undecorated_hook_methods_are_reported():
+    catalogue = discover(extra={"undecorated": Undecorated})
+    assert "kdlab_loss_terms lacks the @hookimpl decorator" in catalogue.broken["undecorated"]
+
+
+def test_a_recipe_that_uses_a_broken_plugin_gets_its_reason(write_recipe):
+    from kdlab.engine.errors import RecipeError
+    from kdlab.engine.recipe import load_recipe
+
+    catalogue = discover(extra={"undecorated": Undecorated})
+    load_recipe(write_recipe(), catalogue)  # a recipe that does not use it is unaffected
+    text = open(write_recipe()).read() + "methods.undecorated = {}\n"
+    with pytest.raises(RecipeError, match=r"recipe.toml:\d+: plugin 'undecorated' .* lacks the @hookimpl"):
+        load_recipe(write_recipe(text), catalogue)
+
+
+def test_a_plugin_that_fails_to_import_leaves_the_others_working(tmp_path):
+    site = tmp_path / "site"
+    (site / "kdlab_broken").mkdir(parents=True)
+    (site / "kdlab_broken" / "__init__.py").write_text("raise ImportError('needs a missing library')\n")
+    info = site / "kdlab_broken-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdlab-broken\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[kdlab.plugins]\nbroken = kdlab_broken:Plugin\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    listed = subprocess.run([sys.executable, "-m", "kdlab", "plugins"], capture_output=True, text=True, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "logit_kd" in listed.stdout
+    assert ("broken  (BROKEN, skipped)\n  plugin 'broken' (kdlab_broken:Plugin, kdlab-broken 0.1) failed to load: "
+            "ImportError: needs a missing library") in listed.stdout
 
 
 def test_call_order_lists_wrappers_first_and_trylast_defaults_last(catalogue):

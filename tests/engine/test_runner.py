@@ -133,7 +133,7 @@ methods.logit_kd = {{ temperature = 4.0, alpha = 0.5 }}
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"garbage")
     bad = text.replace(str(teacher_file), str(broken))
-    with pytest.raises(KdlabError, match="broken.pt: not a readable kdlab checkpoint"):
+    with pytest.raises(KdlabError, match="broken.pt: not a readable torch file"):
         run(write_recipe(bad, name="bad.toml"), out=tmp_path / "c", catalogue=catalogue)
 
 

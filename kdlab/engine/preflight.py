@@ -1,0 +1,66 @@
+"""Checks ``kdlab validate`` makes beyond the recipe's own keys, by building what a run would
+build without training: every tap path names a module of the model it taps.
+
+The models are built on the meta device (shapes, no memory, no initialisation cost); the data
+is built as a run would build it (its shapes size the models), and only when a stage has taps.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+
+from kdlab.engine import checkpoint
+from kdlab.engine.errors import KdlabError, RecipeError
+from kdlab.engine.recipe import CONVERTER, Recipe, locate
+from kdlab.engine.registry import Catalogue
+from kdlab.engine.types import ModelSpec
+
+
+def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, data=None) -> None:
+    """Raise a RecipeError naming file, line and key for every tap path no module answers to.
+    ``data``: the run's data if built already (``kdlab run`` checks before the first stage)."""
+    from kdlab.engine.runner import build_data, stage_plugins
+
+    tapped = {name: cfg for name, cfg in recipe.stages.items()
+              if cfg.taps.student or cfg.taps.teacher or cfg.taps.teachers}
+    if not tapped:
+        return
+    if data is None:
+        defaults = [n for n, p in catalogue.plugins.items() if p.default_enabled and n not in recipe.disabled]
+        data = build_data(catalogue.manager(defaults), catalogue, recipe)
+    problems = []
+    for name, cfg in tapped.items():
+        pm = catalogue.manager(stage_plugins(recipe, catalogue, name))
+        models = [("student", cfg.model, cfg.taps.student)]
+        for ref in cfg.teachers:
+            key = f"teachers.{ref}" if ref in cfg.taps.teachers else "teacher"
+            models.append((key, _teacher_spec(recipe, catalogue, ref), cfg.taps.for_teacher(ref)))
+        for key, spec, paths in models:
+            if not paths:
+                continue
+            with torch.device("meta"):
+                model = pm.hook.kdlab_build_model(spec=spec, data=data)
+                if model is None:
+                    model = catalogue.models[spec.arch].build(spec.config, data)
+            modules = {n for n, _ in model.named_modules() if n}
+            for alias, path in paths.items():
+                if path not in modules:
+                    near = difflib.get_close_matches(path, sorted(modules), n=6) or sorted(modules)[:6]
+                    key_path = ("stages", name, "taps", *key.split("."), alias)
+                    problems.append(f"{locate(recipe_file, key_path)}: no module '{path}' in the {spec.arch} "
+                                    f"{key.split('.')[0].rstrip('s')}; some that exist: {', '.join(near)} "
+                                    f"@ $.{'.'.join(key_path)}")
+    if problems:
+        raise RecipeError(problems)
+
+
+def _teacher_spec(recipe: Recipe, catalogue: Catalogue, ref: str) -> ModelSpec:
+    if ref in recipe.stages:
+        return recipe.stages[ref].model
+    data = checkpoint.load_model_file(ref)
+    if data["arch"] not in catalogue.models:
+        raise KdlabError(f"{ref}: model arch '{data['arch']}' is not provided by any installed plugin")
+    return ModelSpec(arch=data["arch"], config=CONVERTER.structure(data["config"], catalogue.models[data["arch"]].config_class))
