@@ -318,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"kdlab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # the environment: a read-only or full disk, a missing permission
+        if args.debug or exc.filename is None:
+            raise
+        print(f"kdlab: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
         if args.command == "run" and run_dir is not None:

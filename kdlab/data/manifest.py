@@ -59,8 +59,12 @@ def read_manifest(path: str | Path) -> tuple[list[Utterance], list[str]]:
     if not path.is_file():
         raise KdlabError(f"data.manifest: {path} does not exist (`kdlab data ru-phonemes --out DIR` writes DIR/manifest.jsonl)")
     inventory = read_inventory(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KdlabError(f"{path}: not UTF-8 text (byte offset {exc.start})") from exc
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -68,11 +72,19 @@ def read_manifest(path: str | Path) -> tuple[list[Utterance], list[str]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise KdlabError(f"{where}: not JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise KdlabError(f"{where}: expected a JSON object with {', '.join(FIELDS)}, got {line.strip()[:40]}")
         missing = [k for k in FIELDS if k not in row]
         if missing:
             raise KdlabError(f"{where}: missing {', '.join(missing)}")
         if row["split"] not in SPLITS:
             raise KdlabError(f"{where}: split '{row['split']}' is not one of {', '.join(SPLITS)}")
-        out.append(Utterance(str(row["audio"]), tuple(str(row["phonemes"]).split()), str(row["speaker"]),
-                             float(row["duration"]), row["split"], n))
+        for key in ("audio", "phonemes", "speaker"):
+            if not isinstance(row[key], str):
+                raise KdlabError(f"{where}: {key} must be a string, got {row[key]!r}")
+        duration = row["duration"]
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 <= duration < 1e6:
+            raise KdlabError(f"{where}: duration must be a number of seconds, got {duration!r}")
+        out.append(Utterance(row["audio"], tuple(row["phonemes"].split()), row["speaker"], float(duration),
+                             row["split"], n))
     return out, inventory

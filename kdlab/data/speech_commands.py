@@ -64,7 +64,11 @@ def read_split_list(root: Path, name: str) -> set[str]:
     if not path.is_file():
         raise KdlabError(f"data.root: {path} is missing (the Speech Commands layout lists the "
                          f"validation and test clips in validation_list.txt and testing_list.txt)")
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KdlabError(f"data.root: {path} is not UTF-8 text (byte offset {exc.start})") from exc
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 def load_speech_commands(config: SpeechCommandsConfig) -> tuple[dict[str, Clips], list[np.ndarray]]:

@@ -21,6 +21,7 @@ Layout of a recipe::
 from __future__ import annotations
 
 import copy
+import math
 import re
 import tomllib
 import typing
@@ -56,7 +57,8 @@ class SchedulerConfig:
     """Learning-rate schedule, stepped once per epoch."""
 
     name: Literal["constant", "cosine", "multistep"] = "constant"
-    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
+    # multistep: epochs at which lr is multiplied by gamma
+    milestones: tuple[int, ...] = field(default=(), validator=v.deep_iterable(v.ge(1)))
     gamma: float = field(default=0.1, validator=v.gt(0))
     warmup_epochs: int = field(default=0, validator=v.ge(0))
 
@@ -123,15 +125,35 @@ def _strict(kind: type):
             return float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise TypeError(f"must be {_type_name(kind)}, got {value!r}")
+        if kind is float and not math.isfinite(value):  # TOML has inf and nan; no setting wants them
+            raise TypeError(f"must be a finite number, got {value!r}")
+        if kind is int and not -(2**63) <= value < 2**63:  # what torch and numpy can hold
+            raise TypeError(f"must be a 64-bit integer, got {value}")
         return value
 
     return structure
 
 
+def _is_sequence(t) -> bool:
+    return typing.get_origin(t) in (tuple, list)
+
+
 def make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    for kind in (int, float, bool, str):
-        conv.register_structure_hook(kind, _strict(kind))
+    def plain():
+        conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+        for kind in (int, float, bool, str):
+            conv.register_structure_hook(kind, _strict(kind))
+        return conv
+
+    conv, base = plain(), plain()
+
+    def sequence(value, type_):
+        # cattrs would take a string as a sequence of letters: teachers = "teacher" is one mistake
+        if isinstance(value, (str, bytes, dict)):
+            raise TypeError(f"must be a list, got {value!r}")
+        return base.structure(value, type_)
+
+    conv.register_structure_hook_func(_is_sequence, sequence)
     return conv
 
 
@@ -153,7 +175,8 @@ def _type_name(t) -> str:
 class _Problems:
     """Collects (key path, message) pairs; turns them into one RecipeError at the end."""
 
-    def __init__(self, file: str, text: str | None, overridden: set[tuple]):
+    def __init__(self, file: str, text: str | None, overridden: dict[tuple, str]):
+        # overridden: key path -> where the value came from ("--set", or a [sweep] key's line)
         self.file, self.text, self.overridden = file, text, overridden
         self.items: list[tuple[tuple, str]] = []
 
@@ -232,11 +255,39 @@ class _Problems:
             return
         lines = []
         for path, message in self.items:
-            line = None if path[:1] in self.overridden or path in self.overridden else _find_line(self.text, path)
-            where = f"{self.file}:{line}" if line else self.file
-            origin = " (from --set)" if any(path[: len(o)] == o for o in self.overridden) else ""
+            source = next((src for o, src in self.overridden.items() if _covers(o, path)), None)
+            if source is None:
+                line = _find_line(self.text, path)
+                where, origin = (f"{self.file}:{line}" if line else self.file), ""
+            elif source == "--set":
+                where, origin = self.file, " (from --set)"
+            else:  # a [sweep] value: its line in the sweep table
+                where, origin = source, " (from [sweep])"
             lines.append(f"{where}: {message} @ {format_path(path)}{origin}")
         raise RecipeError(lines)
+
+
+def _covers(override: tuple, path: tuple) -> bool:
+    """Whether the value at ``path`` came from the override of key ``override`` (a
+    ``defaults.X`` override reaches every stage's ``X``)."""
+    if path[: len(override)] == override:
+        return True
+    return override[:1] == ("defaults",) and path[:1] == ("stages",) and path[2 : 1 + len(override)] == override[1:]
+
+
+def sweep_line(text: str, key: str) -> int | None:
+    """The line of ``key`` (``"defaults.optimizer.lr" = [...]``) in a [sweep...] table."""
+    in_sweep = False
+    for number, line in enumerate(text.splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if s.startswith("["):
+            in_sweep = s.strip("[]").strip().startswith("sweep")
+        elif in_sweep and "=" in s:
+            bare = s.split("=", 1)[0].strip()
+            # "key" = [...], grid."key" = [...], grid = { "key" = [...] }
+            if bare == key or f'"{key}"' in s or f"'{key}'" in s:
+                return number
+    return None
 
 
 def _validator_message(name: str, exc: Exception) -> str:
@@ -329,13 +380,17 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = ()) -> Recipe:
-    """Read, override, validate and structure a recipe file. Raises RecipeError listing all problems."""
+def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = (),
+                sweep_overrides: list[str] = ()) -> Recipe:
+    """Read, override, validate and structure a recipe file. Raises RecipeError listing all
+    problems. ``sweep_overrides`` come from the file's [sweep] table (errors point at its lines)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read recipe ({exc.strerror})"]) from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError([f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"]) from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -343,7 +398,8 @@ def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = (
         m = re.match(r"^(.*) \(at line (\d+), column \d+\)$", str(exc))
         message, where = (m.group(1), f"{path}:{m.group(2)}") if m else (str(exc), str(path))
         raise RecipeError([f"{where}: not valid TOML: {message}"]) from exc
-    return structure_recipe(raw, catalogue, file=str(path), text=text, overrides=overrides, default_name=path.stem)
+    return structure_recipe(raw, catalogue, file=str(path), text=text, overrides=[*overrides, *sweep_overrides],
+                            default_name=path.stem, sweep_count=len(sweep_overrides))
 
 
 def structure_recipe(
@@ -354,10 +410,12 @@ def structure_recipe(
     text: str | None = None,
     overrides: list[str] = (),
     default_name: str = "recipe",
+    sweep_count: int = 0,
 ) -> Recipe:
+    """``overrides``: ``KEY.PATH=VALUE`` strings; the last ``sweep_count`` come from [sweep]."""
     raw = copy.deepcopy(raw)
-    overridden = set()
-    for item in overrides:
+    overridden: dict[tuple, str] = {}
+    for number, item in enumerate(overrides):
         keys, value = parse_override(item)
         node = raw
         for k in keys[:-1]:
@@ -365,7 +423,9 @@ def structure_recipe(
             if not isinstance(node, dict):
                 raise RecipeError([f"--set {item}: '{k}' is not a table"])
         node[keys[-1]] = value
-        overridden.add(keys)
+        from_sweep = number >= len(overrides) - sweep_count
+        line = sweep_line(text or "", ".".join(keys)) if from_sweep else None
+        overridden[keys] = (f"{file}:{line}" if line else file) if from_sweep else "--set"
     problems = _Problems(file, text, overridden)
 
     # `sweep` is read by `kdlab sweep` (kdlab.studies.sweep); a single run ignores it
@@ -418,9 +478,14 @@ def structure_recipe(
     )
 
 
+def _check_name(value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ValueError(f"may contain only letters, digits and _ . - (it names the run directory), got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class _TopLevel:
-    name: str = field(validator=v.matches_re(r"^[A-Za-z0-9_.-]+$"))
+    name: str = field(validator=lambda _i, _a, value: _check_name(value))
     seed: int = field(default=0, validator=v.ge(0))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True

@@ -12,7 +12,7 @@ import attrs
 from attrs import field
 from attrs import validators as v
 
-from kdlab import hookimpl
+from kdlab import KdlabError, hookimpl
 from kdlab.engine import checkpoint
 
 
@@ -58,10 +58,14 @@ class Checkpoint:
 
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
-        if not stage.is_main:  # every rank resumes from the files; rank 0 alone writes them
-            return
         cfg = stage.config_for(self)
         value = metrics.get(stage.config.monitor)
+        if cfg.best and metrics and value is None:  # otherwise best.pt would silently never be written
+            raise KdlabError(f"stages.{stage.name}.monitor = '{stage.config.monitor}': no plugin reports this "
+                             f"metric (reported: {', '.join(sorted(metrics))}); set monitor to one of them, or "
+                             "plugins.checkpoint.best = false")
+        if not stage.is_main:  # every rank resumes from the files; rank 0 alone writes them
+            return
         is_best = cfg.best and value is not None and self._improved(stage, value)
         if is_best:
             self.best_value = value

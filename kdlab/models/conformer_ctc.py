@@ -35,6 +35,11 @@ class ConformerConfig:
         if value % 2 == 0:
             raise ValueError(f"must be odd, got {value}")
 
+    @dim.validator
+    def _heads_divide(self, _attr, value):
+        if value % self.heads:  # multi-head attention splits the width evenly
+            raise ValueError(f"must be divisible by heads ({self.heads}), got {value}")
+
 
 class SinusoidalPositions(nn.Module):
     """Fixed sine/cosine positions added to the inputs. Written here because torchaudio's
@@ -42,15 +47,21 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, dim: int, max_len: int = 10000):
         super().__init__()
-        pos = torch.arange(max_len)[:, None]
-        div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
-        pe = torch.zeros(max_len, dim)
+        self.dim = dim
+        self.register_buffer("pe", self._table(max_len), persistent=False)
+
+    def _table(self, length: int) -> torch.Tensor:
+        pos = torch.arange(length)[:, None]
+        div = torch.exp(torch.arange(0, self.dim, 2) * (-math.log(10000.0) / self.dim))
+        pe = torch.zeros(length, self.dim)
         pe[:, 0::2] = torch.sin(pos * div)
-        pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
-        self.register_buffer("pe", pe, persistent=False)
+        pe[:, 1::2] = torch.cos(pos * div)[:, : self.dim // 2]
+        return pe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pe[: x.shape[1]]
+        if x.shape[1] > len(self.pe):  # a longer input than any before (a 10-minute clip): grow the table
+            self.pe = self._table(x.shape[1]).to(self.pe.device)
+        return x + self.pe[: x.shape[1]].to(x.dtype)
 
 
 class ConformerCTC(nn.Module):

@@ -35,6 +35,11 @@ class Wav2Vec2Config:
     dropout: float = field(default=0.1, validator=[v.ge(0), v.lt(1)])
     hf_dir: str | None = None  # a Hugging Face Wav2Vec2ForCTC directory; the sizes above are then ignored
 
+    @dim.validator
+    def _heads_divide(self, _attr, value):
+        if value % self.heads:  # multi-head attention splits the width evenly
+            raise ValueError(f"must be divisible by heads ({self.heads}), got {value}")
+
 
 class Wav2Vec2CTC(nn.Module):
     stride = 320
@@ -85,6 +90,8 @@ def wav2vec2_from_hf(hf_dir: str, classes: tuple[str, ...]) -> nn.Module:
     """A Hugging Face Wav2Vec2ForCTC directory -> torchaudio model whose CTC rows follow
     ``classes`` (blank first). Needs the optional ``transformers`` package."""
     path = Path(hf_dir)
+    if not path.is_dir():
+        raise KdlabError(f"model.hf_dir: {path} is not a directory (a saved Wav2Vec2ForCTC: config.json, weights, vocab.json)")
     try:
         from transformers import Wav2Vec2ForCTC
     except ImportError as exc:
@@ -92,8 +99,13 @@ def wav2vec2_from_hf(hf_dir: str, classes: tuple[str, ...]) -> nn.Module:
     vocab_file = path / "vocab.json"
     if not vocab_file.is_file():
         raise KdlabError(f"model.hf_dir: {vocab_file} is missing (the CTC vocabulary of the model)")
-    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
-    hf = Wav2Vec2ForCTC.from_pretrained(str(path))
+    try:
+        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        if not isinstance(vocab, dict):
+            raise ValueError("not a JSON object of token -> id")
+        hf = Wav2Vec2ForCTC.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # transformers raises these for a bad folder
+        raise KdlabError(f"model.hf_dir: cannot load a Wav2Vec2ForCTC from {path} ({str(exc).splitlines()[0]})") from exc
     blank = hf.config.pad_token_id
     missing = [c for c in classes[1:] if c not in vocab]
     if missing:

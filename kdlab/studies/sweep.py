@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 
 from kdlab.engine.errors import KdlabError, RecipeError
-from kdlab.engine.recipe import load_recipe
+from kdlab.engine.recipe import load_recipe, locate, sweep_line
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
 
@@ -75,34 +75,46 @@ def _slug(values: dict[str, Any]) -> str:
 
 def read_sweep(path: str | Path) -> dict:
     try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8")).get("sweep", {})
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        table = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("sweep", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RecipeError([f"{path}: cannot read the recipe ({exc})"]) from exc
+    if not isinstance(table, dict):
+        raise RecipeError([f"{locate(path, ('sweep',))}: sweep must be a table ([sweep] with grid, zip, seeds), "
+                           f"got {table!r} @ $.sweep"])
+    return table
 
 
 def expand(table: dict, file: str = "<recipe>") -> list[SweepRun]:
     """The runs of a ``[sweep]`` table, grid product x zip rows x seeds, in a stable order."""
     problems = []
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+
+    def at(*path) -> str:  # file:line of a [sweep] key (a grid/zip key by its quoted name)
+        line = sweep_line(text, path[-1]) if len(path) > 1 else None
+        return f"{file}:{line}" if line else locate(file, ("sweep", *path[:1]))
     for key in table:
         if key not in ("seeds", "grid", "zip"):
-            problems.append(f"{file}: unknown key '{key}' (allowed: grid, seeds, zip) @ $.sweep.{key}")
+            problems.append(f"{at(key)}: unknown key '{key}' (allowed: grid, seeds, zip) @ $.sweep.{key}")
     seeds = table.get("seeds", [None])
     if not isinstance(seeds, list) or not seeds or not all(s is None or isinstance(s, int) and s >= 0 for s in seeds):
-        problems.append(f"{file}: seeds must be a non-empty list of integers >= 0 @ $.sweep.seeds")
+        problems.append(f"{at('seeds')}: seeds must be a non-empty list of integers >= 0 @ $.sweep.seeds")
         seeds = [None]
     grid, zipped = table.get("grid", {}), table.get("zip", {})
     for name, part in (("grid", grid), ("zip", zipped)):
         if not isinstance(part, dict):
-            problems.append(f"{file}: {name} must be a table of KEY.PATH = [values] @ $.sweep.{name}")
+            problems.append(f"{at(name)}: {name} must be a table of KEY.PATH = [values] @ $.sweep.{name}")
             continue
         for key, values in part.items():
             if not isinstance(values, list) or not values:
-                problems.append(f"{file}: {name}.{key} must be a non-empty list of values @ $.sweep.{name}.{key}")
+                problems.append(f"{at(name, key)}: {name}.{key} must be a non-empty list of values @ $.sweep.{name}.{key}")
             if key == "seed":
-                problems.append(f"{file}: sweep seeds with `seeds = [...]`, not {name}.seed @ $.sweep.{name}.seed")
+                problems.append(f"{at(name, key)}: sweep seeds with `seeds = [...]`, not {name}.seed @ $.sweep.{name}.seed")
     if isinstance(zipped, dict) and len({len(v) for v in zipped.values() if isinstance(v, list)}) > 1:
         lengths = ", ".join(f"{k}: {len(v)}" for k, v in zipped.items())
-        problems.append(f"{file}: zip lists must have the same length ({lengths}) @ $.sweep.zip")
+        problems.append(f"{at('zip')}: zip lists must have the same length ({lengths}) @ $.sweep.zip")
     if problems:
         raise RecipeError(problems)
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
@@ -153,7 +165,7 @@ def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (
     messages, recipe = [], None
     for r in runs:
         try:
-            recipe = load_recipe(recipe_path, catalogue, [*overrides, *r.overrides])
+            recipe = load_recipe(recipe_path, catalogue, overrides, sweep_overrides=r.overrides)
         except RecipeError as exc:
             messages += [f"{m} (sweep run {r.run_id})" for m in exc.messages]
     if messages:

@@ -26,6 +26,12 @@ def test_round_trip(tmp_path):
     ('{"audio": "x.wav", "phonemes": "a", "speaker": "s", "duration": 1}', r"manifest.jsonl:2: missing split"),
     ('{"audio": "x.wav", "phonemes": "a", "speaker": "s", "duration": 1, "split": "dev"}',
      r"manifest.jsonl:2: split 'dev' is not one of train, val, test"),
+    ("42", r"manifest.jsonl:2: expected a JSON object with audio, .* got 42"),
+    ("null", r"manifest.jsonl:2: expected a JSON object"),
+    ('{"audio": "x.wav", "phonemes": "a", "speaker": "s", "duration": "abc", "split": "train"}',
+     r"manifest.jsonl:2: duration must be a number of seconds, got 'abc'"),
+    ('{"audio": 7, "phonemes": "a", "speaker": "s", "duration": 1, "split": "train"}',
+     r"manifest.jsonl:2: audio must be a string, got 7"),
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, line, match):
     write_manifest(tmp_path / "manifest.jsonl", [Utterance("a.wav", ("a",), "s", 1.0, "train")], ["a"])
@@ -66,3 +72,11 @@ def test_common_voice_conversion(tmp_path):
     assert utts[1].phonemes == ("m", "ɑ", "m", "a") and set(utts[1].phonemes) <= set(inventory)
     assert utts[0].duration == pytest.approx(1.0, abs=0.1)
     assert (tmp_path / "out" / utts[0].audio).resolve() == (root / "clips" / "common_voice_ru_0.mp3").resolve()
+
+
+def test_a_manifest_that_is_not_utf8_names_the_file(tmp_path):
+    write_manifest(tmp_path / "manifest.jsonl", [Utterance("a.wav", ("a",), "s", 1.0, "train")], ["a"])
+    with open(tmp_path / "manifest.jsonl", "ab") as f:
+        f.write(b'{"audio": "caf\xe9.wav"}\n')
+    with pytest.raises(KdlabError, match=r"manifest.jsonl: not UTF-8 text"):
+        read_manifest(tmp_path / "manifest.jsonl")

@@ -90,3 +90,12 @@ def test_bad_inputs_are_clear_errors(tmp_path, problem):
         match = r"data.keyword: no folder 'house' .* words there: marvin, sheila, yes"
     with pytest.raises(KdlabError, match=match):
         build(root, **settings)
+
+
+def test_a_split_list_that_is_not_utf8_names_the_file(tmp_path):
+    from kdlab import KdlabError
+    from kdlab.data.speech_commands import read_split_list
+
+    (tmp_path / "testing_list.txt").write_bytes(b"yes/caf\xe9_nohash_0.wav\n")
+    with pytest.raises(KdlabError, match=r"testing_list.txt is not UTF-8 text"):
+        read_split_list(tmp_path, "testing_list.txt")

@@ -113,7 +113,7 @@ def test_taps_and_extra_modules(write_recipe, tmp_path, cat):
 
 def test_unknown_tap_names_the_key(write_recipe, tmp_path, catalogue):
     text = ONE_STAGE.replace("methods.supervised = {}", 'methods.supervised = {}\ntaps.student = { x = "blocks.9" }')
-    with pytest.raises(KdlabError, match=r"stages.teacher.taps.student.x: no module 'blocks.9' in the model"):
+    with pytest.raises(KdlabError, match=r"recipe.toml:\d+: no module 'blocks.9' in the cnn student.* @ \$.stages.teacher.taps.student.x"):
         run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
 
 

@@ -53,5 +53,5 @@ def test_bad_configuration(write_recipe, tmp_path, catalogue, method, error, mes
 
 def test_tap_of_a_missing_module(write_recipe, tmp_path, catalogue):
     recipe = write_recipe(BASE.replace('teacher = { emb = "embed" }', 'teacher = { emb = "blocks.7" }'))
-    with pytest.raises(KdlabError, match=r"stages.student.taps.teacher.emb: no module 'blocks.7' in the model"):
+    with pytest.raises(KdlabError, match=r"recipe.toml:\d+: no module 'blocks.7' in the cnn teacher.* @ \$.stages.student.taps.teacher.emb"):
         run(recipe, out=tmp_path, catalogue=catalogue)

@@ -80,3 +80,26 @@ def test_hugging_face_teacher_with_vocabulary_mapping(tmp_path):
     assert torch.allclose(ours, theirs[..., [0, 3, 4, 1]], atol=1e-4)
     with pytest.raises(KdlabError, match="lacks the corpus phonemes o"):
         wav2vec2_ctc.build(spec.config, _data(("<blank>", "a", "o")))
+
+
+def test_conformer_takes_a_clip_longer_than_its_position_table():
+    model = ConformerCTC(ConformerConfig(dim=8, heads=2, layers=1, ffn=8, subsample_channels=4), 16, 5).train(False)
+    model.positions.pe = model.positions.pe[:50]  # as if 50 frames were the longest seen so far
+    frames = torch.randn(1, 300, 16)  # 150 frames after subsampling
+    with torch.no_grad():
+        logits, lengths = model(frames, torch.tensor([300]))
+    assert logits.shape[1] == 150 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("content", ["missing", "empty", "bad vocab"])
+def test_a_bad_hf_dir_is_one_clear_error(tmp_path, content):
+    pytest.importorskip("transformers")
+    path = tmp_path / "hf"
+    if content != "missing":
+        path.mkdir()
+    if content == "bad vocab":
+        (path / "vocab.json").write_text("[1, 2]")
+    elif content == "empty":
+        (path / "vocab.json").write_text('{"a": 1}')
+    with pytest.raises(KdlabError, match=r"model.hf_dir: "):
+        wav2vec2_ctc.wav2vec2_from_hf(str(path), ("<blank>", "a"))

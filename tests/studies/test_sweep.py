@@ -67,7 +67,9 @@ def test_every_run_is_validated_before_training(write_recipe, catalogue):
     bad = SWEEP.replace('zip."stages.s.optimizer.lr" = [0.01, 0.003]', 'zip."stages.s.optimizer.lr" = [0.01, -1.0]')
     with pytest.raises(RecipeError) as info:
         sweep.plan(write_recipe(bad), catalogue)
-    assert "lr must be > 0, got -1.0 @ $.stages.s.optimizer.lr (from --set) (sweep run " in info.value.messages[0]
+    line = next(n for n, text in enumerate(bad.splitlines(), 1) if "-1.0" in text)
+    assert info.value.messages[0].endswith(".toml:%d: lr must be > 0, got -1.0 @ $.stages.s.optimizer.lr (from [sweep]) "
+                                           "(sweep run " % line + info.value.messages[0].split("(sweep run ")[1])
 
 
 def test_sweep_runs_skips_finished_and_continues_interrupted(write_recipe, tmp_path, catalogue, capsys):
