@@ -62,9 +62,18 @@ def ctc_min_frames(ids: list[int]) -> int:
     return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
 
 
-def _cache_key(manifest: Path, inventory: list[str], config: PhonemesConfig) -> str:
+def _cache_key(manifest: Path, utterances: list[Utterance], inventory: list[str], config: PhonemesConfig) -> str:
+    """The manifest, the settings that change the features or which utterances are kept, and each
+    clip's size and modification time (a replaced clip gets a new key; hashing every clip's
+    contents would cost as much as featurising it)."""
     h = hashlib.sha256(manifest.read_bytes())
-    h.update(json.dumps([inventory, config.sample_rate, config.n_mels, "logmel-400-160-uttnorm"]).encode())
+    h.update(json.dumps([inventory, config.sample_rate, config.n_mels, config.on_bad, "logmel-400-160-uttnorm"]).encode())
+    for u in utterances:
+        try:
+            st = (manifest.parent / u.audio).stat()
+            h.update(f"{u.audio}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{u.audio}\0missing\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -75,7 +84,7 @@ def prepare(config: PhonemesConfig) -> dict:
     classes = ["<blank>", *inventory]
     index = {p: i + 1 for i, p in enumerate(inventory)}
     cache_dir = Path(config.cache_dir) if config.cache_dir else manifest.parent / ".kdlab_features"
-    key = _cache_key(manifest, inventory, config)
+    key = _cache_key(manifest, utterances, inventory, config)
     cache = cache_dir / f"{key}.pt"
     if cache.is_file():
         data = checkpoint.load(cache)
@@ -116,9 +125,10 @@ def _check(u: Utterance, manifest: Path, index: dict, config: PhonemesConfig, fe
         return "empty transcript", None
     path = manifest.parent / u.audio
     try:
-        wave = read_audio(path, config.sample_rate, resample_to_rate=True)
+        # a cut-off clip no longer matches its transcript: a bad utterance (on_bad decides)
+        wave = read_audio(path, config.sample_rate, resample_to_rate=True, truncated="error")
     except KdlabError as exc:
-        return f"{u.audio}: unreadable or empty audio ({exc})", None
+        return f"{u.audio}: unreadable, empty or truncated audio ({exc})", None
     ids = [index[p] for p in u.phonemes]
     frames = len(wave) // FRAME_SAMPLES
     if ctc_min_frames(ids) > frames:

@@ -96,7 +96,8 @@ class StageConfig:
     loss_weights: dict[str, float] = field(factory=dict, validator=_weights_non_negative)
     taps: TapsConfig = Factory(TapsConfig)
     eval_every: int = field(default=1, validator=v.ge(1))
-    monitor: str = "val/accuracy"  # metric that decides the best checkpoint
+    # metric that decides the best checkpoint; unset: val/accuracy where a plugin reports it
+    monitor: str | None = None
     monitor_mode: Literal["max", "min"] = "max"
 
 

@@ -59,8 +59,10 @@ class Checkpoint:
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
         cfg = stage.config_for(self)
-        value = metrics.get(stage.config.monitor)
-        if cfg.best and metrics and value is None:  # otherwise best.pt would silently never be written
+        monitor = stage.config.monitor or "val/accuracy"
+        value = metrics.get(monitor)
+        # a monitor the recipe names must exist, or best.pt would silently never be written
+        if cfg.best and metrics and value is None and stage.config.monitor is not None:
             raise KdlabError(f"stages.{stage.name}.monitor = '{stage.config.monitor}': no plugin reports this "
                              f"metric (reported: {', '.join(sorted(metrics))}); set monitor to one of them, or "
                              "plugins.checkpoint.best = false")

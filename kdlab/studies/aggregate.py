@@ -117,7 +117,7 @@ def _plain(value: Any) -> str:
 
 def _monitor(run: Run, stage: str) -> tuple[str, str]:
     table = run.recipe.get("stages", {}).get(stage, {})
-    return table.get("monitor", "val/accuracy"), table.get("monitor_mode", "max")
+    return table.get("monitor") or "val/accuracy", table.get("monitor_mode", "max")
 
 
 def aggregate(groups: list[Group], extra: tuple[str, ...] = ()) -> list[dict]:

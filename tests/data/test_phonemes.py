@@ -81,6 +81,9 @@ def _corrupt(manifest, problem):
         (manifest.parent / row["audio"]).write_bytes(b"RIFF garbage")
     elif problem == "empty":
         soundfile.write(manifest.parent / row["audio"], np.zeros(0, np.float32), 16000)
+    elif problem == "truncated":  # a copy cut off half-way: the header still declares the whole clip
+        clip = manifest.parent / row["audio"]
+        clip.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
     else:  # 0.5-1.5 s gives 25-75 frames of 20 ms; 200 phonemes cannot fit
         row["phonemes"] = " ".join(["a", "b"] * 100)
     lines[2] = json.dumps(row, ensure_ascii=False)
@@ -89,9 +92,10 @@ def _corrupt(manifest, problem):
 
 @pytest.mark.parametrize(("problem", "match"), [
     ("unknown", r"manifest.jsonl:3: phonemes not in the inventory \(phonemes.txt\): zz"),
-    ("unreadable", r"manifest.jsonl:3: clips/train_2.wav: unreadable or empty audio"),
-    ("empty", r"manifest.jsonl:3: clips/train_2.wav: unreadable or empty audio"),
+    ("unreadable", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty or truncated audio"),
+    ("empty", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty or truncated audio"),
     ("long", r"manifest.jsonl:3: clips/train_2.wav: transcript needs 200 CTC frames, the audio has \d+"),
+    ("truncated", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty or truncated audio .*truncated: the header"),
 ])
 def test_bad_entries_are_rejected_or_skipped_with_file_and_line(tmp_path, problem, match, caplog):
     manifest = make_phoneme_corpus(tmp_path / "c")
@@ -107,3 +111,24 @@ def test_bad_entries_are_rejected_or_skipped_with_file_and_line(tmp_path, proble
 def test_ctc_min_frames_counts_blanks_between_repeats():
     assert ctc_min_frames([1, 2, 3]) == 3
     assert ctc_min_frames([1, 1, 2, 2, 2]) == 8
+
+
+def test_a_cache_built_with_skip_is_not_used_by_a_run_that_errors_on_bad_entries(tmp_path):
+    manifest = make_phoneme_corpus(tmp_path / "c")
+    _corrupt(manifest, "unknown")
+    assert build(manifest, on_bad="skip").train.num_samples == 5
+    with pytest.raises(KdlabError, match="phonemes not in the inventory"):
+        build(manifest)
+
+
+def test_replacing_a_clip_rebuilds_its_features(tmp_path):
+    manifest = make_phoneme_corpus(tmp_path / "c")
+    first = build(manifest)
+    row = json.loads(manifest.read_text(encoding="utf-8").splitlines()[-1])  # a test clip
+    clip = manifest.parent / row["audio"]
+    wave, rate = soundfile.read(clip, dtype="float32")
+    soundfile.write(clip, np.ascontiguousarray(wave[::-1]), rate, subtype="PCM_16")  # same length, other audio
+    again = build(manifest)
+    a = torch.cat([b.inputs.flatten() for b in first.test])
+    b = torch.cat([b.inputs.flatten() for b in again.test])
+    assert not torch.equal(a, b)
