@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from kdlab.engine import checkpoint
+from kdlab.engine import checkpoint, collective
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.recipe import CONVERTER
 from kdlab.engine.stats import model_stats
@@ -92,6 +92,8 @@ def fit(stage: Stage) -> dict[str, float]:
         hook.kdlab_epoch_start(stage=stage, epoch=epoch)
         for batch in stage.data.train:
             batch = stage.batch = batch.to(stage.device)
+            if stage.world_size > 1:  # what stage.gather needs to rebuild the global batch
+                stage.shard_sizes = collective.shard_sizes(len(batch.index), stage.device)
             if len(batch.index) == 0:
                 # only in distributed training: this rank's share of a last global batch smaller
                 # than the number of processes. It computes nothing but joins the gradient

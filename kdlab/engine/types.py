@@ -11,6 +11,7 @@ import pluggy
 import torch
 from torch import nn
 
+from kdlab.engine import collective
 from kdlab.engine.errors import KdlabError
 
 
@@ -166,6 +167,8 @@ class Stage:
     phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
     rank: int = 0  # this process's rank in distributed training (0 alone writes files)
     world_size: int = 1
+    # every rank's number of samples in the current training step (distributed training only)
+    shard_sizes: list[int] | None = None
 
     @property
     def hook(self):
@@ -190,6 +193,13 @@ class Stage:
         if ref in self.recipe.stages:
             return self.run_dir / "models" / f"{ref}.pt"
         return Path(ref)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a training batch's samples -> the whole global batch's, with the
+        gradient flowing back to this rank's share: for losses computed across the samples of
+        a batch (contrastive, class centres, triplet mining), so that ``--nproc N`` computes
+        what one process computes. The identity in one process."""
+        return collective.gather(x, self.shard_sizes, self.rank)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = [p for p in self.student.parameters() if p.requires_grad]

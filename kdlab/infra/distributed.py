@@ -62,8 +62,21 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         offset += b.numel()
 
 
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one rank's random stream in one epoch."""
+    return (seed * 1_000_003 + epoch) * 1009 + rank + 1
+
+
 class Distributed:
     default_enabled = True
+
+    @hookimpl
+    def kdlab_epoch_start(self, stage, epoch):
+        # Every rank starts from the same seed (identical initial weights); during training each
+        # rank draws its own dropout masks and augmentation. Re-seeding at every epoch start, a
+        # function of (seed, epoch, rank), keeps resume exact: checkpoints are taken between epochs.
+        if stage.world_size > 1:
+            torch.manual_seed(rank_seed(stage.recipe.seed, epoch, stage.rank))
 
     @hookimpl(wrapper=True)
     def kdlab_backward(self, stage, loss):

@@ -68,5 +68,6 @@ class Contrastive:
         cfg = stage.config_for(self)
         zs = stage.extra[f"{NAME}_student"](as_vector(student_out.features[cfg.student]).float())
         zt = stage.extra[f"{NAME}_teacher"](as_vector(teacher_outs[cfg.teacher_index].features[cfg.teacher]).float())
-        labels = batch.targets if cfg.class_positives else None
-        return {"contrastive": info_nce(zs, zt, tau=cfg.tau, labels=labels)}
+        labels = stage.gather(batch.targets) if cfg.class_positives else None
+        # negatives come from the whole global batch, as in one process
+        return {"contrastive": info_nce(stage.gather(zs), stage.gather(zt), tau=cfg.tau, labels=labels)}

@@ -86,14 +86,16 @@ class Geometry:
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = stage.config_for(self)
-        s_feat = student_out.features[cfg.student]
-        t_feat = teacher_outs[cfg.teacher_index].features[cfg.teacher]
+        # class centres over the whole global batch, as in one process
+        s_feat = stage.gather(student_out.features[cfg.student])
+        t_feat = stage.gather(teacher_outs[cfg.teacher_index].features[cfg.teacher])
+        targets = stage.gather(batch.targets)
         num_classes = stage.data.num_classes
         if cfg.momentum == 0:
-            return {"geometry": geometry_loss(s_feat, t_feat, batch.targets, num_classes=num_classes,
+            return {"geometry": geometry_loss(s_feat, t_feat, targets, num_classes=num_classes,
                                               distance=cfg.distance)}
-        s, present = class_centres(as_vector(s_feat).float(), batch.targets, num_classes)
-        t, _ = class_centres(as_vector(t_feat).float(), batch.targets, num_classes)
+        s, present = class_centres(as_vector(s_feat).float(), targets, num_classes)
+        t, _ = class_centres(as_vector(t_feat).float(), targets, num_classes)
         if self.seen is None:
             self.student_centres, self.teacher_centres = s.detach().clone(), t.detach().clone()
             self.seen = present.clone()

@@ -123,10 +123,12 @@ class TripletAE:
             code = self._code(stage, f"{NAME}_enc{k}", hidden)
             recon.append(F.mse_loss(stage.extra[f"{NAME}_dec{k}"](code), hidden))
             codes.append(code)
-        labels = batch.targets.repeat(len(codes))
+        labels_one = batch.targets
         student_code = self._code(stage, f"{NAME}_student", student_out.features[cfg.student])
         return {
             "ae_recon": torch.stack(recon).mean(),
-            "triplet": triplet_loss(torch.cat(codes), labels, margin=cfg.margin, mining=cfg.mining),
+            # mining over the whole global batch, as in one process
+            "triplet": triplet_loss(torch.cat([stage.gather(c) for c in codes]), stage.gather(labels_one).repeat(len(codes)),
+                                    margin=cfg.margin, mining=cfg.mining),
             "latent_kd": F.mse_loss(student_code, torch.stack(codes).mean(0).detach()),
         }
