@@ -21,7 +21,6 @@ without it, the installed entry point ``name`` is used.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path

@@ -189,13 +189,16 @@ def test_ranks_draw_different_dropout_and_an_interrupted_run_resumes_exactly(wri
 
 def test_in_batch_losses_over_two_processes_match_one(write_recipe, tmp_path):
     """Contrastive (negatives from the batch) and class-centre geometry see the whole global
-    batch on every rank, with gradients to each rank's share: two processes train like one.
-    Batch size 50 over 1,078 digits leaves an uneven last batch (28 = 14 + 14; 3 with --nproc 2
-    at batch 51 would be 2 + 1)."""
+    batch on every rank, with gradients to each rank's share: two processes train like one,
+    composed in one stage with logit KD, feature KD and gradient clipping.
+    Batches of 51 over 1,078 training digits: every share is uneven (26 + 25), the last (7) too.
+    """
     text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
         "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
         'taps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
-        "methods.supervised = {}\n"
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\n"
+        'methods.feature_kd = { student = "emb", teacher = "emb" }\n'
+        "methods.grad_clip = { max_norm = 1.0 }\n"
         'methods.contrastive = { student = "emb", teacher = "emb", dim = 8 }\n'
         'methods.geometry = { student = "emb", teacher = "emb" }')
     recipe = write_recipe(text)
