@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -61,3 +62,17 @@ def write_recipe(tmp_path):
 
 def state_dicts_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def installed_plugin(tmp_path: Path, package: str, code: str, entry: str, env: dict | None = None) -> dict:
+    """Install a one-module package the way pip leaves it (the module and a .dist-info naming
+    ``entry`` under kdlab.plugins) in ``tmp_path/site``; the environment a subprocess finds it in."""
+    site = tmp_path / "site"
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(code)
+    info = site / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[kdlab.plugins]\n{entry}\n")
+    env = dict(os.environ if env is None else env)
+    return {**env, "PYTHONPATH": os.pathsep.join([str(site), env.get("PYTHONPATH", "")])}

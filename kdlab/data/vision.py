@@ -113,9 +113,7 @@ def _vision_class(name: str, verify: bool):
             entries = [safe_unpickle(folder / f) for f, _ in files]
             data = [np.asarray(e["data"], dtype=np.uint8) for e in entries]
             self.targets = [int(t) for e in entries for t in e.get("labels", e.get("fine_labels", []))]
-            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
-            if len(self.targets) != len(self.data) or not all(0 <= t < _VISION[name][1] for t in self.targets):
-                raise ValueError(f"{len(self.data)} images but {len(self.targets)} labels in 0..{_VISION[name][1] - 1}")
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC (checked by _check_arrays)
             self.classes = list(safe_unpickle(folder / self.meta["filename"])[self.meta["key"]])
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 

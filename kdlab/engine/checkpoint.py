@@ -115,9 +115,9 @@ def load_model_file(path: str | Path) -> dict:
     for key, ok in checks.items():
         if key not in data or not ok(data[key]):
             raise KdlabError(f"{path}: field '{key}' is missing or malformed; not a valid kdlab model file")
-    for name, tensor in data["state_dict"].items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise KdlabError(f"{path}: weight '{name}' holds NaN or infinite values")
+    bad = _non_finite(data["state_dict"])
+    if bad is not None:
+        raise KdlabError(f"{path}: weight '{bad}' holds NaN or infinite values")
     return data
 
 
@@ -144,9 +144,16 @@ def check_resume_state(state: Any, path: Path, epochs: int) -> dict:
     for name, tensor in state["student"].items():
         if not torch.is_tensor(tensor):
             raise bad(f"student weight '{name}' is not a tensor")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise bad(f"student weight '{name}' holds NaN or infinite values")
+    name = _non_finite(state["student"])
+    if name is not None:
+        raise bad(f"student weight '{name}' holds NaN or infinite values")
     return state
+
+
+def _non_finite(state_dict: dict) -> str | None:
+    """The name of the first floating-point tensor with a NaN or an infinity, if any."""
+    return next((name for name, t in state_dict.items()
+                 if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, where: str) -> None:

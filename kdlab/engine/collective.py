@@ -15,10 +15,18 @@ import torch
 import torch.distributed as dist
 
 
-def shard_sizes(local: int, device: torch.device) -> list[int]:
-    """Every rank's number of samples in this step (one small all-gather)."""
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([local], dtype=torch.long, device=device))
+_cpu_group = None
+
+
+def shard_sizes(local: int) -> list[int]:
+    """Every rank's number of samples in this step: one small all-gather of CPU integers (a
+    gloo group beside NCCL, so the step does not wait for the GPU). Needed before the forward
+    pass, on every rank, even one whose share is empty."""
+    global _cpu_group
+    if _cpu_group is None:  # made once, by every rank at its first training step
+        _cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([local], dtype=torch.long), group=_cpu_group)
     return [int(s) for s in sizes]
 
 

@@ -93,7 +93,7 @@ def fit(stage: Stage) -> dict[str, float]:
         for batch in stage.data.train:
             batch = stage.batch = batch.to(stage.device)
             if stage.world_size > 1:  # what stage.gather needs to rebuild the global batch
-                stage.shard_sizes = collective.shard_sizes(len(batch.index), stage.device)
+                stage.shard_sizes = collective.shard_sizes(len(batch.index))
             if len(batch.index) == 0:
                 # only in distributed training: this rank's share of a last global batch smaller
                 # than the number of processes. It computes nothing but joins the gradient
@@ -189,15 +189,20 @@ def load_model(stage: Stage, ref: str) -> torch.nn.Module:
     """Rebuild an exported model (an earlier stage's, or a file) with its weights."""
     path = stage.resolve_model_ref(ref)
     data = checkpoint.load_model_file(path)
-    registry = stage.catalogue.models
-    if data["arch"] not in registry:
-        raise KdlabError(f"{path}: model arch '{data['arch']}' is not provided by any installed plugin")
-    spec = ModelSpec(arch=data["arch"], config=CONVERTER.structure(data["config"], registry[data["arch"]].config_class))
+    spec = exported_spec(stage.catalogue, data, path)
     if data["num_classes"] != stage.data.num_classes:
         raise KdlabError(f"{path}: model has {data['num_classes']} classes, the data has {stage.data.num_classes}")
     model = build_model(stage, spec)
     checkpoint.load_weights(model, data["state_dict"], str(path))
     return model
+
+
+def exported_spec(catalogue, data: dict, path) -> ModelSpec:
+    """The architecture and settings of a loaded model file, structured by its registered class."""
+    registry = catalogue.models
+    if data["arch"] not in registry:
+        raise KdlabError(f"{path}: model arch '{data['arch']}' is not provided by any installed plugin")
+    return ModelSpec(arch=data["arch"], config=CONVERTER.structure(data["config"], registry[data["arch"]].config_class))
 
 
 def _probe(stage: Stage) -> tuple[ModelOutput, list[ModelOutput]]:

@@ -15,7 +15,8 @@ import torch
 
 from kdlab.engine import checkpoint
 from kdlab.engine.errors import KdlabError, RecipeError
-from kdlab.engine.recipe import CONVERTER, Recipe, locate
+from kdlab.engine.loop import exported_spec
+from kdlab.engine.recipe import Recipe, locate
 from kdlab.engine.registry import Catalogue
 from kdlab.engine.types import ModelSpec
 
@@ -67,7 +68,4 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
 def _teacher_spec(recipe: Recipe, catalogue: Catalogue, ref: str) -> ModelSpec:
     if ref in recipe.stages:
         return recipe.stages[ref].model
-    data = checkpoint.load_model_file(ref)
-    if data["arch"] not in catalogue.models:
-        raise KdlabError(f"{ref}: model arch '{data['arch']}' is not provided by any installed plugin")
-    return ModelSpec(arch=data["arch"], config=CONVERTER.structure(data["config"], catalogue.models[data["arch"]].config_class))
+    return exported_spec(catalogue, checkpoint.load_model_file(ref), ref)

@@ -24,7 +24,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method
+from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method, paired
 
 NAME = "contrastive"
 
@@ -59,15 +59,16 @@ class Contrastive:
     def kdlab_extra_modules(self, stage, probe):
         cfg = stage.config_for(self)
         student_out, teacher_outs = probe  # taps checked at stage start
-        ds = as_vector(student_out.features[cfg.student]).shape[1]
-        dt = as_vector(teacher_outs[cfg.teacher_index].features[cfg.teacher]).shape[1]
+        s_feat, t_feat = paired(cfg, student_out, teacher_outs)
+        ds, dt = as_vector(s_feat).shape[1], as_vector(t_feat).shape[1]
         return {f"{NAME}_student": nn.Linear(ds, cfg.dim), f"{NAME}_teacher": nn.Linear(dt, cfg.dim)}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = stage.config_for(self)
-        zs = stage.extra[f"{NAME}_student"](as_vector(student_out.features[cfg.student]).float())
-        zt = stage.extra[f"{NAME}_teacher"](as_vector(teacher_outs[cfg.teacher_index].features[cfg.teacher]).float())
+        s_feat, t_feat = paired(cfg, student_out, teacher_outs)
+        zs = stage.extra[f"{NAME}_student"](as_vector(s_feat).float())
+        zt = stage.extra[f"{NAME}_teacher"](as_vector(t_feat).float())
         labels = stage.gather(batch.targets) if cfg.class_positives else None
         # negatives come from the whole global batch, as in one process
         return {"contrastive": info_nce(stage.gather(zs), stage.gather(zt), tau=cfg.tau, labels=labels)}

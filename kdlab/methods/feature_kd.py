@@ -19,7 +19,8 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_map, as_vector, check_feature_method, match_spatial
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, as_vector, check_feature_method, match_spatial,
+                                         paired)
 
 NAME = "feature_kd"
 
@@ -58,12 +59,10 @@ class FeatureKD:
     def kdlab_extra_modules(self, stage, probe):
         cfg = stage.config_for(self)
         student_out, teacher_outs = probe  # taps checked at stage start
-        return {f"{NAME}_adapter": make_adapter(student_out.features[cfg.student],
-                                                teacher_outs[cfg.teacher_index].features[cfg.teacher])}
+        return {f"{NAME}_adapter": make_adapter(*paired(cfg, student_out, teacher_outs))}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, student_out, teacher_outs):
         cfg = stage.config_for(self)
-        return {"hint": feature_hint_loss(student_out.features[cfg.student],
-                                          teacher_outs[cfg.teacher_index].features[cfg.teacher],
+        return {"hint": feature_hint_loss(*paired(cfg, student_out, teacher_outs),
                                           stage.extra[f"{NAME}_adapter"])}

@@ -89,6 +89,11 @@ def check_teacher_index(stage, plugin_key: str, index: int) -> None:
                          f"{len(stage.teachers)} teacher(s)")
 
 
+def paired(cfg: FeaturePairConfig, student_out, teacher_outs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's tapped feature and the paired teacher's, as a method's table names them."""
+    return student_out.features[cfg.student], teacher_outs[cfg.teacher_index].features[cfg.teacher]
+
+
 def check_feature_method(stage, plugin_key: str, config) -> None:
     """Stage-start checks of a method configured with ``student``, ``teacher`` (tap aliases) and
     ``teacher_index``."""

@@ -25,7 +25,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method
+from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method, paired
 
 NAME = "geometry"
 
@@ -87,8 +87,7 @@ class Geometry:
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = stage.config_for(self)
         # class centres over the whole global batch, as in one process
-        s_feat = stage.gather(student_out.features[cfg.student])
-        t_feat = stage.gather(teacher_outs[cfg.teacher_index].features[cfg.teacher])
+        s_feat, t_feat = (stage.gather(f) for f in paired(cfg, student_out, teacher_outs))
         targets = stage.gather(batch.targets)
         num_classes = stage.data.num_classes
         if cfg.momentum == 0:

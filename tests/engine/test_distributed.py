@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, installed_plugin
 
 # No batch norm: its statistics over half a batch differ from those over the whole batch, which
 # is expected and not what this test is about. Two stages: the second loads the first's export.
@@ -78,18 +78,10 @@ class Gated:
 def test_uneven_gradients_and_an_empty_share_match_one_process(write_recipe, tmp_path):
     # 1,078 training digits in batches of 3: the last global batch has 1 sample, so rank 1's
     # share is empty; the gated method leaves the gate without gradients on some ranks' steps
-    site = tmp_path / "site"
-    (site / "kdlab_gated").mkdir(parents=True)
-    (site / "kdlab_gated" / "__init__.py").write_text(GATED)
-    info = site / "kdlab_gated-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdlab-gated\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[kdlab.plugins]\ngated = kdlab_gated:Gated\n")
     recipe = write_recipe(RECIPE.replace("batch_size = 64", "batch_size = 3").replace("epochs = 2", "epochs = 1")
                           .replace("methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
                                    "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.gated = {}"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = installed_plugin(tmp_path, "kdlab_gated", GATED, "gated = kdlab_gated:Gated", {**os.environ, "OMP_NUM_THREADS": "1"})
     kdlab = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r"]
     one = subprocess.run([*kdlab, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -155,21 +147,9 @@ class Probe:
 '''
 
 
-def _site_with(tmp_path, package: str, code: str, entry: str):
-    site = tmp_path / "site"
-    (site / package).mkdir(parents=True)
-    (site / package / "__init__.py").write_text(code)
-    info = site / f"{package}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[kdlab.plugins]\n{entry}\n")
-    return site
-
-
 def test_ranks_draw_different_dropout_and_an_interrupted_run_resumes_exactly(write_recipe, tmp_path):
-    site = _site_with(tmp_path, "kdlab_probe", PROBE, "probe = kdlab_probe:Probe")
     recipe = write_recipe(RECIPE.replace('channels = [4, 8], norm = false }', 'channels = [4, 8], norm = false, dropout = 0.3 }'))
-    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    base = installed_plugin(tmp_path, "kdlab_probe", PROBE, "probe = kdlab_probe:Probe", {**os.environ, "OMP_NUM_THREADS": "1"})
     cmd = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r", "--nproc", "2"]
     straight = subprocess.run([*cmd, "--out", str(tmp_path / "a")], capture_output=True, text=True,
                               env={**base, "KDLAB_PROBE_OUT": str(tmp_path / "a.draws")})

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from kdlab import KdlabError, hookimpl
+from kdlab import hookimpl
 from kdlab.engine.registry import call_order, discover
+from tests.conftest import installed_plugin
 
 THIRD_PARTY = '''
 """A stranger's method plugin: penalise the squared norm of the student's logits."""
@@ -42,14 +42,7 @@ class LogitL2:
 @pytest.fixture
 def third_party(tmp_path):
     """Install a package the way pip would leave it: the module plus a .dist-info with entry points."""
-    site = tmp_path / "site"
-    (site / "kdlab_logit_l2").mkdir(parents=True)
-    (site / "kdlab_logit_l2" / "__init__.py").write_text(THIRD_PARTY)
-    info = site / "kdlab_logit_l2-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdlab-logit-l2\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[kdlab.plugins]\nlogit_l2 = kdlab_logit_l2:LogitL2\n")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return installed_plugin(tmp_path, "kdlab_logit_l2", THIRD_PARTY, "logit_l2 = kdlab_logit_l2:LogitL2")
 
 
 def test_builtins_are_discovered_through_entry_points(catalogue):
@@ -130,14 +123,8 @@ def test_a_recipe_that_uses_a_broken_plugin_gets_its_reason(write_recipe):
 
 
 def test_a_plugin_that_fails_to_import_leaves_the_others_working(tmp_path):
-    site = tmp_path / "site"
-    (site / "kdlab_broken").mkdir(parents=True)
-    (site / "kdlab_broken" / "__init__.py").write_text("raise ImportError('needs a missing library')\n")
-    info = site / "kdlab_broken-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdlab-broken\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[kdlab.plugins]\nbroken = kdlab_broken:Plugin\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = installed_plugin(tmp_path, "kdlab_broken", "raise ImportError('needs a missing library')\n",
+                           "broken = kdlab_broken:Plugin")
     listed = subprocess.run([sys.executable, "-m", "kdlab", "plugins"], capture_output=True, text=True, env=env)
     assert listed.returncode == 0, listed.stderr
     assert "logit_kd" in listed.stdout
