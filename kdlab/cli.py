@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="train with N processes on this machine (data parallel; gloo on the CPU, nccl on CUDA)")
     p.add_argument("--run-id", metavar="ID", help="name the run directory OUT/<recipe name>/ID; if it exists, "
                    "continue it (a finished run is not trained again)")
+    p.add_argument("--stage-store", metavar="DIR", help="reuse a stage filed in DIR by an earlier run with the same "
+                   "settings and inputs instead of training it, and file the stages trained here")
 
     p = sub.add_parser("sweep", help="run every combination of a recipe's [sweep] table")
     common(p)
@@ -50,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs and their state")
     p.add_argument("--print-commands", action="store_true",
                    help="print one `kdlab run` command per run, for an external scheduler")
+    p.add_argument("--no-shared-stages", action="store_true", help="train every stage of every run, even one "
+                   "that is the same in several runs (default: such a stage trains once, in OUT/.kdlab-stages)")
+
+    p = sub.add_parser("search", help="search a recipe's [search] space with Optuna (pruning, Pareto objectives, "
+                       "workers on one study)")
+    common(p)
+    p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs); the study "
+                   "is OUT/<recipe name>")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage shared by workers: a database URL "
+                   "(postgresql://..., mysql://..., sqlite:///...) or journal:PATH (default: sqlite OUT/<name>/study.db)")
+    p.add_argument("--study", metavar="NAME", help="study name in the storage (default: the recipe's name)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine, each running trials "
+                   "(default 1); start more on other machines with the same --storage and --study")
+    p.add_argument("--dry-run", action="store_true", help="validate the search and show the study's state")
 
     p = sub.add_parser("validate", help="check a recipe and show the plugins and hook order, without training")
     common(p)
@@ -165,7 +181,8 @@ def cmd_run(args) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "kdlab", *argv]
         return subprocess.run(cmd).returncode
-    result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume, run_id=args.run_id)
+    result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume, run_id=args.run_id,
+                 stage_store=args.stage_store)
     if os.environ.get("RANK", "0") != "0":
         return 0
     rows = [{"stage": s, **m} for s, m in result.metrics.items()]
@@ -182,7 +199,7 @@ def cmd_sweep(args) -> int:
     from kdlab.studies import sweep
 
     catalogue = discover()
-    plan = sweep.plan(args.recipe, catalogue, args.overrides)
+    plan = sweep.plan(args.recipe, catalogue, args.overrides, shared_stages=not args.no_shared_stages)
     out = Path(args.out)
     if args.print_commands:
         print(sweep.print_commands(plan, out))
@@ -200,6 +217,42 @@ def cmd_sweep(args) -> int:
     print(f"sweep {plan.name}: {len(results) - len(failed)} of {len(results)} runs complete under {out / plan.name}")
     print(f"compare them: kdlab report {out / plan.name}")
     return 1 if failed else 0
+
+
+def cmd_search(args) -> int:
+    from pathlib import Path
+
+    from kdlab.engine.registry import discover
+    from kdlab.studies import search
+
+    catalogue = discover()
+    plan = search.plan(args.recipe, catalogue, args.overrides)
+    out = Path(args.out)
+    if args.workers < 1:
+        raise KdlabError(f"--workers must be >= 1, got {args.workers}")
+    if args.dry_run:
+        study = search.open_study(plan, out / plan.name, args.storage, args.study)
+        print(f"search {study.study_name}: {len(plan.config.params)} keys, objectives "
+              + ", ".join(f"{o.stage} {o.metric} ({o.direction})" for o in plan.objectives)
+              + f", {len(plan.config.seeds)} seed(s) per trial; {search.counted(study)} trials done of "
+              f"{plan.config.trials or 'unlimited'}; nothing was trained (--dry-run)")
+        return 0
+    if args.workers > 1:
+        argv, skip = [], False
+        for a in args.argv:  # this command without --workers N
+            if skip or a.startswith("--workers="):
+                skip = False
+                continue
+            skip = a == "--workers"
+            if not skip:
+                argv.append(a)
+        code = search.spawn_workers(argv, args.workers, out / plan.name)
+    else:
+        search.execute(plan, out=out, storage_url=args.storage, study_name=args.study, catalogue=catalogue)
+        code = 0
+    print(search.report(out / plan.name), end="")
+    print(f"\nstudy directory: {out / plan.name}; plots: kdlab report {out / plan.name} --plots DIR")
+    return code
 
 
 def cmd_validate(args) -> int:
@@ -266,6 +319,14 @@ def cmd_report(args) -> int:
 
     from kdlab.studies import aggregate
 
+    from kdlab.studies import search
+
+    if len(args.run_dirs) == 1 and search.is_study_dir(Path(args.run_dirs[0])) and not args.per_run:
+        print(search.report(Path(args.run_dirs[0])), end="")
+        if args.plots:
+            for path in search.plots(Path(args.run_dirs[0]), Path(args.plots)):
+                print(f"wrote {path}", file=sys.stderr)
+        return 0
     runs = aggregate.find_runs(args.run_dirs)
     if args.per_run:
         rows = [{"run": str(r.run_dir), "stage": s, **m} for r in runs for s, m in r.metrics.items()]
@@ -294,7 +355,7 @@ def cmd_kws_stream(args) -> int:
     return streaming.cli(args)
 
 
-COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
+COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "sweep": cmd_sweep, "search": cmd_search, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,9 +176,9 @@ def _type_name(t) -> str:
 class _Problems:
     """Collects (key path, message) pairs; turns them into one RecipeError at the end."""
 
-    def __init__(self, file: str, text: str | None, overridden: dict[tuple, str]):
-        # overridden: key path -> where the value came from ("--set", or a [sweep] key's line)
-        self.file, self.text, self.overridden = file, text, overridden
+    def __init__(self, file: str, text: str | None, overridden: dict[tuple, str], table: str = "sweep"):
+        # overridden: key path -> where the value came from ("--set", or a [sweep]/[search] key's line)
+        self.file, self.text, self.overridden, self.table = file, text, overridden, table
         self.items: list[tuple[tuple, str]] = []
 
     def add(self, path: tuple, message: str) -> None:
@@ -263,7 +263,7 @@ class _Problems:
             elif source == "--set":
                 where, origin = self.file, " (from --set)"
             else:  # a [sweep] value: its line in the sweep table
-                where, origin = source, " (from [sweep])"
+                where, origin = source, f" (from [{self.table}])"
             lines.append(f"{where}: {message} @ {format_path(path)}{origin}")
         raise RecipeError(lines)
 
@@ -276,13 +276,14 @@ def _covers(override: tuple, path: tuple) -> bool:
     return override[:1] == ("defaults",) and path[:1] == ("stages",) and path[2 : 1 + len(override)] == override[1:]
 
 
-def sweep_line(text: str, key: str) -> int | None:
-    """The line of ``key`` (``"defaults.optimizer.lr" = [...]``) in a [sweep...] table."""
+def sweep_line(text: str, key: str, table: str = "sweep") -> int | None:
+    """The line of ``key`` (``"defaults.optimizer.lr" = [...]``) in a [sweep...] (or
+    [search...]) table."""
     in_sweep = False
     for number, line in enumerate(text.splitlines(), 1):
         s = line.split("#", 1)[0].strip()
         if s.startswith("["):
-            in_sweep = s.strip("[]").strip().startswith("sweep")
+            in_sweep = s.strip("[]").strip().startswith(table)
         elif in_sweep and "=" in s:
             bare = s.split("=", 1)[0].strip()
             # "key" = [...], grid."key" = [...], grid = { "key" = [...] }
@@ -382,9 +383,10 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = (),
-                sweep_overrides: list[str] = ()) -> Recipe:
+                sweep_overrides: list[str] = (), table: str = "sweep") -> Recipe:
     """Read, override, validate and structure a recipe file. Raises RecipeError listing all
-    problems. ``sweep_overrides`` come from the file's [sweep] table (errors point at its lines)."""
+    problems. ``sweep_overrides`` come from the file's [sweep] (or ``table``) table (errors point at its
+    lines)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -400,7 +402,7 @@ def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = (
         message, where = (m.group(1), f"{path}:{m.group(2)}") if m else (str(exc), str(path))
         raise RecipeError([f"{where}: not valid TOML: {message}"]) from exc
     return structure_recipe(raw, catalogue, file=str(path), text=text, overrides=[*overrides, *sweep_overrides],
-                            default_name=path.stem, sweep_count=len(sweep_overrides))
+                            default_name=path.stem, sweep_count=len(sweep_overrides), table=table)
 
 
 def structure_recipe(
@@ -412,8 +414,10 @@ def structure_recipe(
     overrides: list[str] = (),
     default_name: str = "recipe",
     sweep_count: int = 0,
+    table: str = "sweep",
 ) -> Recipe:
-    """``overrides``: ``KEY.PATH=VALUE`` strings; the last ``sweep_count`` come from [sweep]."""
+    """``overrides``: ``KEY.PATH=VALUE`` strings; the last ``sweep_count`` come from [sweep] (or
+    ``table``: [search])."""
     raw = copy.deepcopy(raw)
     overridden: dict[tuple, str] = {}
     for number, item in enumerate(overrides):
@@ -425,12 +429,12 @@ def structure_recipe(
                 raise RecipeError([f"--set {item}: '{k}' is not a table"])
         node[keys[-1]] = value
         from_sweep = number >= len(overrides) - sweep_count
-        line = sweep_line(text or "", ".".join(keys)) if from_sweep else None
+        line = sweep_line(text or "", ".".join(keys), table) if from_sweep else None
         overridden[keys] = (f"{file}:{line}" if line else file) if from_sweep else "--set"
-    problems = _Problems(file, text, overridden)
+    problems = _Problems(file, text, overridden, table)
 
-    # `sweep` is read by `kdlab sweep` (kdlab.studies.sweep); a single run ignores it
-    known_top = {"name", "seed", "device", "deterministic", "data", "plugins", "defaults", "stages", "sweep"}
+    # `sweep` and `search` are read by `kdlab sweep` and `kdlab search` (kdlab.studies); a run ignores them
+    known_top = {"name", "seed", "device", "deterministic", "data", "plugins", "defaults", "stages", "sweep", "search"}
     for key in raw:
         if key not in known_top:
             problems.add((key,), f"unknown key '{key}' (allowed: {', '.join(sorted(known_top))})")

@@ -13,10 +13,13 @@ the standard library has ``fcntl.flock`` but no lock-file helper, and no depende
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from kdlab.engine.errors import KdlabError
+
+log = logging.getLogger("kdlab")
 
 
 class RunLock:
@@ -24,15 +27,20 @@ class RunLock:
         self.path = Path(run_dir) / ".lock"
         self.fd: int | None = None
 
-    def acquire(self) -> RunLock:
+    def acquire(self, wait: bool = False) -> RunLock:
+        """Take the lock; if another process holds it, fail naming it, or (``wait``) wait for it."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise KdlabError(f"{self.path.parent}: in use by another kdlab process (pid {owner}); "
-                             "wait for it to finish or stop it, then run again") from None
+            if wait:
+                log.info("%s: in use by pid %s; waiting for it", self.path.parent, owner)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                os.close(fd)
+                raise KdlabError(f"{self.path.parent}: in use by another kdlab process (pid {owner}); "
+                                 "wait for it to finish or stop it, then run again") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd

@@ -31,6 +31,7 @@ from kdlab.engine.loop import fit
 from kdlab.engine.preflight import check_taps
 from kdlab.engine.recipe import Recipe, load_recipe, recipe_to_dict
 from kdlab.engine.registry import Catalogue, discover
+from kdlab.engine.stage_store import StageStore, stage_keys
 from kdlab.engine.types import Stage
 
 log = logging.getLogger("kdlab")
@@ -91,10 +92,15 @@ def run(
     resume: str | Path | None = None,
     run_id: str | None = None,
     catalogue: Catalogue | None = None,
+    stage_store: str | Path | None = None,
+    wait: bool = False,
 ) -> RunResult:
     """Train every stage of a recipe. ``resume`` continues the run in that directory;
     ``run_id`` names the run directory ``<out>/<recipe name>/<run_id>``, continuing it if it
-    exists, so that the same command can be repeated until the run is complete."""
+    exists, so that the same command can be repeated until the run is complete.
+    ``stage_store``: a directory of shared stages (see :mod:`kdlab.engine.stage_store`); a stage
+    filed there is reused instead of trained. ``wait``: if another process holds the run
+    directory, wait for it instead of failing."""
     catalogue = catalogue or discover()
     recipe = load_recipe(recipe_path, catalogue, overrides)
     rank, world_size = _init_distributed()
@@ -112,12 +118,13 @@ def run(
         run_dir = shared
     lock = rundir.RunLock(run_dir)
     if rank == 0:  # rank 0 writes the directory, so it holds the lock
-        lock.acquire()
+        lock.acquire(wait=wait)
         for path in rundir.clean_stale_temp_files(run_dir):
             log.info("removed %s (left by an interrupted write)", path)
     try:
         with _determinism(recipe.deterministic):
-            return _run_stages(recipe, catalogue, run_dir, rank, world_size, recipe_path)
+            store = StageStore(stage_store) if stage_store is not None else None
+            return _run_stages(recipe, catalogue, run_dir, rank, world_size, recipe_path, store)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say where the run can be continued
         raise Interrupted(run_dir) from exc
     finally:
@@ -204,7 +211,7 @@ def build_data(pm, catalogue: Catalogue, recipe: Recipe):
 
 
 def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, world_size: int,
-                recipe_path: str | Path) -> RunResult:
+                recipe_path: str | Path, store: StageStore | None = None) -> RunResult:
     device = resolve_device(recipe)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -221,30 +228,47 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
     # rank 0's view, taken before anyone writes: another rank looking later could see a stage
     # that rank 0 has just finished and skip it, leaving rank 0 alone in the stage's barrier
     metrics, done = _share((metrics, done))
+    keys = stage_keys(recipe) if store is not None else {}
     for index, (name, config) in enumerate(recipe.stages.items()):
         if name in done:
             log.info("stage %s: already complete, skipped", name)
             continue
-        names = stage_plugins(recipe, catalogue, name)
-        stage = Stage(
-            name=name,
-            index=index,
-            config=config,
-            recipe=recipe,
-            run_dir=run_dir,
-            device=device,
-            data=data,
-            pm=catalogue.manager(names),
-            catalogue=catalogue,
-            method_configs={**recipe.plugins, **config.methods},
-            rank=rank,
-            world_size=world_size,
-        )
-        if rank == 0:
-            log.info("stage %s: plugins %s", name, ", ".join(names))
-        metrics[name] = fit(stage)
-        if rank == 0:
-            checkpoint.save_json(metrics, metrics_path)
-        if world_size > 1:
-            dist.barrier()  # the next stage may load this stage's exported model
+        # rank 0 alone holds the store's lock on the stage; every rank follows its decision
+        with store.claim(keys[name], name) if store is not None and rank == 0 else contextlib.nullcontext() as claim:
+            if _share(claim is not None and claim.metrics is not None):
+                if rank == 0:
+                    metrics[name] = claim.restore(run_dir, name)
+                    checkpoint.save_json(metrics, metrics_path)
+                if world_size > 1:
+                    dist.barrier()
+                continue
+            metrics[name] = _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index, name,
+                                       config)
+            if rank == 0:
+                checkpoint.save_json(metrics, metrics_path)
+                if claim is not None:
+                    claim.publish(run_dir, name, metrics[name])
+            if world_size > 1:
+                dist.barrier()  # the next stage may load this stage's exported model
     return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index, name, config) -> dict:
+    names = stage_plugins(recipe, catalogue, name)
+    stage = Stage(
+        name=name,
+        index=index,
+        config=config,
+        recipe=recipe,
+        run_dir=run_dir,
+        device=device,
+        data=data,
+        pm=catalogue.manager(names),
+        catalogue=catalogue,
+        method_configs={**recipe.plugins, **config.methods},
+        rank=rank,
+        world_size=world_size,
+    )
+    if rank == 0:
+        log.info("stage %s: plugins %s", name, ", ".join(names))
+    return fit(stage)

@@ -11,6 +11,9 @@ Each run is the recipe with ``--set KEY=VALUE`` for its values, in its own run d
 ``<out>/<recipe name>/<run id>``; the run id is derived from the values (readable part plus a
 hash), so a finished run is recognised and skipped and an interrupted one is continued when
 the sweep is started again, even after values were added to the sweep.
+
+A stage that is the same in several runs (typically the teacher: same settings, seed and
+inputs) trains once: runs share ``<out>/.kdlab-stages`` (see :mod:`kdlab.engine.stage_store`).
 """
 
 from __future__ import annotations
@@ -37,12 +40,18 @@ from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
 
 log = logging.getLogger("kdlab")
+STORE_DIR = ".kdlab-stages"  # under --out: the stages shared by the runs of sweeps and searches
 
 
 @attrs.frozen
 class SweepRun:
     run_id: str
     values: dict[str, Any]  # swept key -> value, "seed" included
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> SweepRun:
+        """The run for these values, named by them."""
+        return cls(run_id=_slug(values), values=values)
 
     @property
     def overrides(self) -> list[str]:
@@ -125,7 +134,7 @@ def expand(table: dict, file: str = "<recipe>") -> list[SweepRun]:
                 values = {**dict(zip(grid, combo)), **row}
                 if seed is not None:
                     values["seed"] = seed
-                runs.append(SweepRun(run_id=_slug(values), values=values))
+                runs.append(SweepRun.of(values))
     return runs
 
 
@@ -146,16 +155,21 @@ class SweepPlan:
     stages: list[str]
     runs: list[SweepRun]
     base_overrides: list[str]
+    shared_stages: bool = True
+
+    def stage_store(self, out: Path) -> Path | None:
+        return out / STORE_DIR if self.shared_stages else None
 
     def run_dir(self, out: Path, r: SweepRun) -> Path:
         return out / self.name / r.run_id
 
     def command(self, r: SweepRun, out: Path) -> list[str]:
         sets = [x for o in [*self.base_overrides, *r.overrides] for x in ("--set", o)]
-        return ["kdlab", "run", str(self.recipe_path), *sets, "--out", str(out), "--run-id", r.run_id]
+        store = ["--stage-store", str(self.stage_store(out))] if self.shared_stages else []
+        return ["kdlab", "run", str(self.recipe_path), *sets, "--out", str(out), "--run-id", r.run_id, *store]
 
 
-def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = ()) -> SweepPlan:
+def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (), shared_stages: bool = True) -> SweepPlan:
     """Expand the sweep and validate every run's recipe before anything trains."""
     recipe_path = Path(recipe_path)
     table = read_sweep(recipe_path)
@@ -170,7 +184,7 @@ def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (
             messages += [f"{m} (sweep run {r.run_id})" for m in exc.messages]
     if messages:
         raise RecipeError(list(dict.fromkeys(messages)))
-    return SweepPlan(recipe_path, recipe.name, list(recipe.stages), runs, list(overrides))
+    return SweepPlan(recipe_path, recipe.name, list(recipe.stages), runs, list(overrides), shared_stages)
 
 
 def execute(p: SweepPlan, *, out: Path, jobs: int = 1, catalogue: Catalogue | None = None) -> dict[str, str]:
@@ -184,7 +198,7 @@ def execute(p: SweepPlan, *, out: Path, jobs: int = 1, catalogue: Catalogue | No
             log.info("sweep run %d/%d: %s", i, len(todo), r.run_id)
             try:
                 run(p.recipe_path, overrides=[*p.base_overrides, *r.overrides], out=out, run_id=r.run_id,
-                    catalogue=catalogue)
+                    catalogue=catalogue, stage_store=p.stage_store(out))
                 results[r.run_id] = "finished"
             except Exception as exc:  # noqa: BLE001 - one failed run must not stop the sweep
                 results[r.run_id] = f"failed: {exc}"

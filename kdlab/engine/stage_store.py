@@ -1,0 +1,144 @@
+"""Shared stages: a finished stage filed under the hash of everything that determines it.
+
+Runs of a sweep or a search often share a stage (typically the teacher: same architecture,
+data, seed and settings in every run). With a store (``kdlab run --stage-store DIR``; ``kdlab
+sweep`` and ``kdlab search`` use ``<out>/.kdlab-stages``), a stage whose key is already in the
+store is not trained again: its exported model, metrics and history are copied into the run.
+
+The key hashes the stage's resolved table (model, methods, optimizer, epochs, ...), its name,
+the recipe's seed, device, determinism, data table and default-on plugin tables, the kdlab
+version, and the keys of the stages it reads (teachers, ``init``) -- or the bytes of a model
+file it reads. Data files are identified by their settings (paths), not their contents: a
+data set rewritten in place under the same path needs a new store.
+
+Safe under concurrent workers: a process about to train a stage holds an exclusive lock on
+``<store>/<key>.lock`` (``fcntl.flock``) until the stage is filed, so a second process that
+needs the same stage waits and then reuses it instead of training it twice; a process that
+dies drops its lock and leaves nothing half-filed (an entry is published by one rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from kdlab.engine.recipe import Recipe, recipe_to_dict
+
+log = logging.getLogger("kdlab")
+
+
+def _kdlab_version() -> str:
+    try:
+        return version("kdlab")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_keys(recipe: Recipe) -> dict[str, str]:
+    """Stage name -> content key, for every stage of the recipe (in order)."""
+    plain = recipe_to_dict(recipe)
+    common = {k: plain[k] for k in ("seed", "device", "deterministic", "data", "plugins")}
+    keys: dict[str, str] = {}
+    for name, stage in recipe.stages.items():
+        inputs = {}
+        for ref in [*stage.teachers, *([stage.init] if stage.init else [])]:
+            if ref in keys:
+                inputs[ref] = keys[ref]
+            else:  # a model file: by its bytes (a missing file fails later, with the loop's error)
+                path = Path(ref)
+                inputs[ref] = _file_digest(path) if path.is_file() else f"missing:{ref}"
+        content = {"kdlab": _kdlab_version(), "stage": name, "table": plain["stages"][name],
+                   "inputs": inputs, **common}
+        keys[name] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+    return keys
+
+
+def _stage_files(run_dir: Path, stage: str) -> list[Path]:
+    """What a finished stage leaves in its run directory, relative to it (checkpoints excluded:
+    a finished stage is never resumed)."""
+    found = [p.relative_to(run_dir) for p in (run_dir / "models").glob(f"{stage}.*") if p.is_file()]
+    found += [p.relative_to(run_dir) for p in [run_dir / "history" / f"{stage}.jsonl"] if p.is_file()]
+    tb = run_dir / "tb" / stage
+    if tb.is_dir():
+        found += [p.relative_to(run_dir) for p in tb.rglob("*") if p.is_file()]
+    return found
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)  # no second copy of a large model on the same file system
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class Claim:
+    """A held lock on one key: ``metrics`` is the filed stage's metrics (None: not filed yet,
+    train it and ``publish``)."""
+
+    def __init__(self, store: StageStore, key: str):
+        self.store, self.key = store, key
+        self.entry = store.root / key
+        path = self.entry / "stage.json"
+        self.metrics: dict | None = json.loads(path.read_text()) if path.is_file() else None
+
+    def restore(self, run_dir: Path, stage: str) -> dict:
+        """Copy the filed stage into ``run_dir``; returns its metrics."""
+        for rel in json.loads((self.entry / "files.json").read_text()):
+            _link_or_copy(self.entry / rel, run_dir / rel)
+        marker = run_dir / "history" / f"{stage}.reused"  # what it trained itself: kdlab.studies.search
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{self.entry}\n")
+        log.info("stage %s: reused from the stage store (%s)", stage, self.entry)
+        return dict(self.metrics)
+
+    def publish(self, run_dir: Path, stage: str, metrics: dict) -> None:
+        """File the stage just trained in ``run_dir`` (atomically: a temporary folder renamed)."""
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.", dir=self.store.root))
+        files = _stage_files(run_dir, stage)
+        for rel in files:
+            _link_or_copy(run_dir / rel, tmp / rel)
+        (tmp / "files.json").write_text(json.dumps([str(r) for r in files]))
+        (tmp / "stage.json").write_text(json.dumps(metrics, indent=1))
+        (tmp / "source.txt").write_text(f"{run_dir}\n")
+        shutil.rmtree(self.entry, ignore_errors=True)  # a damaged entry without stage.json
+        os.rename(tmp, self.entry)
+        self.metrics = metrics
+
+
+class StageStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @contextlib.contextmanager
+    def claim(self, key: str, stage: str) -> Iterator[Claim]:
+        """Hold ``key``'s lock (waiting for another process that holds it) for the block."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log.info("stage %s: another process is training the same stage; waiting for it", stage)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield Claim(self, key)
+        finally:
+            os.close(fd)  # drops the lock
