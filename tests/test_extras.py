@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("matplotlib", "espeakng_loader", "wordfreq", "flashlight", "transformers")
+EXTRAS = ("matplotlib", "espeakng_loader", "wordfreq", "flashlight", "transformers", "optuna")
 
 
 def _kdlab_without_extras(*argv: str) -> subprocess.CompletedProcess:
@@ -35,3 +35,11 @@ def test_missing_extras_are_named(tmp_path):
                                 "--set", "defaults.epochs=1", "--set", "plugins.progress.enabled=false")
     report = _kdlab_without_extras("report", str(tmp_path / "runs"), "--plots", str(tmp_path / "plots"))
     assert report.returncode == 2 and "pip install 'kdlab[plots]'" in report.stderr, report.stderr
+
+
+def test_search_names_its_extra(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text((ROOT / "recipes" / "digits_arch_optuna.toml").read_text())
+    done = _kdlab_without_extras("search", str(recipe), "--out", str(tmp_path / "runs"))
+    assert done.returncode == 2 and "pip install 'kdlab[search]'" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

@@ -84,3 +84,19 @@ def test_ru_phonemes_recipe_smoke(tmp_path, catalogue, capsys):
         assert all(set(ln.split("\t")[1].split()) <= set(INVENTORY) for ln in lines)
     assert main(["transcribe", str(result.run_dir / "models" / "student_ctc.pt"), str(tmp_path / "missing.wav")]) == 2
     assert "missing.wav: no such audio file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.toml")))
+def test_every_shipped_recipe_and_its_study_tables_validate(recipe, catalogue):
+    import tomllib
+
+    from kdlab.engine.recipe import load_recipe
+    from kdlab.studies import search, sweep
+
+    path = ROOT / "recipes" / recipe
+    load_recipe(path, catalogue)
+    tables = tomllib.loads(path.read_text())
+    if "sweep" in tables:
+        assert sweep.plan(path, catalogue).runs
+    if "search" in tables:
+        assert search.plan(path, catalogue).config.params

@@ -422,15 +422,18 @@ def structure_recipe(
     overridden: dict[tuple, str] = {}
     for number, item in enumerate(overrides):
         keys, value = parse_override(item)
-        node = raw
-        for k in keys[:-1]:
+        node, created = raw, keys  # created: the shortest key path the override adds to the recipe
+        for depth, k in enumerate(keys[:-1]):
+            if k not in node and created is keys:
+                created = keys[: depth + 1]
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise RecipeError([f"--set {item}: '{k}' is not a table"])
         node[keys[-1]] = value
         from_sweep = number >= len(overrides) - sweep_count
         line = sweep_line(text or "", ".".join(keys), table) if from_sweep else None
-        overridden[keys] = (f"{file}:{line}" if line else file) if from_sweep else "--set"
+        # a misspelt key the override made ("optimiser") is reported where the override is written
+        overridden[created] = (f"{file}:{line}" if line else file) if from_sweep else "--set"
     problems = _Problems(file, text, overridden, table)
 
     # `sweep` and `search` are read by `kdlab sweep` and `kdlab search` (kdlab.studies); a run ignores them

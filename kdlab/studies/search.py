@@ -53,7 +53,7 @@ from attrs import Factory, field
 from attrs import validators as v
 
 from kdlab.engine.errors import KdlabError, RecipeError, missing_extra
-from kdlab.engine.recipe import _Problems, load_recipe, locate, sweep_line
+from kdlab.engine.recipe import _Problems, load_recipe, locate, parse_override, sweep_line
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
 from kdlab.studies.sweep import STORE_DIR, SweepRun, die_with_parent
@@ -146,6 +146,15 @@ def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (
         raise RecipeError([f"{recipe_path}: cannot read the recipe ({exc})"]) from exc
     if raw is None:
         raise KdlabError(f"{recipe_path}: no [search] table (see `kdlab search --help`)")
+    for item in overrides:  # --set search.trials=30 and the like
+        keys, value = parse_override(item)
+        if keys[0] == "search" and len(keys) > 1 and isinstance(raw, dict):
+            node = raw
+            for k in keys[1:-1]:
+                node = node.setdefault(k, {})
+                if not isinstance(node, dict):
+                    raise RecipeError([f"--set {item}: '{k}' is not a table"])
+            node[keys[-1]] = value
     problems = _Problems(str(recipe_path), text, {})
     config = problems.structure(raw, SearchConfig, ("search",))
     problems.raise_if_any()

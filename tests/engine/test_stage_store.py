@@ -1,0 +1,81 @@
+"""Shared stages: a stage the same in two runs trains once, reuse changes no result, the key
+follows everything that determines the stage, and concurrent runs wait instead of training twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from kdlab.cli import main
+from kdlab.engine.recipe import load_recipe
+from kdlab.engine.runner import run
+from kdlab.engine.stage_store import stage_keys
+from tests.conftest import TINY
+
+
+def _trained(run_dir, stage) -> bool:
+    return not (run_dir / "history" / f"{stage}.reused").exists()
+
+
+def test_a_shared_teacher_trains_once_and_reuse_changes_nothing(write_recipe, tmp_path, catalogue):
+    recipe = write_recipe()
+    store = tmp_path / "store"
+    wider = ["stages.student.model.channels=[8, 8]"]
+    first = run(recipe, out=tmp_path / "a", catalogue=catalogue, stage_store=store)
+    second = run(recipe, overrides=wider, out=tmp_path / "a", catalogue=catalogue, stage_store=store)
+    alone = run(recipe, overrides=wider, out=tmp_path / "b", catalogue=catalogue)  # no store
+    assert _trained(first.run_dir, "teacher") and not _trained(second.run_dir, "teacher")
+    assert _trained(second.run_dir, "student")
+    teacher = (first.run_dir / "models" / "teacher.pt").read_bytes()
+    assert (second.run_dir / "models" / "teacher.pt").read_bytes() == teacher
+    assert second.metrics["teacher"] == first.metrics["teacher"]
+    assert json.loads((second.run_dir / "metrics.json").read_text())["teacher"] == first.metrics["teacher"]
+    assert (second.run_dir / "history" / "teacher.jsonl").is_file()
+    # the student distilled from the reused teacher is the one distilled from a teacher trained in its own run
+    def untimed(metrics):
+        return {k: val for k, val in metrics.items() if k != "latency_ms"}
+
+    assert untimed(second.metrics["student"]) == untimed(alone.metrics["student"])
+
+
+def test_the_key_follows_settings_and_inputs(write_recipe, tmp_path, catalogue):
+    recipe = write_recipe()
+    base = stage_keys(load_recipe(recipe, catalogue))
+    seed = stage_keys(load_recipe(recipe, catalogue, ["seed=1"]))
+    teacher_epochs = stage_keys(load_recipe(recipe, catalogue, ["stages.teacher.epochs=3"]))
+    student_lr = stage_keys(load_recipe(recipe, catalogue, ["stages.student.optimizer.lr=0.1"]))
+    assert seed["teacher"] != base["teacher"] and seed["student"] != base["student"]
+    # a changed teacher changes the key of the student that reads it
+    assert teacher_epochs["teacher"] != base["teacher"] and teacher_epochs["student"] != base["student"]
+    assert student_lr["teacher"] == base["teacher"] and student_lr["student"] != base["student"]
+    # a teacher read from a file: by its bytes, not its name
+    model = tmp_path / "t.pt"
+    model.write_bytes(b"one")
+    from_file = write_recipe(TINY.replace('teachers = ["teacher"]', f'teachers = ["{model}"]'), "file.toml")
+    before = stage_keys(load_recipe(from_file, catalogue))["student"]
+    model.write_bytes(b"two")
+    assert stage_keys(load_recipe(from_file, catalogue))["student"] != before
+
+
+def test_concurrent_runs_train_a_shared_stage_once(write_recipe, tmp_path):
+    recipe = write_recipe(TINY.replace("epochs = 2", "epochs = 6"))
+    cmd = [sys.executable, "-m", "kdlab", "run", str(recipe), "--out", str(tmp_path), "--stage-store",
+           str(tmp_path / "store")]
+    procs = [subprocess.Popen([*cmd, "--set", f"stages.student.optimizer.lr={lr}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for lr in (0.01, 0.02)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    trained = sum("stage teacher: plugins" in log for log in logs)
+    reused = sum("stage teacher: reused from the stage store" in log for log in logs)
+    assert (trained, reused) == (1, 1), logs
+
+
+def test_sweep_shares_stages_and_can_be_told_not_to(write_recipe, tmp_path):
+    recipe = write_recipe(TINY + '\n[sweep]\nseeds = [0]\ngrid."stages.student.optimizer.lr" = [0.01, 0.02]\n')
+    assert main(["sweep", str(recipe), "--out", str(tmp_path / "shared")]) == 0
+    dirs = sorted((tmp_path / "shared" / "tiny").glob("*/metrics.json"))
+    assert len(dirs) == 2 and sum(_trained(d.parent, "teacher") for d in dirs) == 1
+    assert main(["sweep", str(recipe), "--out", str(tmp_path / "own"), "--no-shared-stages"]) == 0
+    dirs = sorted((tmp_path / "own" / "tiny").glob("*/metrics.json"))
+    assert sum(_trained(d.parent, "teacher") for d in dirs) == 2 and not (tmp_path / "own" / ".kdlab-stages").exists()
