@@ -256,6 +256,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from pathlib import Path
+
     from kdlab.engine.recipe import load_recipe, recipe_to_dict
     from kdlab.engine.registry import call_order, discover
     from kdlab.engine.runner import stage_plugins
@@ -271,6 +273,14 @@ def cmd_validate(args) -> int:
 
     if sweep.read_sweep(args.recipe):
         print(f"# sweep: {len(sweep.plan(args.recipe, catalogue, args.overrides).runs)} runs, every one valid\n")
+    import tomllib
+
+    if "search" in tomllib.loads(Path(args.recipe).read_text(encoding="utf-8")):
+        from kdlab.studies import search
+
+        found = search.plan(args.recipe, catalogue, args.overrides)
+        print(f"# search: {len(found.config.params)} keys, every range end and choice valid; objectives "
+              + ", ".join(f"{o.stage} {o.metric} ({o.direction})" for o in found.objectives) + "\n")
     for name in recipe.stages:
         names = stage_plugins(recipe, catalogue, name)
         print(f"# stage {name}: plugins {', '.join(names)}")

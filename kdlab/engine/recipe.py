@@ -268,6 +268,9 @@ class _Problems:
         raise RecipeError(lines)
 
 
+Problems = _Problems  # for other tables validated in the recipe's style ([search], kdlab.studies.search)
+
+
 def _covers(override: tuple, path: tuple) -> bool:
     """Whether the value at ``path`` came from the override of key ``override`` (a
     ``defaults.X`` override reaches every stage's ``X``)."""

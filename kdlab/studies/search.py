@@ -53,7 +53,7 @@ from attrs import Factory, field
 from attrs import validators as v
 
 from kdlab.engine.errors import KdlabError, RecipeError, missing_extra
-from kdlab.engine.recipe import _Problems, load_recipe, locate, parse_override, sweep_line
+from kdlab.engine.recipe import Problems, load_recipe, locate, parse_override, sweep_line
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
 from kdlab.studies.sweep import STORE_DIR, SweepRun, die_with_parent
@@ -155,7 +155,7 @@ def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (
                 if not isinstance(node, dict):
                     raise RecipeError([f"--set {item}: '{k}' is not a table"])
             node[keys[-1]] = value
-    problems = _Problems(str(recipe_path), text, {})
+    problems = Problems(str(recipe_path), text, {})
     config = problems.structure(raw, SearchConfig, ("search",))
     problems.raise_if_any()
 
@@ -358,7 +358,7 @@ def objective_fn(p: SearchPlan, out: Path, catalogue: Catalogue):
                 cat = catalogue
                 if p.prune_metric is not None and i == 0:  # the pruner judges the first seed's curve
                     cat = discover(extra={"trial_pruning": TrialPruning(trial, p.objectives[0].stage, p.prune_metric)})
-                run_dirs.append(str(out / p.name / r.run_id))
+                run_dirs.append(str((out / p.name / r.run_id).resolve()))
                 trial.set_user_attr("runs", run_dirs)
                 log.info("trial %d, seed %d: %s", trial.number, seed, " ".join(r.overrides))
                 try:
