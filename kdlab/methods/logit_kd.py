@@ -7,6 +7,12 @@ The KL is averaged over the batch; T^2 keeps the gradient scale independent of T
 teachers the KD term is the mean over teachers. Loss terms: ``kd`` (already multiplied by alpha)
 and ``ce`` (multiplied by 1 - alpha, left out when alpha = 1). Because this method supplies the
 hard-label term itself, do not enable ``supervised`` in the same stage.
+
+``standardize = true``: logit standardisation (Sun et al. 2024, "Logit Standardization in
+Knowledge Distillation", arXiv:2403.01427): each sample's student and teacher logits are z-scored
+(minus their mean, over their standard deviation) before the temperature, so the student matches
+the teacher's logit *relations* rather than their scale. An option of every logit method
+(``logit_kd``, ``dkd``, ``dist``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from kdlab import KdlabError, hookimpl
 class LogitKDConfig:
     temperature: float = field(default=4.0, validator=v.gt(0))
     alpha: float = field(default=0.9, validator=[v.ge(0), v.le(1)])
+    standardize: bool = False
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Each row z-scored: (z - mean) / (std + eps), the std with Bessel's correction as in the
+    paper's code."""
+    logits = logits.float()
+    return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True) + eps)
 
 
 def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
@@ -45,7 +59,9 @@ class LogitKD:
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = stage.config_for(self)
-        kd = sum(hinton_kd_loss(student_out.logits, t.logits, temperature=cfg.temperature) for t in teacher_outs)
+        norm = standardize if cfg.standardize else (lambda z: z)
+        kd = sum(hinton_kd_loss(norm(student_out.logits), norm(t.logits), temperature=cfg.temperature)
+                 for t in teacher_outs)
         terms = {"kd": cfg.alpha * kd / len(teacher_outs)}
         if cfg.alpha < 1:
             terms["ce"] = (1 - cfg.alpha) * F.cross_entropy(student_out.logits, batch.targets)

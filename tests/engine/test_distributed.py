@@ -193,3 +193,28 @@ def test_in_batch_losses_over_two_processes_match_one(write_recipe, tmp_path):
     for part in ("student", "extra"):
         worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
         assert worst < ATOL, (part, worst)
+
+
+def test_the_anchor_methods_over_two_processes_match_one(write_recipe, tmp_path):
+    """The relation methods over the batch (SP, RKD, PKT, CC, DIST's intra-class term) gather the
+    global batch; DKD and attention transfer are per sample: all at once, two processes train like
+    one. Uneven shares as above. (NST is per sample too, but training with it amplifies rounding
+    differences chaotically -- 1e-2 apart after two epochs even with SGD -- so its share
+    arithmetic is checked on its gradient in tests/methods/test_feature_relations.py.)"""
+    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        'taps = { student = { emb = "embed", feat = "blocks.1" }, teacher = { emb = "embed", feat = "blocks.1" } }\n'
+        "methods.supervised = {}\nmethods.dkd = { warmup_epochs = 1 }\nmethods.dist = {}\n"
+        "methods.attention = {}\nmethods.sp = {}\nmethods.rkd = {}\nmethods.pkt = {}\n"
+        "methods.cc = {}")
+    recipe = write_recipe(text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kdlab = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r"]
+    one = subprocess.run([*kdlab, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*kdlab, "--out", str(tmp_path / "two"), "--nproc", "2"], env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = torch.load(tmp_path / "one/tiny/r/checkpoints/student/last.pt", weights_only=True)["student"]
+    b = torch.load(tmp_path / "two/tiny/r/checkpoints/student/last.pt", weights_only=True)["student"]
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < ATOL, worst
