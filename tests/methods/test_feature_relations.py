@@ -137,9 +137,22 @@ def test_nst_is_a_per_sample_mean_so_count_weighted_shares_give_the_batch_gradie
     assert torch.allclose(whole, shares, atol=1e-7)
 
 
+def test_vid_is_the_gaussian_negative_log_likelihood_per_channel():
+    from kdlab.methods.vid import VIDHead, vid_loss
+
+    mean, var = MS[:, :2], torch.tensor([0.5, 2.0])
+    target = MT[:, :2]
+    want = sum(0.5 * ((mean[0, c].flatten()[i].item() - target[0, c].flatten()[i].item()) ** 2 / var[c].item()
+                      + math.log(var[c].item())) for c in range(2) for i in range(4)) / 8
+    assert vid_loss(mean, var, target).item() == pytest.approx(want, rel=1e-6)
+    head = VIDHead(2, 3, init_var=5.0, eps=1e-5)
+    assert torch.allclose(head.variance(), torch.full((3,), 5.0))
+    assert head.mean(MS).shape == MT.shape
+
+
 TAPS = {"student": {"emb": "embed", "feat": "blocks.1"}, "teacher": {"emb": "embed", "feat": "blocks.1"}}
 
 
-@pytest.mark.parametrize("name", ["attention", "sp", "rkd", "pkt", "cc", "nst"])
+@pytest.mark.parametrize("name", ["attention", "sp", "rkd", "pkt", "cc", "nst", "vid"])
 def test_round_trip_alone_composed_and_resumed(name, tmp_path):
     check_method(name, {}, taps=TAPS, workdir=tmp_path)
