@@ -1,0 +1,153 @@
+"""Parity of kdlab's loss functions with torchdistill 1.1.5's, on the same tensors.
+
+    python3 -m venv /tmp/tdenv
+    /tmp/tdenv/bin/pip install torch==2.14.1 torchvision==0.29.1 torchdistill==1.1.5
+    python -m benchmarks.parity_torchdistill --torchdistill-python /tmp/tdenv/bin/python
+
+For every method both implement (Hinton KD, logit standardisation, DIST, attention transfer,
+SP, RKD, PKT, CC, VID), seeded random logits, feature maps and embeddings of a CIFAR-100-like
+batch (64 samples, 100 classes; maps 16 and 32 channels at 8x8; embeddings 64 and 128 wide) go
+to kdlab's pure loss here and to torchdistill's loss module in its own environment (it needs
+torch >= 2.12). Printed: both values and their largest relative difference, first as each library
+computes by default, then with the documented difference of convention applied (the "converted"
+rows), which must agree to float32 rounding. DKD and NST are not in torchdistill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+T, BATCH, CLASSES = 4.0, 64, 100
+
+
+def tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "s_logits": torch.randn(BATCH, CLASSES, generator=g) * 3,
+        "t_logits": torch.randn(BATCH, CLASSES, generator=g) * 5,
+        "targets": torch.randint(0, CLASSES, (BATCH,), generator=g),
+        "s_map": torch.relu(torch.randn(BATCH, 16, 8, 8, generator=g)),
+        "t_map": torch.relu(torch.randn(BATCH, 32, 8, 8, generator=g)),
+        "s_emb": torch.randn(BATCH, 64, generator=g),
+        "t_emb": torch.randn(BATCH, 128, generator=g),
+        "vid_var": torch.rand(32, generator=g) + 0.5,
+        "vid_mean": torch.randn(BATCH, 32, 8, 8, generator=g),
+    }
+
+
+def kdlab_side(x: dict) -> dict[str, float]:
+    import torch.nn.functional as F
+
+    from kdlab.methods.attention import attention_loss
+    from kdlab.methods.cc import CCConfig, cc_loss
+    from kdlab.methods.dist import dist_loss
+    from kdlab.methods.logit_kd import hinton_kd_loss, standardize
+    from kdlab.methods.pkt import pkt_loss
+    from kdlab.methods.rkd import RKDConfig, rkd_loss
+    from kdlab.methods.sp import sp_loss
+    from kdlab.methods.vid import vid_loss
+
+    ce = F.cross_entropy(x["s_logits"], x["targets"])
+    unit_s, unit_t = F.normalize(x["s_emb"], dim=1), F.normalize(x["t_emb"], dim=1)
+    return {
+        # kdlab: (1 - alpha) CE + alpha T^2 KL; torchdistill's KDLoss: alpha CE + (1 - alpha) T^2 KL
+        "kd (alpha 0.3)": (1 - 0.3) * ce + 0.3 * hinton_kd_loss(x["s_logits"], x["t_logits"], temperature=T),
+        "logit standardisation (alpha 0.5)": 0.5 * ce + 0.5 * hinton_kd_loss(
+            standardize(x["s_logits"]), standardize(x["t_logits"]), temperature=T),
+        "dist": dist_loss(x["s_logits"], x["t_logits"], temperature=T, beta=1.0, gamma=2.0),
+        "attention": attention_loss(x["s_map"], x["t_map"], 2.0),
+        "sp": sp_loss(x["s_map"], x["t_map"]),
+        "sp, converted": sp_loss(x["s_map"], x["t_map"]),
+        "rkd": rkd_loss(x["s_emb"], x["t_emb"], RKDConfig(distance_weight=25.0, angle_weight=50.0)),
+        "pkt": pkt_loss(x["s_emb"], x["t_emb"]),
+        "cc": cc_loss(x["s_emb"], x["t_emb"], CCConfig(gamma=0.4)),
+        "cc, converted": cc_loss(unit_s, unit_t, CCConfig(gamma=0.4)).sqrt(),
+        "vid": vid_loss(x["vid_mean"], x["vid_var"], x["t_map"]),
+    }
+
+
+def torchdistill_side(x: dict) -> dict[str, float]:
+    import torch.nn.functional as F
+    from torchdistill.losses.mid_level import (ATLoss, CCKDLoss, DISTLoss, KDLoss, LogitStdKDLoss, PKTLoss, RKDLoss,
+                                               SPKDLoss, VIDLoss)
+
+    def io(**tensors):
+        return {name: {"output": t} for name, t in tensors.items()}
+
+    s = io(logits=x["s_logits"], map=x["s_map"], emb=x["s_emb"], unit=F.normalize(x["s_emb"], dim=1),
+           vid=(x["vid_mean"], x["vid_var"].view(1, -1, 1, 1)))
+    t = io(logits=x["t_logits"], map=x["t_map"], emb=x["t_emb"], unit=F.normalize(x["t_emb"], dim=1))
+    logit_paths = {"student_module_path": "logits", "student_module_io": "output",
+                   "teacher_module_path": "logits", "teacher_module_io": "output"}
+    pair = {"p": {"student": {"path": "map", "io": "output"}, "teacher": {"path": "map", "io": "output"}}}
+    vid_pair = {"p": {"student": {"path": "vid", "io": "output"}, "teacher": {"path": "map", "io": "output"}}}
+    pkt = {"student_module_path": "emb", "student_module_io": "output", "teacher_module_path": "emb",
+           "teacher_module_io": "output"}
+    gauss = {"type": "gaussian", "gamma": 0.4, "max_p": 2}
+    sp_l2 = SPKDLoss("map", "map", reduction="batchmean")
+    sp_l2.matmul_and_normalize = lambda z: F.normalize(z.flatten(1) @ z.flatten(1).t(), p=2, dim=1)
+    return {
+        "kd (alpha 0.3)": KDLoss(temperature=T, alpha=0.7, **logit_paths)(s, t, x["targets"]),
+        "logit standardisation (alpha 0.5)": LogitStdKDLoss(temperature=T, alpha=0.5, **logit_paths)(s, t, x["targets"]),
+        "dist": DISTLoss(beta=1.0, gamma=2.0, tau=T, **logit_paths)(s, t),
+        "attention": ATLoss(pair, mode="code")(s, t),
+        "sp": SPKDLoss("map", "map", reduction="batchmean")(s, t),
+        "sp, converted": sp_l2(s, t),
+        "rkd": RKDLoss("emb", "emb", dist_factor=25.0, angle_factor=50.0, reduction="mean")(s, t),
+        "pkt": PKTLoss(**pkt)(s, t),
+        "cc": CCKDLoss("emb", "emb", gauss, reduction="batchmean")(s, t),
+        # the exact kernel is the Taylor series' limit; on unit vectors exp(-g|a-b|^2) is it
+        "cc, converted": CCKDLoss("unit", "unit", {**gauss, "max_p": 30}, reduction="batchmean")(s, t) * BATCH,
+        "vid": VIDLoss(vid_pair)(s, t),
+    }
+
+
+NOTES = {
+    "sp": "torchdistill calls normalize(G, 1), which is p = 1: rows scaled to unit L1 norm; the paper and "
+          "RepDistiller scale them to unit L2 norm, as kdlab does",
+    "sp, converted": "torchdistill's SPKDLoss with its row normalisation made L2",
+    "kd (alpha 0.3)": "alpha weighs KD in kdlab, CE in torchdistill: kdlab 0.3 = torchdistill 0.7",
+    "cc": "kdlab: exact Gaussian kernel on L2-normalised embeddings, squared Frobenius norm / b^2; "
+          "torchdistill: 2nd-order Taylor series on raw embeddings, Frobenius norm / b^2",
+    "cc, converted": "both on unit vectors, torchdistill's series to order 30, kdlab's value square-rooted x b",
+    "pkt": "kdlab normalises with max(|x|, eps), torchdistill with |x| + eps (eps 1e-7)",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--torchdistill-python", help="python of an environment with torchdistill 1.1.5")
+    parser.add_argument("--side", choices=["torchdistill"], help=argparse.SUPPRESS)
+    parser.add_argument("--io", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        x = torch.load(args.io[0], weights_only=True)
+        torch.save({k: float(v) for k, v in torchdistill_side(x).items()}, args.io[1])
+        return
+    root = Path(__file__).resolve().parents[1]
+    x = tensors()
+    ours = {k: float(v) for k, v in kdlab_side(x).items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(x, Path(tmp) / "in.pt")
+        done = subprocess.run([args.torchdistill_python, "-m", "benchmarks.parity_torchdistill", "--side",
+                               "torchdistill", "--io", str(Path(tmp) / "in.pt"), str(Path(tmp) / "out.pt")],
+                              capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": ""})
+        if done.returncode:
+            sys.exit(done.stderr)
+        theirs = torch.load(Path(tmp) / "out.pt", weights_only=True)
+    print("| loss | kdlab | torchdistill 1.1.5 | relative difference | convention |")
+    print("|---|---|---|---|---|")
+    for name, value in ours.items():
+        other = theirs[name]
+        rel = abs(value - other) / max(abs(other), 1e-12)
+        print(f"| {name} | {value:.7g} | {other:.7g} | {rel:.1e} | {NOTES.get(name, 'same')} |")
+
+
+if __name__ == "__main__":
+    main()
