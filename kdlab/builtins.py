@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kdlab.data import phonemes, speech_commands, vision
 from kdlab.engine.hookspecs import hookimpl
-from kdlab.models import cnn, conformer_ctc, crnn, resnet, vit, wav2vec2_ctc
+from kdlab.models import cifar, cnn, conformer_ctc, crnn, resnet, vit, wav2vec2_ctc
 
 
 class Models:
@@ -24,6 +24,11 @@ class Models:
         models.add("resnet18", resnet.ResNetConfig, resnet.build_resnet18)
         models.add("resnet50", resnet.ResNetConfig, resnet.build_resnet50)
         models.add("vit", vit.ViTConfig, vit.build)
+        models.add("cifar_resnet", cifar.CifarResNetConfig, cifar.build_cifar_resnet)
+        models.add("wrn", cifar.WRNConfig, cifar.build_wrn)
+        models.add("vgg_bn", cifar.VGGConfig, cifar.build_vgg)
+        for name in cifar.TABLE:  # resnet8x4, wrn_40_2, vgg13, ... as the distillation tables name them
+            models.add(name, cifar.TableModelConfig, cifar.table_builder(name))
 
 
 class CRNNModels:
