@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated stages to show (and to put on the Pareto front and plots)")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots (metric vs MACs, params, bytes; curves) "
                    "and the same as TensorBoard images to DIR")
+    p.add_argument("--published", metavar="FILE", help="the runs as a published table (rows: teacher -> student "
+                   "pairs, columns: methods) with the published values beside (e.g. docs/published/cifar100.toml)")
     p = sub.add_parser("data", help="generate a synthetic corpus (speech data sets cannot be downloaded here)")
     common(p, recipe=False)
     data = p.add_subparsers(dest="corpus", required=True)
@@ -338,6 +340,11 @@ def cmd_report(args) -> int:
                 print(f"wrote {path}", file=sys.stderr)
         return 0
     runs = aggregate.find_runs(args.run_dirs)
+    if args.published:
+        from kdlab.studies import published
+
+        print(published.compare(runs, published.load_table(args.published)), end="")
+        return 0
     if args.per_run:
         rows = [{"run": str(r.run_dir), "stage": s, **m} for r in runs for s, m in r.metrics.items()]
         print(report.markdown(rows) if args.format == "md" else report.to_csv(rows), end="\n" if args.format == "md" else "")

@@ -29,6 +29,7 @@ NAME = "feature_kd"
 class FeatureKDConfig(FeaturePairConfig):
     student: str = "feat"  # alias in [stages.<s>.taps.student]
     teacher: str = "feat"  # alias in [stages.<s>.taps.teacher]
+    weight: float = field(default=1.0, validator=v.ge(0))  # the published CIFAR-100 runs use 100
 
 
 def make_adapter(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> nn.Module:
@@ -64,5 +65,5 @@ class FeatureKD:
     @hookimpl
     def kdlab_loss_terms(self, stage, student_out, teacher_outs):
         cfg = stage.config_for(self)
-        return {"hint": feature_hint_loss(*paired(cfg, student_out, teacher_outs),
-                                          stage.extra[f"{NAME}_adapter"])}
+        hint = feature_hint_loss(*paired(cfg, student_out, teacher_outs), stage.extra[f"{NAME}_adapter"])
+        return {"hint": hint if cfg.weight == 1.0 else cfg.weight * hint}

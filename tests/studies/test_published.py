@@ -1,0 +1,65 @@
+"""The CIFAR-100 protocol recipe, smoke-swept on small files in the real format, reported beside
+the published table (kdlab report --published)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from kdlab.cli import main
+from kdlab.engine.errors import KdlabError
+from kdlab.studies import published
+from tests.data.test_vision import make_cifar
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_protocol_sweep_reported_beside_the_published_table(tmp_path, capsys):
+    make_cifar(tmp_path / "data", hundred=True)
+    recipe = tomllib.loads((ROOT / "recipes" / "cifar100_protocol.toml").read_text())
+    assert recipe["defaults"]["epochs"] == 240 and recipe["data"]["batch_size"] == 64
+    assert recipe["defaults"]["scheduler"]["milestones"] == [150, 180, 210]
+    methods = recipe["sweep"]["grid"]["stages.student.methods"]
+    assert len(methods) == 12
+    # smoke scale: the first pair, three of the methods, two seeds, one short epoch
+    recipe["sweep"] = {"seeds": [0, 1], "zip": {k: v[:1] for k, v in recipe["sweep"]["zip"].items()},
+                       "grid": {"stages.student.methods": [methods[0], methods[1], methods[10]]}}
+    recipe["data"].update(root=str(tmp_path / "data"), verify=False, val_size=4, batch_size=8, eval_batch_size=8,
+                          train_limit=16, num_workers=0)
+    recipe["defaults"]["epochs"] = 1
+    recipe["device"] = "cpu"
+    recipe["plugins"] = {"progress": {"enabled": False}, "tensorboard": {"enabled": False}}
+    path = tmp_path / "protocol.toml"
+    path.write_text(tomli_w.dumps(recipe))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs")]) == 0
+    runs = sorted((tmp_path / "runs" / "cifar100_protocol").glob("*/metrics.json"))
+    assert len(runs) == 6
+    trained = [r.parent for r in runs if not (r.parent / "history" / "teacher.reused").exists()]
+    assert len(trained) == 2  # one teacher per seed, shared by the three methods
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs" / "cifar100_protocol"), "--published",
+                 str(ROOT / "docs" / "published" / "cifar100.toml")]) == 0
+    out = capsys.readouterr().out
+    header = [c.strip() for c in next(line for line in out.splitlines()
+                                      if line.startswith("| teacher -> student")).strip("|").split("|")]
+    assert header[1:4] == ["teacher", "student alone", "KD"]
+    row = next(line for line in out.splitlines() if line.startswith("| resnet32x4 -> resnet8x4"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1].endswith("(2); pub. 79.42")  # the teacher, over both seeds
+    assert "(2)" in cells[2] and cells[2].endswith("pub. 72.50")
+    assert "(2)" in cells[3] and cells[3].endswith("pub. 73.33")
+    assert cells[4] == "-; pub. 73.50"  # FitNet was not run here
+    assert "(2)" in cells[header.index("DKD")] and cells[header.index("DKD")].endswith("pub. 76.32")
+
+
+def test_bad_published_tables_are_one_line_errors(tmp_path):
+    bad = tmp_path / "t.toml"
+    bad.write_text('source = "x"\nmetric = "test/accuracy"\n[columns]\n')
+    with pytest.raises(KdlabError, match="needs a 'rows' key"):
+        published.load_table(bad)
+    bad.write_text('source = "x"\nmetric = "test/accuracy"\ncolumns = {}\nrows = [{ teacher = "a" }]\n')
+    with pytest.raises(KdlabError, match=r"rows\[0\] needs teacher, student and values"):
+        published.load_table(bad)
