@@ -196,8 +196,8 @@ def test_in_batch_losses_over_two_processes_match_one(write_recipe, tmp_path):
 
 
 def test_the_anchor_methods_over_two_processes_match_one(write_recipe, tmp_path):
-    """The relation methods over the batch (SP, RKD, PKT, CC, DIST's intra-class term) gather the
-    global batch; DKD and attention transfer are per sample: all at once, two processes train like
+    """The relation methods over the batch (SP, RKD, PKT, CC, DIST's intra-class term, CRD with its
+    memory banks and shared negatives) gather the global batch; DKD and attention transfer are per sample: all at once, two processes train like
     one. Uneven shares as above. (NST is per sample too, but training with it amplifies rounding
     differences chaotically -- 1e-2 apart after two epochs even with SGD -- so its share
     arithmetic is checked on its gradient in tests/methods/test_feature_relations.py.)"""
@@ -206,7 +206,7 @@ def test_the_anchor_methods_over_two_processes_match_one(write_recipe, tmp_path)
         'taps = { student = { emb = "embed", feat = "blocks.1" }, teacher = { emb = "embed", feat = "blocks.1" } }\n'
         "methods.supervised = {}\nmethods.dkd = { warmup_epochs = 1 }\nmethods.dist = {}\n"
         "methods.attention = {}\nmethods.sp = {}\nmethods.rkd = {}\nmethods.pkt = {}\n"
-        "methods.cc = {}")
+        "methods.cc = {}\nmethods.crd = { negatives = 64, feat_dim = 16 }")
     recipe = write_recipe(text)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     kdlab = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r"]

@@ -95,7 +95,7 @@ def test_all_methods_compose_in_one_stage(write_recipe, tmp_path, catalogue):
     terms = {t for t in acc.Tags()["scalars"] if t.startswith("loss/")}
     assert terms == {"loss/total", "loss/ce", "loss/kd", "loss/hint", "loss/geometry", "loss/contrastive",
                      "loss/ae_recon", "loss/triplet", "loss/latent_kd", "loss/dkd", "loss/dist", "loss/at", "loss/sp",
-                     "loss/rkd", "loss/pkt", "loss/cc", "loss/nst", "loss/vid"}
+                     "loss/rkd", "loss/pkt", "loss/cc", "loss/nst", "loss/vid", "loss/crd"}
     assert {"geometry/student", "geometry/teacher"} <= set(acc.Tags()["images"])
 
 

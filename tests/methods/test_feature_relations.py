@@ -150,9 +150,28 @@ def test_vid_is_the_gaussian_negative_log_likelihood_per_channel():
     assert head.mean(MS).shape == MT.shape
 
 
+def test_crd_nce_contrast_and_memory_update_by_hand():
+    from kdlab.methods.crd import contrast, nce_loss, update_memory
+
+    scores = [[0.5, 0.1, 0.3], [2.0, 0.2, 0.05]]  # positive first, K = 2 negatives
+    n = 10
+    noise = 2 / n
+    want = -sum(math.log(r[0] / (r[0] + noise + 1e-7)) + sum(math.log(noise / (x + noise + 1e-7)) for x in r[1:])
+                for r in scores) / 2
+    assert nce_loss(torch.tensor(scores), n).item() == pytest.approx(want, rel=1e-6)
+    memory = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    anchor = torch.tensor([[0.8, 0.6]])
+    got = contrast(anchor, memory, torch.tensor([[2, 0, 1]]), temperature=0.5)
+    assert got[0].tolist() == pytest.approx([math.exp(0.96 / 0.5), math.exp(0.8 / 0.5), math.exp(0.6 / 0.5)], rel=1e-6)
+    update_memory(memory, torch.tensor([1]), torch.tensor([[1.0, 0.0]]), momentum=0.5)
+    assert memory[1].tolist() == pytest.approx([math.sqrt(0.5), math.sqrt(0.5)])
+    assert memory[0].tolist() == [1.0, 0.0]  # other rows untouched
+
+
 TAPS = {"student": {"emb": "embed", "feat": "blocks.1"}, "teacher": {"emb": "embed", "feat": "blocks.1"}}
 
 
-@pytest.mark.parametrize("name", ["attention", "sp", "rkd", "pkt", "cc", "nst", "vid"])
-def test_round_trip_alone_composed_and_resumed(name, tmp_path):
-    check_method(name, {}, taps=TAPS, workdir=tmp_path)
+@pytest.mark.parametrize(("name", "config"), [("attention", {}), ("sp", {}), ("rkd", {}), ("pkt", {}), ("cc", {}),
+                                            ("nst", {}), ("vid", {}), ("crd", {"negatives": 64, "feat_dim": 16})])
+def test_round_trip_alone_composed_and_resumed(name, config, tmp_path):
+    check_method(name, config, taps=TAPS, workdir=tmp_path)
