@@ -1,6 +1,7 @@
 """The CIFAR architectures of the distillation tables (CRD/RepDistiller, mdistiller, DKD):
 ResNets for 32x32 inputs (resnet20, resnet56, resnet110, resnet8x4, resnet32x4), wide ResNets
-(wrn_16_2, wrn_40_1, wrn_40_2) and VGG with batch norm (vgg8, vgg13), built to the same layer
+(wrn_16_2, wrn_40_1, wrn_40_2), VGG with batch norm (vgg8, vgg13), and the mobile students
+(mobilenetv2, shufflenetv1, shufflenetv2: ``cifar_mobile.py``), built to the same layer
 structure as RepDistiller's definitions so their parameter counts are the published ones
 (``tests/models/test_cifar.py`` pins them). Written here rather than taken from torchvision,
 whose ResNets and VGGs are the ImageNet ones (a 7x7 stem, four stages, 4096-wide classifiers).
@@ -195,6 +196,22 @@ TABLE = {
     "vgg8": (build_vgg, VGGConfig(layers=8)),
     "vgg13": (build_vgg, VGGConfig(layers=13)),
 }
+
+
+def _mobile(cls_name: str):
+    def build(_settings, data) -> nn.Module:
+        from kdlab.models import cifar_mobile
+
+        return getattr(cifar_mobile, cls_name)(data.input_shape[0], data.num_classes)
+
+    return build
+
+
+TABLE.update({  # the mobile students (kdlab/models/cifar_mobile.py)
+    "mobilenetv2": (_mobile("MobileNetV2"), None),
+    "shufflenetv1": (_mobile("ShuffleNetV1"), None),
+    "shufflenetv2": (_mobile("ShuffleNetV2"), None),
+})
 
 
 def table_builder(name: str):
