@@ -5,7 +5,7 @@
     python -m benchmarks.parity_torchdistill --torchdistill-python /tmp/tdenv/bin/python
 
 For every method both implement (Hinton KD, logit standardisation, DIST, attention transfer,
-SP, RKD, PKT, CC, VID), seeded random logits, feature maps and embeddings of a CIFAR-100-like
+SP, RKD, PKT, CC, VID, CRD, ReviewKD's hierarchical context loss), seeded random logits, feature maps and embeddings of a CIFAR-100-like
 batch (64 samples, 100 classes; maps 16 and 32 channels at 8x8; embeddings 64 and 128 wide) go
 to kdlab's pure loss here and to torchdistill's loss module in its own environment (it needs
 torch >= 2.12). Printed: both values and their largest relative difference, first as each library
@@ -27,6 +27,8 @@ T, BATCH, CLASSES = 4.0, 64, 100
 
 
 def tensors() -> dict[str, torch.Tensor]:
+    import torch.nn.functional as F
+
     g = torch.Generator().manual_seed(0)
     return {
         "s_logits": torch.randn(BATCH, CLASSES, generator=g) * 3,
@@ -38,6 +40,13 @@ def tensors() -> dict[str, torch.Tensor]:
         "t_emb": torch.randn(BATCH, 128, generator=g),
         "vid_var": torch.rand(32, generator=g) + 0.5,
         "vid_mean": torch.randn(BATCH, 32, 8, 8, generator=g),
+        # CRD: unit embeddings, both memory banks (200 training samples), the batch's indices and negatives
+        "crd_s": F.normalize(torch.randn(BATCH, 16, generator=g), dim=1),
+        "crd_t": F.normalize(torch.randn(BATCH, 16, generator=g), dim=1),
+        "crd_mem_s": F.normalize(torch.randn(200, 16, generator=g), dim=1),
+        "crd_mem_t": F.normalize(torch.randn(200, 16, generator=g), dim=1),
+        "crd_index": torch.randperm(200, generator=g)[:BATCH],
+        "crd_negatives": torch.randint(0, 200, (BATCH, 50), generator=g),
     }
 
 
@@ -46,6 +55,8 @@ def kdlab_side(x: dict) -> dict[str, float]:
 
     from kdlab.methods.attention import attention_loss
     from kdlab.methods.cc import CCConfig, cc_loss
+    from kdlab.methods.crd import contrast, nce_loss
+    from kdlab.methods.reviewkd import hcl_loss
     from kdlab.methods.dist import dist_loss
     from kdlab.methods.logit_kd import hinton_kd_loss, standardize
     from kdlab.methods.pkt import pkt_loss
@@ -55,6 +66,10 @@ def kdlab_side(x: dict) -> dict[str, float]:
 
     ce = F.cross_entropy(x["s_logits"], x["targets"])
     unit_s, unit_t = F.normalize(x["s_emb"], dim=1), F.normalize(x["t_emb"], dim=1)
+    rows = torch.cat([x["crd_index"][:, None], x["crd_negatives"]], dim=1)
+    out_s = contrast(x["crd_s"], x["crd_mem_t"], rows, 0.07)
+    out_t = contrast(x["crd_t"], x["crd_mem_s"], rows, 0.07)
+    crd = nce_loss(out_s / (out_s.mean() * 200), 200) + nce_loss(out_t / (out_t.mean() * 200), 200)
     return {
         # kdlab: (1 - alpha) CE + alpha T^2 KL; torchdistill's KDLoss: alpha CE + (1 - alpha) T^2 KL
         "kd (alpha 0.3)": (1 - 0.3) * ce + 0.3 * hinton_kd_loss(x["s_logits"], x["t_logits"], temperature=T),
@@ -69,20 +84,28 @@ def kdlab_side(x: dict) -> dict[str, float]:
         "cc": cc_loss(x["s_emb"], x["t_emb"], CCConfig(gamma=0.4)),
         "cc, converted": cc_loss(unit_s, unit_t, CCConfig(gamma=0.4)).sqrt(),
         "vid": vid_loss(x["vid_mean"], x["vid_var"], x["t_map"]),
+        "crd (one step)": crd,
+        "reviewkd HCL (one level)": hcl_loss([x["s_map"][:, :16]], [x["t_map"][:, :16]]),
     }
 
 
 def torchdistill_side(x: dict) -> dict[str, float]:
     import torch.nn.functional as F
-    from torchdistill.losses.mid_level import (ATLoss, CCKDLoss, DISTLoss, KDLoss, LogitStdKDLoss, PKTLoss, RKDLoss,
-                                               SPKDLoss, VIDLoss)
+    from torchdistill.losses.mid_level import (ATLoss, CCKDLoss, CRDLoss, DISTLoss, HierarchicalContextLoss, KDLoss,
+                                               LogitStdKDLoss, PKTLoss, RKDLoss, SPKDLoss, VIDLoss)
 
     def io(**tensors):
         return {name: {"output": t} for name, t in tensors.items()}
 
     s = io(logits=x["s_logits"], map=x["s_map"], emb=x["s_emb"], unit=F.normalize(x["s_emb"], dim=1),
-           vid=(x["vid_mean"], x["vid_var"].view(1, -1, 1, 1)))
-    t = io(logits=x["t_logits"], map=x["t_map"], emb=x["t_emb"], unit=F.normalize(x["t_emb"], dim=1))
+           vid=(x["vid_mean"], x["vid_var"].view(1, -1, 1, 1)), crd=x["crd_s"], hcl=(x["s_map"][:, :16], None))
+    s["empty"] = {"input": {"pos_idx": x["crd_index"],
+                            "contrast_idx": torch.cat([x["crd_index"][:, None], x["crd_negatives"]], dim=1)}}
+    t = io(logits=x["t_logits"], map=x["t_map"], emb=x["t_emb"], unit=F.normalize(x["t_emb"], dim=1), crd=x["crd_t"],
+           hcl=x["t_map"][:, :16])
+    crd = CRDLoss("crd", "empty", "crd", input_size=16, output_size=200, num_negative_samples=50, num_samples=200)
+    crd.memory_v1.copy_(x["crd_mem_s"])  # torchdistill: v1 the student's bank, v2 the teacher's
+    crd.memory_v2.copy_(x["crd_mem_t"])
     logit_paths = {"student_module_path": "logits", "student_module_io": "output",
                    "teacher_module_path": "logits", "teacher_module_io": "output"}
     pair = {"p": {"student": {"path": "map", "io": "output"}, "teacher": {"path": "map", "io": "output"}}}
@@ -105,6 +128,8 @@ def torchdistill_side(x: dict) -> dict[str, float]:
         # the exact kernel is the Taylor series' limit; on unit vectors exp(-g|a-b|^2) is it
         "cc, converted": CCKDLoss("unit", "unit", {**gauss, "max_p": 30}, reduction="batchmean")(s, t) * BATCH,
         "vid": VIDLoss(vid_pair)(s, t),
+        "crd (one step)": crd(s, t),
+        "reviewkd HCL (one level)": HierarchicalContextLoss("hcl", "output", "hcl", "output")(s, t),
     }
 
 
@@ -117,6 +142,7 @@ NOTES = {
           "torchdistill: 2nd-order Taylor series on raw embeddings, Frobenius norm / b^2",
     "cc, converted": "both on unit vectors, torchdistill's series to order 30, kdlab's value square-rooted x b",
     "pkt": "kdlab normalises with max(|x|, eps), torchdistill with |x| + eps (eps 1e-7)",
+    "crd (one step)": "the same banks, indices and negatives (torchdistill takes contrast_idx); z from this batch",
 }
 
 

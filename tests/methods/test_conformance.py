@@ -9,7 +9,7 @@ from kdlab.engine.registry import discover
 from kdlab.engine.runner import run
 
 # Settings a method needs that have no default, and whether it supplies a loss term itself.
-REQUIRED = {"pruning": {"sparsity": 0.5}}
+REQUIRED = {"pruning": {"sparsity": 0.5}, "reviewkd": {"student": ["feat", "emb"], "teacher": ["feat", "emb"]}}
 SUPPLIES_LOSS = {"supervised", "logit_kd", "ctc", "ctc_kd"}
 # Methods for sequence models (CTC): checked on a tiny phoneme corpus instead of digits.
 SEQUENCE = {"ctc", "ctc_kd"}
@@ -95,7 +95,7 @@ def test_all_methods_compose_in_one_stage(write_recipe, tmp_path, catalogue):
     terms = {t for t in acc.Tags()["scalars"] if t.startswith("loss/")}
     assert terms == {"loss/total", "loss/ce", "loss/kd", "loss/hint", "loss/geometry", "loss/contrastive",
                      "loss/ae_recon", "loss/triplet", "loss/latent_kd", "loss/dkd", "loss/dist", "loss/at", "loss/sp",
-                     "loss/rkd", "loss/pkt", "loss/cc", "loss/nst", "loss/vid", "loss/crd"}
+                     "loss/rkd", "loss/pkt", "loss/cc", "loss/nst", "loss/vid", "loss/crd", "loss/reviewkd"}
     assert {"geometry/student", "geometry/teacher"} <= set(acc.Tags()["images"])
 
 

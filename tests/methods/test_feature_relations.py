@@ -168,10 +168,32 @@ def test_crd_nce_contrast_and_memory_update_by_hand():
     assert memory[0].tolist() == [1.0, 0.0]  # other rows untouched
 
 
+def test_reviewkd_hcl_by_hand_and_fusion_shapes():
+    from kdlab.methods.reviewkd import ReviewHead, hcl_loss
+
+    fs, ft = MS, MT[:, :2]  # (1, 2, 2, 2): only the 1x1 pool is smaller than the map
+    mse = ((fs - ft) ** 2).mean().item()
+    pooled = ((fs.mean((2, 3)) - ft.mean((2, 3))) ** 2).mean().item()
+    assert hcl_loss([fs], [ft]).item() == pytest.approx((mse + 0.5 * pooled) / 1.5, rel=1e-6)
+    big_s, big_t = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    levels = [((big_s - big_t) ** 2).mean().item()] + [
+        ((torch.nn.functional.adaptive_avg_pool2d(big_s, k) - torch.nn.functional.adaptive_avg_pool2d(big_t, k)) ** 2)
+        .mean().item() for k in (4, 2, 1)]
+    want = (levels[0] + levels[1] / 2 + levels[2] / 4 + levels[3] / 8) / (1 + 1 / 2 + 1 / 4 + 1 / 8)
+    assert hcl_loss([big_s], [big_t]).item() == pytest.approx(want, rel=1e-5)
+    # fused student maps take the teacher's channels and sizes, deepest (a vector) first
+    head = ReviewHead([4, 8, 16], [6, 12, 24], max_mid=512)
+    student = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 16, 1, 1)]
+    fused = head(student, [(8, 8), (4, 4), (1, 1)])
+    assert [tuple(f.shape) for f in fused] == [(2, 6, 8, 8), (2, 12, 4, 4), (2, 24, 1, 1)]
+
+
 TAPS = {"student": {"emb": "embed", "feat": "blocks.1"}, "teacher": {"emb": "embed", "feat": "blocks.1"}}
 
 
 @pytest.mark.parametrize(("name", "config"), [("attention", {}), ("sp", {}), ("rkd", {}), ("pkt", {}), ("cc", {}),
-                                            ("nst", {}), ("vid", {}), ("crd", {"negatives": 64, "feat_dim": 16})])
+                                            ("nst", {}), ("vid", {}), ("crd", {"negatives": 64, "feat_dim": 16}),
+                                            ("reviewkd", {"student": ["feat", "emb"], "teacher": ["feat", "emb"],
+                                                          "warmup_epochs": 1})])
 def test_round_trip_alone_composed_and_resumed(name, config, tmp_path):
     check_method(name, config, taps=TAPS, workdir=tmp_path)
