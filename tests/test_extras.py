@@ -31,7 +31,7 @@ def test_missing_extras_are_named(tmp_path):
     assert data.returncode == 2 and "Traceback" not in data.stderr
     assert "pip install 'kdlab[speech]'" in data.stderr and len(data.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "kws").exists() or not any((tmp_path / "kws").iterdir())
-    run = _kdlab_without_extras("run", "recipes/digits_kd.toml", "--out", str(tmp_path / "runs"),
+    _kdlab_without_extras("run", "recipes/digits_kd.toml", "--out", str(tmp_path / "runs"),
                                 "--set", "defaults.epochs=1", "--set", "plugins.progress.enabled=false")
     report = _kdlab_without_extras("report", str(tmp_path / "runs"), "--plots", str(tmp_path / "plots"))
     assert report.returncode == 2 and "pip install 'kdlab[plots]'" in report.stderr, report.stderr

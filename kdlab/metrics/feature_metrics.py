@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import attrs
 import torch
-from attrs import field
-from attrs import validators as v
 
 from kdlab import hookimpl
 from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method

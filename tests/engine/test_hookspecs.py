@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kdlab import hookimpl
-from kdlab.engine import hookspecs, registry
+from kdlab.engine import hookspecs
 from kdlab.engine.registry import discover
 from kdlab.engine.runner import run
 from tests.conftest import TINY
