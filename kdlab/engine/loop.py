@@ -16,7 +16,7 @@
             kdlab_epoch_start(stage, epoch)
             for batch in train:                                # stage.batch = batch
                 student_out  = kdlab_student_forward(stage, batch)       # firstresult
-                teacher_outs = kdlab_teacher_outputs(stage, batch)       # firstresult, if teachers
+                teacher_outs = kdlab_teacher_outputs(stage, batch)       # firstresult, if a loss plugin takes them
                 terms = kdlab_loss_terms(stage, batch, student_out, teacher_outs)   # collected
                 loss  = sum(loss_weights[name] * term)
                 kdlab_backward(stage, loss)                               # firstresult
@@ -84,6 +84,11 @@ def fit(stage: Stage) -> dict[str, float]:
                              f"optimizer ({checkpoint.first_lines(exc)}); delete checkpoints/{stage.name} to restart it") from exc
 
     weights = cfg.loss_weights
+    # the teachers run in training only if a loss plugin takes their outputs: a student trained
+    # alone in a sweep whose stage lists a teacher (for its metrics, say) does not pay for them
+    train_teachers = bool(stage.teachers) and any(
+        "teacher_outs" in impl.argnames for impl in hook.kdlab_loss_terms.get_hookimpls()
+        if not (impl.wrapper or impl.hookwrapper))
     for epoch in range(stage.epoch, cfg.epochs):
         stage.phase = "train"
         stage.data.train.set_epoch(epoch)  # shuffling is a function of (seed, epoch): resumable
@@ -101,7 +106,7 @@ def fit(stage: Stage) -> dict[str, float]:
                 terms, loss = {}, torch.zeros((), device=stage.device, requires_grad=True)
             else:
                 student_out = hook.kdlab_student_forward(stage=stage, batch=batch)
-                teacher_outs = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if stage.teachers else []
+                teacher_outs = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if train_teachers else []
                 terms = _merge_terms(stage, hook.kdlab_loss_terms(
                     stage=stage, batch=batch, student_out=student_out, teacher_outs=teacher_outs))
                 loss = _weighted_sum(terms, weights)

@@ -189,3 +189,29 @@ def test_a_wrong_loss_term_names_the_plugin_before_any_stage_trains(write_recipe
     with pytest.raises(KdlabError, match=message):
         run(recipe, out=tmp_path, catalogue=catalogue)
     assert not list(tmp_path.glob("*/*/models/*.pt"))  # failed at the first step of the first stage
+
+
+def test_teachers_run_in_training_only_for_a_loss_that_takes_them(write_recipe, tmp_path, catalogue):
+    """A student trained alone in a stage that lists a teacher does not run the teacher per step."""
+    from kdlab import hookimpl
+    from kdlab.engine.registry import discover
+    from kdlab.engine.runner import run
+    from tests.conftest import TINY
+
+    calls = []
+
+    class Count:
+        default_enabled = True
+
+        @hookimpl(wrapper=True)
+        def kdlab_teacher_outputs(self, stage, batch):
+            if stage.phase == "train":
+                calls.append(stage.name)
+            return (yield)
+
+    counting = discover(extra={"count": Count})
+    alone = TINY.replace("methods.logit_kd = { temperature = 4.0, alpha = 0.5 }", "methods.supervised = {}")
+    run(write_recipe(alone), out=tmp_path / "a", catalogue=counting)
+    assert calls == []
+    run(write_recipe(TINY), out=tmp_path / "b", catalogue=counting)
+    assert calls and set(calls) == {"student"}
