@@ -173,7 +173,7 @@ def _type_name(t) -> str:
 # Loading.
 # ---------------------------------------------------------------------------------------------
 
-class _Problems:
+class Problems:
     """Collects (key path, message) pairs; turns them into one RecipeError at the end."""
 
     def __init__(self, file: str, text: str | None, overridden: dict[tuple, str], table: str = "sweep"):
@@ -266,9 +266,6 @@ class _Problems:
                 where, origin = source, f" (from [{self.table}])"
             lines.append(f"{where}: {message} @ {format_path(path)}{origin}")
         raise RecipeError(lines)
-
-
-Problems = _Problems  # for other tables validated in the recipe's style ([search], kdlab.studies.search)
 
 
 def _covers(override: tuple, path: tuple) -> bool:
@@ -372,6 +369,20 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     return path, value
 
 
+def set_key(raw: dict, keys: tuple[str, ...], value: Any, item: str) -> tuple[str, ...]:
+    """Set ``raw[k1][k2]... = value`` for an override ``item``, making the tables on the way;
+    returns the shortest key path the override added to ``raw`` (a misspelt key's own path)."""
+    node, created = raw, keys
+    for depth, k in enumerate(keys[:-1]):
+        if k not in node and created is keys:
+            created = keys[: depth + 1]
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise RecipeError([f"--set {item}: '{k}' is not a table"])
+    node[keys[-1]] = value
+    return created
+
+
 def _merge(base: dict, over: dict) -> dict:
     """Deep merge, ``over`` winning. A table whose selector (``arch``) differs is replaced whole:
     a stage's ViT does not inherit the default CNN's channels."""
@@ -425,19 +436,12 @@ def structure_recipe(
     overridden: dict[tuple, str] = {}
     for number, item in enumerate(overrides):
         keys, value = parse_override(item)
-        node, created = raw, keys  # created: the shortest key path the override adds to the recipe
-        for depth, k in enumerate(keys[:-1]):
-            if k not in node and created is keys:
-                created = keys[: depth + 1]
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise RecipeError([f"--set {item}: '{k}' is not a table"])
-        node[keys[-1]] = value
+        created = set_key(raw, keys, value, item)
         from_sweep = number >= len(overrides) - sweep_count
         line = sweep_line(text or "", ".".join(keys), table) if from_sweep else None
         # a misspelt key the override made ("optimiser") is reported where the override is written
         overridden[created] = (f"{file}:{line}" if line else file) if from_sweep else "--set"
-    problems = _Problems(file, text, overridden, table)
+    problems = Problems(file, text, overridden, table)
 
     # `sweep` and `search` are read by `kdlab sweep` and `kdlab search` (kdlab.studies); a run ignores them
     known_top = {"name", "seed", "device", "deterministic", "data", "plugins", "defaults", "stages", "sweep", "search"}
@@ -502,7 +506,7 @@ class _TopLevel:
     deterministic: bool = True
 
 
-def _structure_named(problems: _Problems, raw: Any, selector: str, registry: dict, where: tuple, what: str):
+def _structure_named(problems: Problems, raw: Any, selector: str, registry: dict, where: tuple, what: str):
     if not isinstance(raw, dict):
         problems.add(where, f"must be a table, got {raw!r}")
         return None
@@ -520,7 +524,7 @@ def _structure_named(problems: _Problems, raw: Any, selector: str, registry: dic
     return DataSpec(name=name, config=config) if selector == "dataset" else ModelSpec(arch=name, config=config)
 
 
-def _structure_plugin_table(problems: _Problems, raw: Any, info, where: tuple):
+def _structure_plugin_table(problems: Problems, raw: Any, info, where: tuple):
     if raw is True:  # `logit_kd = true` enables with defaults
         raw = {}
     if not isinstance(raw, dict):
@@ -534,7 +538,7 @@ def _structure_plugin_table(problems: _Problems, raw: Any, info, where: tuple):
     return problems.structure(raw, info.config_class, where)
 
 
-def _structure_default_plugins(problems: _Problems, raw: Any, catalogue: Catalogue):
+def _structure_default_plugins(problems: Problems, raw: Any, catalogue: Catalogue):
     plugins, disabled = {}, []
     if not isinstance(raw, dict):
         problems.add(("plugins",), "plugins must be a table")
@@ -562,7 +566,7 @@ def _structure_default_plugins(problems: _Problems, raw: Any, catalogue: Catalog
     return plugins, tuple(disabled)
 
 
-def _structure_stage(problems: _Problems, raw: dict, catalogue: Catalogue, where: tuple) -> StageConfig | None:
+def _structure_stage(problems: Problems, raw: dict, catalogue: Catalogue, where: tuple) -> StageConfig | None:
     raw = dict(raw)
     before = len(problems.items)
     model = _structure_named(problems, raw.pop("model", None) or {}, "arch", catalogue.models, where + ("model",), "model")
@@ -604,7 +608,7 @@ _StageRest = attrs.make_class(
 _HAND_STRUCTURED = {_StageRest: ["methods", "model"]}
 
 
-def _check_refs(problems: _Problems, name: str, stage: StageConfig, earlier: list[str], where: tuple) -> None:
+def _check_refs(problems: Problems, name: str, stage: StageConfig, earlier: list[str], where: tuple) -> None:
     for ref in stage.taps.teachers:
         if ref not in stage.teachers:
             problems.add(where + ("taps", "teachers", ref),

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
-from kdlab.methods.feature_pairs import as_map, check_taps, check_teacher_index, match_spatial
+from kdlab import hookimpl
+from kdlab.methods.feature_pairs import as_map, check_tap_lists, match_spatial
 
 NAME = "attention"
 
@@ -53,12 +53,7 @@ class Attention:
     @hookimpl
     def kdlab_stage_start(self, stage):
         cfg = stage.config_for(self)
-        if len(cfg.student) != len(cfg.teacher) or not cfg.student:
-            raise KdlabError(f"stages.{stage.name}.methods.{NAME}: student and teacher must list the same number "
-                             f"(>= 1) of tap aliases, got {list(cfg.student)} and {list(cfg.teacher)}")
-        for s, t in zip(cfg.student, cfg.teacher):
-            check_taps(stage, NAME, s, t)
-        check_teacher_index(stage, NAME, cfg.teacher_index)
+        check_tap_lists(stage, NAME, cfg.student, cfg.teacher, cfg.teacher_index)
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):

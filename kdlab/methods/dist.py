@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
-from kdlab.methods.logit_kd import standardize
+from kdlab import hookimpl
+from kdlab.methods.logit_kd import logits_of, require_teacher
 
 
 @attrs.frozen(kw_only=True)
@@ -57,13 +57,12 @@ class DIST:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        if not stage.teachers:
-            raise KdlabError(f"stages.{stage.name}.methods.dist needs a teacher: set stages.{stage.name}.teachers")
+        require_teacher(stage, "dist")
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = stage.config_for(self)
-        norm = standardize if cfg.standardize else (lambda z: z)
+        norm = logits_of(cfg)
         s = stage.gather(norm(student_out.logits))
         loss = sum(dist_loss(s, stage.gather(norm(t.logits)), temperature=cfg.temperature, beta=cfg.beta,
                              gamma=cfg.gamma) for t in teacher_outs)

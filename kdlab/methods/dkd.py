@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
-from kdlab.methods.logit_kd import standardize
+from kdlab import hookimpl
+from kdlab.methods.logit_kd import logits_of, require_teacher
 
 
 @attrs.frozen(kw_only=True)
@@ -63,13 +63,12 @@ class DKD:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        if not stage.teachers:
-            raise KdlabError(f"stages.{stage.name}.methods.dkd needs a teacher: set stages.{stage.name}.teachers")
+        require_teacher(stage, "dkd")
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = stage.config_for(self)
-        norm = standardize if cfg.standardize else (lambda z: z)
+        norm = logits_of(cfg)
         total = 0.0
         for t in teacher_outs:
             tckd, nckd = dkd_terms(norm(student_out.logits), norm(t.logits), batch.targets,

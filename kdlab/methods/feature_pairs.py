@@ -47,6 +47,11 @@ def as_map(x: torch.Tensor) -> torch.Tensor:
     return tokens_to_map(x) if x.dim() == 3 else x
 
 
+def as_spatial(x: torch.Tensor) -> torch.Tensor:
+    """Always an (N, C, H, W) map: vectors as 1x1 maps, token sequences on their grid."""
+    return x[:, :, None, None] if x.dim() == 2 else as_map(x)
+
+
 def as_vector(x: torch.Tensor) -> torch.Tensor:
     """(N, D): maps are averaged over space, token sequences over tokens."""
     if x.dim() == 4:
@@ -81,6 +86,16 @@ def check_taps(stage, plugin_key: str, student: str | None, teacher: str | None)
             table = f"taps.teachers.{ref}" if ref in taps.teachers else "taps.teacher"
             raise KdlabError(f"{where}.teacher: no tap '{teacher}' in stages.{stage.name}.{table} "
                              f"(taps: {', '.join(paths) or 'none'})")
+
+
+def check_tap_lists(stage, plugin_key: str, student, teacher, teacher_index: int, minimum: int = 1) -> None:
+    """Stage-start checks of a method configured with paired lists of tap aliases."""
+    if len(student) != len(teacher) or len(student) < minimum:
+        raise KdlabError(f"stages.{stage.name}.methods.{plugin_key}: student and teacher must list the same number "
+                         f"(>= {minimum}) of tap aliases, got {list(student)} and {list(teacher)}")
+    for s, t in zip(student, teacher):
+        check_taps(stage, plugin_key, s, t)
+    check_teacher_index(stage, plugin_key, teacher_index)
 
 
 def check_teacher_index(stage, plugin_key: str, index: int) -> None:

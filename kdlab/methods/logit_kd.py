@@ -40,6 +40,17 @@ def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True) + eps)
 
 
+def logits_of(cfg):
+    """What a logit method compares: standardised logits with ``standardize``, else as they are."""
+    return standardize if cfg.standardize else (lambda z: z)
+
+
+def require_teacher(stage, method: str) -> None:
+    """Stage-start check of a method that distils from a teacher."""
+    if not stage.teachers:
+        raise KdlabError(f"stages.{stage.name}.methods.{method} needs a teacher: set stages.{stage.name}.teachers")
+
+
 def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over the batch."""
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
@@ -53,13 +64,12 @@ class LogitKD:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        if not stage.teachers:
-            raise KdlabError(f"stages.{stage.name}.methods.logit_kd needs a teacher: set stages.{stage.name}.teachers")
+        require_teacher(stage, "logit_kd")
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = stage.config_for(self)
-        norm = standardize if cfg.standardize else (lambda z: z)
+        norm = logits_of(cfg)
         kd = sum(hinton_kd_loss(norm(student_out.logits), norm(t.logits), temperature=cfg.temperature)
                  for t in teacher_outs)
         terms = {"kd": cfg.alpha * kd / len(teacher_outs)}

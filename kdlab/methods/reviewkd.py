@@ -28,9 +28,9 @@ from attrs import field
 from attrs import validators as v
 from torch import nn
 
-from kdlab import KdlabError, hookimpl
+from kdlab import hookimpl
 from kdlab.methods.dkd import warmup_factor
-from kdlab.methods.feature_pairs import check_taps, check_teacher_index, tokens_to_map
+from kdlab.methods.feature_pairs import as_spatial, check_tap_lists
 
 NAME = "reviewkd"
 
@@ -43,13 +43,6 @@ class ReviewKDConfig:
     weight: float = field(default=1.0, validator=v.ge(0))
     warmup_epochs: int = field(default=20, validator=v.ge(0))
     max_mid_channels: int = field(default=512, validator=v.ge(1))
-
-
-def _map(x: torch.Tensor) -> torch.Tensor:
-    """A feature as an (N, C, H, W) map: vectors as 1x1 maps, tokens on their grid."""
-    if x.dim() == 2:
-        return x[:, :, None, None]
-    return tokens_to_map(x) if x.dim() == 3 else x
 
 
 def hcl_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], levels=(4, 2, 1)) -> torch.Tensor:
@@ -110,16 +103,11 @@ class ReviewKD:
     @hookimpl
     def kdlab_stage_start(self, stage):
         cfg = stage.config_for(self)
-        if len(cfg.student) != len(cfg.teacher) or len(cfg.student) < 2:
-            raise KdlabError(f"stages.{stage.name}.methods.{NAME}: student and teacher must list the same number "
-                             f"(>= 2) of tap aliases, got {list(cfg.student)} and {list(cfg.teacher)}")
-        for s, t in zip(cfg.student, cfg.teacher):
-            check_taps(stage, NAME, s, t)
-        check_teacher_index(stage, NAME, cfg.teacher_index)
+        check_tap_lists(stage, NAME, cfg.student, cfg.teacher, cfg.teacher_index, minimum=2)
 
     def _features(self, cfg, student_out, teacher_outs):
-        s = [_map(student_out.features[k].float()) for k in cfg.student]
-        t = [_map(teacher_outs[cfg.teacher_index].features[k].float()) for k in cfg.teacher]
+        s = [as_spatial(student_out.features[k].float()) for k in cfg.student]
+        t = [as_spatial(teacher_outs[cfg.teacher_index].features[k].float()) for k in cfg.teacher]
         return s, t
 
     @hookimpl

@@ -27,7 +27,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_map, check_feature_method, match_spatial, paired
+from kdlab.methods.feature_pairs import FeaturePairConfig, as_spatial, check_feature_method, match_spatial, paired
 
 NAME = "vid"
 
@@ -39,10 +39,6 @@ class VIDConfig(FeaturePairConfig):
     weight: float = field(default=1.0, validator=v.ge(0))
     init_var: float = field(default=5.0, validator=v.gt(0))
     eps: float = field(default=1e-5, validator=v.gt(0))
-
-
-def _map(x: torch.Tensor) -> torch.Tensor:
-    return x[:, :, None, None] if x.dim() == 2 else as_map(x)
 
 
 class VIDHead(nn.Module):
@@ -79,12 +75,12 @@ class VID:
     def kdlab_extra_modules(self, stage, probe):
         cfg = stage.config_for(self)
         s, t = paired(cfg, *probe)
-        return {NAME: VIDHead(_map(s).shape[1], _map(t).shape[1], cfg.init_var, cfg.eps)}
+        return {NAME: VIDHead(as_spatial(s).shape[1], as_spatial(t).shape[1], cfg.init_var, cfg.eps)}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = stage.config_for(self)
         s, t = paired(cfg, student_out, teacher_outs)
-        s, t = match_spatial(_map(s).float(), _map(t).float())
+        s, t = match_spatial(as_spatial(s).float(), as_spatial(t).float())
         head = stage.extra[NAME]
         return {"vid": cfg.weight * vid_loss(head.mean(s), head.variance(), t)}

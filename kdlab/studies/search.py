@@ -52,8 +52,9 @@ import attrs
 from attrs import Factory, field
 from attrs import validators as v
 
+from kdlab.engine import checkpoint
 from kdlab.engine.errors import KdlabError, RecipeError, missing_extra
-from kdlab.engine.recipe import Problems, load_recipe, locate, parse_override, sweep_line
+from kdlab.engine.recipe import Problems, load_recipe, locate, parse_override, set_key, sweep_line
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
 from kdlab.studies.sweep import STORE_DIR, SweepRun, die_with_parent
@@ -149,12 +150,7 @@ def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (
     for item in overrides:  # --set search.trials=30 and the like
         keys, value = parse_override(item)
         if keys[0] == "search" and len(keys) > 1 and isinstance(raw, dict):
-            node = raw
-            for k in keys[1:-1]:
-                node = node.setdefault(k, {})
-                if not isinstance(node, dict):
-                    raise RecipeError([f"--set {item}: '{k}' is not a table"])
-            node[keys[-1]] = value
+            set_key(raw, keys[1:], value, item)
     problems = Problems(str(recipe_path), text, {})
     config = problems.structure(raw, SearchConfig, ("search",))
     problems.raise_if_any()
@@ -474,10 +470,7 @@ def _write_meta(p: SearchPlan, study_dir: Path, storage_url: str | None, study_n
     meta = {"study": study_name, "storage": storage_url, "recipe": str(p.recipe_path),
             "objectives": [attrs.asdict(o) for o in p.objectives], "seeds": p.config.seeds,
             "prune_metric": p.prune_metric}
-    path = study_dir / META
-    tmp = path.with_name(f".{META}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path)
+    checkpoint.save_json(meta, study_dir / META)
 
 
 # ---------------------------------------------------------------------------------------------

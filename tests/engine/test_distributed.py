@@ -21,6 +21,17 @@ RECIPE = TINY.replace('model = { arch = "cnn", channels = [4, 8] }',
 ATOL = 1e-4
 
 
+def _one_and_two(recipe, tmp_path) -> tuple[dict, dict]:
+    """The student's last checkpoint of ``recipe`` trained in one process and in two."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kdlab = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r"]
+    one = subprocess.run([*kdlab, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*kdlab, "--out", str(tmp_path / "two"), "--nproc", "2"], env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    return tuple(torch.load(tmp_path / f"{n}/tiny/r/checkpoints/student/last.pt", weights_only=True) for n in ("one", "two"))
+
+
 def test_two_processes_match_one(write_recipe, tmp_path):
     recipe = write_recipe(RECIPE)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -181,15 +192,7 @@ def test_in_batch_losses_over_two_processes_match_one(write_recipe, tmp_path):
         "methods.grad_clip = { max_norm = 1.0 }\n"
         'methods.contrastive = { student = "emb", teacher = "emb", dim = 8 }\n'
         'methods.geometry = { student = "emb", teacher = "emb" }')
-    recipe = write_recipe(text)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    kdlab = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r"]
-    one = subprocess.run([*kdlab, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*kdlab, "--out", str(tmp_path / "two"), "--nproc", "2"], env=env, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = torch.load(tmp_path / "one/tiny/r/checkpoints/student/last.pt", weights_only=True)
-    b = torch.load(tmp_path / "two/tiny/r/checkpoints/student/last.pt", weights_only=True)
+    a, b = _one_and_two(write_recipe(text), tmp_path)
     for part in ("student", "extra"):
         worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
         assert worst < ATOL, (part, worst)
@@ -197,8 +200,8 @@ def test_in_batch_losses_over_two_processes_match_one(write_recipe, tmp_path):
 
 def test_the_anchor_methods_over_two_processes_match_one(write_recipe, tmp_path):
     """The relation methods over the batch (SP, RKD, PKT, CC, DIST's intra-class term, CRD with its
-    memory banks and shared negatives) gather the global batch; DKD and attention transfer are per sample: all at once, two processes train like
-    one. Uneven shares as above. (NST is per sample too, but training with it amplifies rounding
+    memory banks and shared negatives) gather the global batch; DKD and attention transfer are per
+    sample: all at once, two processes train like one. Uneven shares as above. (NST is per sample too, but training with it amplifies rounding
     differences chaotically -- 1e-2 apart after two epochs even with SGD -- so its share
     arithmetic is checked on its gradient in tests/methods/test_feature_relations.py.)"""
     text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
@@ -207,14 +210,6 @@ def test_the_anchor_methods_over_two_processes_match_one(write_recipe, tmp_path)
         "methods.supervised = {}\nmethods.dkd = { warmup_epochs = 1 }\nmethods.dist = {}\n"
         "methods.attention = {}\nmethods.sp = {}\nmethods.rkd = {}\nmethods.pkt = {}\n"
         "methods.cc = {}\nmethods.crd = { negatives = 64, feat_dim = 16 }")
-    recipe = write_recipe(text)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    kdlab = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r"]
-    one = subprocess.run([*kdlab, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*kdlab, "--out", str(tmp_path / "two"), "--nproc", "2"], env=env, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = torch.load(tmp_path / "one/tiny/r/checkpoints/student/last.pt", weights_only=True)["student"]
-    b = torch.load(tmp_path / "two/tiny/r/checkpoints/student/last.pt", weights_only=True)["student"]
+    a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < ATOL, worst
