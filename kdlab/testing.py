@@ -22,6 +22,7 @@ without it, the installed entry point ``name`` is used.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,8 @@ def _recipe(name: str, config: dict, taps: dict | None, with_logit_kd: bool) -> 
     return {
         "name": "check",
         "seed": 0,
-        "device": "cpu",
+        # KDLAB_TEST_DEVICE=cuda runs the checks on a GPU
+        "device": os.environ.get("KDLAB_TEST_DEVICE", "cpu"),
         "data": {"dataset": "digits", "batch_size": 539},  # 1,078 training digits: two steps an epoch
         "plugins": {"progress": {"enabled": False}, "tensorboard": {"enabled": False}},
         "defaults": {"epochs": 2, "optimizer": {"name": "adam", "lr": 0.01},

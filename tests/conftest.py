@@ -11,6 +11,10 @@ import torch
 
 from kdlab.engine.registry import discover
 
+# Where the recipes of the tests train: the CPU, or KDLAB_TEST_DEVICE=cuda on a GPU machine
+# (the same tests then check the CUDA paths; see CONTRIBUTING.md).
+TEST_DEVICE = os.environ.get("KDLAB_TEST_DEVICE", "cpu")
+
 # A recipe small enough that a stage trains in well under a second on the CPU.
 TINY = """
 name = "tiny"
@@ -36,7 +40,7 @@ methods.supervised = {}
 [stages.student]
 teachers = ["teacher"]
 methods.logit_kd = { temperature = 4.0, alpha = 0.5 }
-"""
+""".replace('device = "cpu"', f'device = "{TEST_DEVICE}"')
 
 
 @pytest.fixture(autouse=True)

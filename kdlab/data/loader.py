@@ -68,24 +68,83 @@ class TensorLoader(BatchLoader):
     Written by hand because a DataLoader over a TensorDataset indexes and collates every sample
     on its own, which costs more than the whole forward pass of a small CNN on 8x8 images;
     indexing the tensors with a permutation does the same job in one operation.
+
+    Images may be held as uint8 (a quarter of float32's memory): each batch is converted
+    (``/ 255``) and normalised with ``mean`` and ``std`` (per channel) after augmentation.
+    ``to(device)`` moves the data set to the GPU once, so that batches are cut, augmented and
+    normalised there. ``augment`` (:class:`~kdlab.data.augment.CropFlip`) draws a random crop
+    and flip per sample from the epoch's generator, for the *global* batch (so ``--nproc N``
+    sees the views one process sees); with :meth:`fix_views` each sample instead replays one of
+    a fixed set of draws (the augmentation-aware teacher cache), named by ``Batch.view``.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int,
+                 augment=None, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
+        self.augment = augment
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.view_table: torch.Tensor | None = None  # (samples, views, 3) fixed draws
 
     @property
     def num_samples(self) -> int:
         return len(self.x)
 
+    def to(self, device: torch.device) -> TensorLoader:
+        """Hold the data set on ``device`` (a GPU: batches then never cross the bus)."""
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        if self.mean is not None:
+            self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
+    def fix_views(self, views: int | None) -> None:
+        """From now on each sample is shown as one of ``views`` fixed augmentation draws, chosen
+        anew every epoch; ``None`` returns to fresh draws. The draws are a function of the seed."""
+        if views is None or self.augment is None:
+            self.view_table = None
+            return
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, -1))
+        self.view_table = self.augment.draw(len(self.x) * views, generator).view(len(self.x), views, 3)
+
+    def view_batches(self, batch_size: int):
+        """Every (sample, view) pair of :meth:`fix_views` once, sample-major, unsharded: what
+        the teacher cache labels."""
+        n, views = self.view_table.shape[:2]
+        pairs = torch.arange(n * views)
+        for start in range(0, n * views, batch_size):
+            chunk = pairs[start : start + batch_size]
+            idx, view = chunk // views, chunk % views
+            yield self._batch(idx, self.view_table[idx, view], view)
+
     def __iter__(self):
         n = len(self.x)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
-        else:
-            order = torch.arange(n)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
-            idx = self.my_part(order[start : start + self.batch_size])
-            yield Batch(self.x[idx], self.y[idx], idx)
+            idx = order[start : start + self.batch_size]
+            params = view = None
+            if self.view_table is not None:
+                view = torch.randint(0, self.view_table.shape[1], (len(idx),), generator=generator)
+                params = self.view_table[idx, view]
+            elif self.augment is not None:
+                params = self.augment.draw(len(idx), generator)
+            if self.world_size > 1:
+                part = shard_slice(len(idx), self.rank, self.world_size)
+                idx = idx[part]
+                params = None if params is None else params[part]
+                view = None if view is None else view[part]
+            yield self._batch(idx, params, view)
+
+    def _batch(self, idx: torch.Tensor, params: torch.Tensor | None, view: torch.Tensor | None) -> Batch:
+        on = idx.to(self.x.device, non_blocking=True)
+        x = self.x[on]
+        if params is not None:
+            x = self.augment.apply(x, params)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.mean is not None:
+            x = x.sub_(self.mean).div_(self.std)
+        return Batch(x, self.y[on], idx, view=view)
 
 
 class DatasetLoader:

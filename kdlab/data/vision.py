@@ -18,6 +18,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
+from kdlab.data.augment import CropFlip
 from kdlab.data.loader import DatasetLoader, TensorLoader
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import DataBundle
@@ -36,6 +37,7 @@ class DigitsConfig(LoaderSettings):
     val_fraction: float = field(default=0.15, validator=[v.gt(0), v.lt(0.5)])
     test_fraction: float = field(default=0.25, validator=[v.gt(0), v.lt(0.5)])
     split_seed: int = field(default=0, validator=v.ge(0))
+    augment: bool = False  # random shifts of up to one pixel (pad 1 + crop) on the training split
 
 
 @attrs.frozen(kw_only=True)
@@ -47,6 +49,10 @@ class TorchvisionConfig(LoaderSettings):
     download: bool = False
     val_size: int = field(default=5000, validator=v.ge(0))
     augment: bool = True  # CIFAR: random crop (pad 4) + horizontal flip on the training split
+    # true: the images are held in memory as uint8 (on the GPU when training there) and cut,
+    # augmented and normalised per batch; false: torchvision's per-image transforms in a
+    # DataLoader with num_workers processes
+    in_memory: bool = True
     num_workers: int = field(default=0, validator=v.ge(0))
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # quick runs
     split_seed: int = field(default=0, validator=v.ge(0))
@@ -200,6 +206,18 @@ def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
     train_idx, val_idx = order[: len(order) - val_size], order[len(order) - val_size :]
     if config.train_limit is not None:
         train_idx = train_idx[: config.train_limit]
+    augmented = name != "mnist" and config.augment
+    key = {"dataset": name, "root": str(root.resolve()), **attrs.asdict(config)}
+    if config.in_memory:
+        images, labels = _as_tensors(train_aug)
+        test_images, test_labels = _as_tensors(test)
+        tensors = lambda ids, bs, shuffle, augment=None: TensorLoader(  # noqa: E731
+            images[ids], labels[ids], bs, shuffle=shuffle, seed=seed, augment=augment, mean=mean, std=std)
+        return DataBundle(
+            train=tensors(torch.tensor(train_idx), config.batch_size, True, CropFlip(4, True) if augmented else None),
+            val=tensors(torch.tensor(val_idx), config.eval_batch_size, False) if val_idx else None,
+            test=TensorLoader(test_images, test_labels, config.eval_batch_size, shuffle=False, seed=seed, mean=mean, std=std),
+            num_classes=classes, input_shape=shape, augmented=augmented, key=key)
     subset = torch.utils.data.Subset
     make = lambda ds, bs, shuffle: DatasetLoader(ds, bs, shuffle=shuffle, seed=seed, num_workers=config.num_workers,
                                                    pin_memory=config.num_workers > 0)  # noqa: E731
@@ -209,19 +227,28 @@ def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
         test=make(test, config.eval_batch_size, False),
         num_classes=classes,
         input_shape=shape,
-        augmented=name != "mnist" and config.augment,
-        key={"dataset": name, "root": str(root.resolve()), **attrs.asdict(config)},
+        augmented=augmented,
+        key=key,
     )
+
+
+def _as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torchvision MNIST/CIFAR data set's images as one uint8 tensor (N, C, H, W), and labels."""
+    images = torch.as_tensor(np.asarray(ds.data), dtype=torch.uint8)
+    images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)  # MNIST (N,H,W); CIFAR HWC
+    return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
 
 
 def build_digits(config: DigitsConfig, seed: int) -> DataBundle:
     (xtr, ytr), (xva, yva), (xte, yte) = load_digits_tensors(config)
     return DataBundle(
-        train=TensorLoader(xtr, ytr, config.batch_size, shuffle=True, seed=seed),
+        train=TensorLoader(xtr, ytr, config.batch_size, shuffle=True, seed=seed,
+                           augment=CropFlip(1, False) if config.augment else None),
         val=TensorLoader(xva, yva, config.eval_batch_size, shuffle=False, seed=seed),
         test=TensorLoader(xte, yte, config.eval_batch_size, shuffle=False, seed=seed),
         num_classes=10,
         input_shape=(1, 8, 8),
+        augmented=config.augment,
         key={"dataset": "digits", **attrs.asdict(config)},
     )
 

@@ -103,7 +103,7 @@ def run(
     directory, wait for it instead of failing."""
     catalogue = catalogue or discover()
     recipe = load_recipe(recipe_path, catalogue, overrides)
-    rank, world_size = _init_distributed()
+    rank, world_size = _init_distributed(resolve_device(recipe))
     if rank == 0:
         try:
             run_dir = _open_run_dir(recipe, catalogue, out, resume, run_id)
@@ -139,11 +139,18 @@ class Interrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
-def _init_distributed() -> tuple[int, int]:
-    """(rank, world size) from the environment torchrun sets; the process group is started here."""
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size) from the environment torchrun sets; the process group is started here:
+    nccl when the recipe trains on CUDA (one GPU per process), gloo on the CPU, also on a machine
+    that has GPUs."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            if local > torch.cuda.device_count():
+                raise KdlabError(f"--nproc {local}: training on CUDA takes one GPU per process and this machine has "
+                                 f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or --set device=cpu")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank() if world_size > 1 else 0), world_size
 
 
@@ -219,6 +226,9 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
                                  and n not in recipe.disabled])
     data = build_data(data_pm, catalogue, recipe)
     check_taps(recipe, catalogue, recipe_path, data)  # before any stage trains
+    for loader in (data.train, data.val, data.test):
+        if loader is not None and hasattr(loader, "to"):  # in-memory data sets live on the device
+            loader.to(device)
     if world_size > 1:
         data.train.shard(rank, world_size)
 

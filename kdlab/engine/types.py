@@ -18,6 +18,7 @@ from kdlab.engine.errors import KdlabError
 @attrs.frozen
 class Batch:
     """One batch: ``inputs`` (a tensor), ``targets``, and ``index`` (dataset positions).
+    ``index`` (and ``view``) stay on the CPU when the batch moves to the device.
 
     Sequence tasks put what else their models need in ``extra`` (e.g. ``input_lengths``, a raw
     ``wave`` for a teacher that reads audio while the student reads features); variable-length
@@ -28,13 +29,16 @@ class Batch:
     targets: torch.Tensor
     index: torch.Tensor
     extra: dict[str, torch.Tensor] = attrs.field(factory=dict)
+    # which of a sample's fixed augmentation draws this is (a loader's ``fix_views``, for the
+    # augmentation-aware teacher cache); None when the inputs are not one of fixed views
+    view: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
         if self.inputs.device == device:
             return self
         nb = device.type == "cuda"
         return Batch(self.inputs.to(device, non_blocking=nb), self.targets.to(device, non_blocking=nb), self.index,
-                     {k: t.to(device, non_blocking=nb) for k, t in self.extra.items()})
+                     {k: t.to(device, non_blocking=nb) for k, t in self.extra.items()}, self.view)
 
 
 def cat_padded(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
@@ -71,7 +75,10 @@ class Loader(Protocol):
     per epoch (like ``DistributedSampler.set_epoch``) so that shuffling is a function of
     (seed, epoch) and a resumed run sees the same order. ``shard(rank, world_size)`` makes the
     training loader yield this rank's part of each global batch (distributed training).
-    :mod:`kdlab.data.loader` has a base class and two ready loaders."""
+    Optional: ``to(device)`` (the runner moves an in-memory data set to the training device
+    once), ``fix_views(k)`` and ``view_batches(batch_size)`` (fixed augmentation draws, for the
+    augmentation-aware teacher cache). :mod:`kdlab.data.loader` has a base class and two ready
+    loaders."""
 
     def __iter__(self) -> Iterator[Batch]: ...
     def __len__(self) -> int: ...

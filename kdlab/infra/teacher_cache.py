@@ -1,10 +1,14 @@
 """Teacher-output cache: run the teachers once over each split, then answer
 ``kdlab_teacher_outputs`` from the stored outputs (logits and tapped features) by sample index.
 
-Valid only when a sample's teacher input is the same every epoch: a data set with random
-training augmentation (``data.augment = true`` on CIFAR) is refused with an error. The usual way
-around — the teacher sees the clean image, the student the augmented one — needs a loader that
-returns both views; until then, turn augmentation off for cached stages.
+With random training augmentation (``data.augment = true``) a sample's teacher input changes
+every epoch, so a plain cache is refused. ``views = K`` makes it augmentation-aware, in the
+spirit of FKD (Shen and Xing 2022) and ReLabel (Yun et al. 2021): K augmentation draws per
+training sample are fixed once (a function of the recipe seed), the teachers label each of them
+once, and every epoch shows each sample as one of its K views, picked at random, with the stored
+outputs of exactly that view. The trade-off: the student sees K distinct views of a sample
+instead of a fresh one every epoch (at CIFAR's pad-4 crop and flip there are 162). Only loaders
+that can replay draws (``fix_views``: the in-memory image data sets) support it.
 
 The cache key covers the data (data-set settings and split sizes), the split, the teachers'
 weights (a SHA-256 of their exported files), the tapped modules, and the autocast settings, so a
@@ -50,7 +54,8 @@ class TeacherCacheConfig:
     dir: str | None = None  # on-disk cache directory; None keeps the outputs in memory only
     dtype: Literal["float32", "float16"] = "float32"
     max_gb: float = field(default=4.0, validator=v.gt(0))
-    topk: int | None = field(default=None, validator=v.optional(v.ge(1)))  # sequence teachers only
+    topk: int | None = field(default=None, validator=v.optional(v.ge(1)))  # keep the k largest log-probabilities
+    views: int | None = field(default=None, validator=v.optional(v.ge(1)))  # fixed augmented views per sample
 
 
 def file_sha256(path: Path) -> str:
@@ -75,6 +80,9 @@ def cache_key(stage, split: str, teacher_hashes: list[str]) -> str:
         "device": stage.device.type,
         "store": [getattr(cfg.methods.get(NAME), "dtype", None), getattr(cfg.methods.get(NAME), "topk", None)],
     }
+    views = getattr(cfg.methods.get(NAME), "views", None)
+    if views is not None and split == "train":  # the draws are a function of the recipe seed
+        parts["views"] = [views, stage.recipe.seed]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -82,17 +90,25 @@ class Store:
     """Per-split arrays indexed by sample position: ``logits[t]`` and ``features[t][alias]``;
     for sequence teachers ``offsets[t]``/``lengths[t]`` into ragged frame arrays."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor]):
+    def __init__(self, tensors: dict[str, torch.Tensor], views: int | None = None):
         self.tensors = tensors  # "t{k}/logits", "t{k}/<alias>"
+        self.views = views  # rows are sample * views + view
 
-    def lookup(self, index: torch.Tensor, n_teachers: int, aliases: list[list[str]], device) -> list[ModelOutput]:
-        idx = index.cpu()
+    def lookup(self, batch, n_teachers: int, aliases: list[list[str]], device) -> list[ModelOutput]:
+        idx = batch.index.cpu()
+        if self.views is not None:
+            idx = idx * self.views + batch.view
         out = []
         for k in range(n_teachers):
             if f"t{k}/lengths" in self.tensors:
                 out.append(self._sequence(k, idx, device))
                 continue
-            logits = self.tensors[f"t{k}/logits"][idx].to(device, torch.float32, non_blocking=True)
+            if f"t{k}/topk_values" in self.tensors:
+                logits = expand_topk(self.tensors[f"t{k}/topk_values"][idx].to(device, non_blocking=True),
+                                     self.tensors[f"t{k}/topk_index"][idx].to(device, non_blocking=True),
+                                     int(self.tensors[f"t{k}/classes"][0]))
+            else:
+                logits = self.tensors[f"t{k}/logits"][idx].to(device, torch.float32, non_blocking=True)
             feats = {a: self.tensors[f"t{k}/{a}"][idx].to(device, torch.float32, non_blocking=True) for a in aliases[k]}
             out.append(ModelOutput(logits, feats))
         return out
@@ -151,13 +167,22 @@ class TeacherCache:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
+        where = f"stages.{stage.name}.methods.{NAME}"
         if not stage.teachers:
-            raise KdlabError(f"stages.{stage.name}.methods.{NAME}: the stage has no teachers to cache")
-        if stage.data.augmented:
+            raise KdlabError(f"{where}: the stage has no teachers to cache")
+        views = stage.config_for(self).views
+        if stage.data.augmented and views is None:
             raise KdlabError(
-                f"stages.{stage.name}.methods.{NAME}: the training inputs are randomly augmented, so the "
-                "teacher's outputs change every epoch and cannot be cached; set data.augment = false for "
-                f"this run or remove {NAME}")
+                f"{where}: the training inputs are randomly augmented, so the teacher's outputs change every "
+                f"epoch; set views = 8 (say) to label 8 fixed augmented views of each sample, "
+                "set data.augment = false, or remove the cache")
+        if views is not None:
+            if not stage.data.augmented:
+                raise KdlabError(f"{where}.views: the training data is not augmented (data.augment = false); remove views")
+            if not hasattr(stage.data.train, "fix_views"):
+                raise KdlabError(f"{where}.views: data set '{stage.recipe.data.name}' cannot replay augmentation "
+                                 "draws (only the in-memory image data sets can)")
+            stage.data.train.fix_views(views)  # until the stage ends: the data is shared by the stages
 
     @hookimpl
     def kdlab_teacher_outputs(self, stage, batch):
@@ -167,7 +192,7 @@ class TeacherCache:
         if split not in self.stores:
             self.stores[split] = self._load_or_build(stage, split)
         aliases = [list(stage.config.taps.for_teacher(ref)) for ref in stage.config.teachers]
-        return self.stores[split].lookup(batch.index, len(stage.teachers), aliases, stage.device)
+        return self.stores[split].lookup(batch, len(stage.teachers), aliases, stage.device)
 
     def _load_or_build(self, stage, split: str) -> Store:
         cfg = stage.config_for(self)
@@ -175,12 +200,13 @@ class TeacherCache:
             self.teacher_hashes = [file_sha256(stage.resolve_model_ref(ref)) for ref in stage.config.teachers]
         key = cache_key(stage, split, self.teacher_hashes)
         target = Path(cfg.dir) / key if cfg.dir else None
+        views = cfg.views if split == "train" else None
         if target is not None and (target / "done").is_file():
             log.info("%s: reading %s outputs from %s", NAME, split, target)
-            return _read(target, stage, split)
-        return self._build(stage, split, cfg, target)
+            return _read(target, stage, split, views)
+        return self._build(stage, split, cfg, target, views)
 
-    def _build(self, stage, split: str, cfg: TeacherCacheConfig, target: Path | None) -> Store:
+    def _build(self, stage, split: str, cfg: TeacherCacheConfig, target: Path | None, views: int | None) -> Store:
         loader = getattr(stage.data, split)
         loader.set_epoch(0)
         # Under --nproc the training loader yields only this rank's share of each batch; the
@@ -196,27 +222,35 @@ class TeacherCache:
         try:
             # the pass over the split must not move the random stream the training loop uses
             # (a loader may draw augmentation for the student from it)
+            batches = loader.view_batches(loader.batch_size) if views else loader
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                for batch in loader:
+                for batch in batches:
                     outs = stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch.to(stage.device))
                     if outs[0].lengths is not None:
                         self._collect_sequences(stage, outs, batch, sequences, cfg, split, loader)
                         continue
                     items = {f"t{k}/logits": o.logits for k, o in enumerate(outs)}
                     items.update({f"t{k}/{a}": f for k, o in enumerate(outs) for a, f in o.features.items()})
+                    if cfg.topk is not None:
+                        for k, o in enumerate(outs):
+                            del items[f"t{k}/logits"]
+                            values, index = torch.log_softmax(o.logits.float(), -1).topk(min(cfg.topk, o.logits.shape[-1]), -1)
+                            items[f"t{k}/topk_values"], items[f"t{k}/topk_index"] = values, index
+                            items[f"t{k}/classes"] = torch.full((len(index), 1), o.logits.shape[-1])
                     if not tensors:
-                        n = getattr(loader, "num_samples", None) or _split_size(loader)
+                        n = (getattr(loader, "num_samples", None) or _split_size(loader)) * (views or 1)
                         gb = sum(math.prod(t.shape[1:]) for t in items.values()) * n * dtype.itemsize / 2**30
                         log.info("%s: %s split, %d samples, %.3f GB of teacher outputs", NAME, split, n, gb)
                         if gb > cfg.max_gb:
                             raise KdlabError(f"stages.{stage.name}.methods.{NAME}: the {split} cache would take "
                                              f"{gb:.2f} GB, over max_gb = {cfg.max_gb}")
-                        tensors = {name: torch.zeros((n, *t.shape[1:]), dtype=dtype) for name, t in items.items()}
+                        tensors = {name: torch.zeros((n, *t.shape[1:]), dtype=_stored_dtype(name, dtype))
+                                   for name, t in items.items()}
                         filled = torch.zeros(n, dtype=torch.bool)
-                    idx = batch.index.cpu()
+                    idx = batch.index.cpu() if views is None else batch.index * views + batch.view
                     filled[idx] = True
                     for name, t in items.items():
-                        tensors[name][idx] = t.detach().to("cpu", dtype)
+                        tensors[name][idx] = t.detach().to("cpu", tensors[name].dtype)
             if tensors and not bool(filled.all()):  # a cache with zero rows would train on zero logits
                 raise KdlabError(f"stages.{stage.name}.methods.{NAME}: the {split} loader yielded "
                                  f"{int(filled.sum())} of {len(filled)} samples; cannot cache a partial split")
@@ -228,7 +262,7 @@ class TeacherCache:
             tensors.update(_compact_sequences(per_index, dtype, cfg.topk, k))
         if target is not None and stage.is_main:
             _write(tensors, target)
-        return Store(tensors)
+        return Store(tensors, views)
 
     def _collect_sequences(self, stage, outs, batch, sequences, cfg, split, loader) -> None:
         if any(o.features for o in outs):
@@ -254,6 +288,17 @@ class TeacherCache:
     @hookimpl
     def kdlab_stage_end(self, stage):
         self.stores.clear()
+        if stage.config_for(self).views is not None:
+            stage.data.train.fix_views(None)
+
+
+def _stored_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """Top-k values in fp16 and class indices as int32 (or int16 when they fit); the rest in ``dtype``."""
+    if name.endswith("/topk_values"):
+        return torch.float16
+    if name.endswith("/topk_index") or name.endswith("/classes"):
+        return torch.int32
+    return dtype
 
 
 def _split_size(loader) -> int:
@@ -261,7 +306,7 @@ def _split_size(loader) -> int:
     return 1 + max(int(b.index.max()) for b in loader)
 
 
-def _read(target: Path, stage, split: str) -> Store:
+def _read(target: Path, stage, split: str, views: int | None = None) -> Store:
     """A finished cache directory, checked: every file readable, one row per sample."""
     try:
         tensors = {_decode(p.stem): torch.from_numpy(np.load(p, mmap_mode="c", allow_pickle=False))
@@ -269,13 +314,15 @@ def _read(target: Path, stage, split: str) -> Store:
     except (ValueError, OSError, EOFError) as exc:
         raise KdlabError(f"{target}: a cached file is unreadable ({exc}); delete the directory to rebuild it") from exc
     n = getattr(getattr(stage.data, split), "num_samples", None)
-    # one row per sample: the logits of a classifier teacher, the lengths of a sequence teacher
+    n = None if n is None else n * (views or 1)
+    # one row per sample (and view): a classifier teacher's logits (or top-k values), a sequence teacher's lengths
     rows = [len(t) for name, t in tensors.items()
-            if name.endswith("/lengths") or (name.endswith("/logits") and name.replace("logits", "lengths") not in tensors)]
+            if name.endswith("/lengths") or (name.endswith(("/logits", "/topk_values"))
+                                              and name.rsplit("/", 1)[0] + "/lengths" not in tensors)]
     if not rows or (n is not None and any(r != n for r in rows)):
         raise KdlabError(f"{target}: the cache does not hold one row per {split} sample ({n}); "
                          "delete the directory to rebuild it")
-    return Store(tensors)
+    return Store(tensors, views)
 
 
 def _encode(name: str) -> str:

@@ -80,8 +80,8 @@ def test_mnist_reads_idx_files(tmp_path):
     assert b.inputs.shape[1:] == (1, 28, 28) and b.inputs.dtype == torch.float32
     # each sample is the file's image, normalised with MNIST's mean and std
     i = int(b.index[0])
-    expected = (torch.from_numpy(images[i]).float() / 255 - 0.1307) / 0.3081
-    j = data.train.loader.dataset.dataset.indices[i]
+    # the training split is the start of a permutation seeded by split_seed (0)
+    j = int(torch.randperm(30, generator=torch.Generator().manual_seed(0))[i])
     expected = (torch.from_numpy(images[j]).float() / 255 - 0.1307) / 0.3081
     assert torch.allclose(b.inputs[0, 0], expected, atol=1e-5)
     assert int(b.targets[0]) == labels[j]
@@ -184,3 +184,66 @@ def test_digits_split_is_stratified_and_normalised():
     assert len(xte) == pytest.approx(0.25 * 1797, abs=2) and len(xva) == pytest.approx(0.15 * 1797, abs=2)
     assert set(ytr.tolist()) == set(range(10)) and set(yte.tolist()) == set(range(10))
     assert abs(float(xtr.mean())) < 1e-4 and float(xtr.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_in_memory_batches_equal_torchvision_transforms(tmp_path):
+    """The in-memory path (uint8 tensors, per-batch conversion) gives the exact tensors that
+    torchvision's ToTensor + Normalize give per image, and the same split."""
+    make_cifar(tmp_path, hundred=True)
+    kw = dict(root=str(tmp_path), val_size=5, batch_size=4, eval_batch_size=7, augment=False, verify=False)
+    fast, slow = build("cifar100", **kw), build("cifar100", in_memory=False, **kw)
+    for split in ("train", "val", "test"):
+        a, b = getattr(fast, split), getattr(slow, split)
+        a.set_epoch(2), b.set_epoch(2)
+        ba, bb = list(a), list(b)
+        assert torch.equal(torch.cat([x.inputs for x in ba]), torch.cat([x.inputs for x in bb])), split
+        assert torch.equal(torch.cat([x.targets for x in ba]), torch.cat([x.targets for x in bb]))
+
+
+def test_augmented_epochs_differ_and_replay(tmp_path):
+    make_cifar(tmp_path)
+    data = build("cifar10", root=str(tmp_path), val_size=5, batch_size=5, verify=False)
+    assert data.augmented
+
+    def epoch(e):
+        data.train.set_epoch(e)
+        return torch.cat([b.inputs for b in data.train]), torch.cat([b.index for b in data.train])
+
+    (x3, i3), (x4, _) = epoch(3), epoch(4)
+    assert torch.equal(epoch(3)[0], x3)  # a function of (seed, epoch): resumable
+    order = i3.argsort()
+    assert not torch.equal(x3[order], x4[epoch(4)[1].argsort()])
+
+
+def test_fixed_views_replay_the_draws_the_cache_labels(tmp_path):
+    make_cifar(tmp_path)
+    data = build("cifar10", root=str(tmp_path), val_size=5, batch_size=5, verify=False)
+    train = data.train
+    train.fix_views(3)
+    labelled = {(int(i), int(k)): x for b in train.view_batches(4) for i, k, x in zip(b.index, b.view, b.inputs)}
+    assert len(labelled) == 25 * 3
+    seen = set()
+    for epoch in range(4):
+        train.set_epoch(epoch)
+        for b in train:
+            for i, k, x in zip(b.index, b.view, b.inputs):
+                assert torch.equal(x, labelled[int(i), int(k)])
+                seen.add((int(i), int(k)))
+    assert len(seen) > 25  # several views of a sample over the epochs
+    train.fix_views(None)
+    assert next(iter(train)).view is None
+
+
+def test_digits_augmentation_shifts_by_at_most_one_pixel():
+    from kdlab.data.vision import build_digits
+
+    plain = build_digits(DigitsConfig(), seed=0)
+    shifted = build_digits(DigitsConfig(augment=True), seed=0)
+    assert shifted.augmented and not plain.augmented
+    a, b = next(iter(plain.train)), next(iter(shifted.train))
+    assert torch.equal(a.index, b.index)  # same order: only the views differ
+    assert not torch.equal(a.inputs, b.inputs)
+    # every augmented image is its original moved by dy, dx in -1..1 (zero fill)
+    for x, y in zip(a.inputs, b.inputs):
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+        assert any(torch.equal(padded[:, r : r + 8, c : c + 8], y) for r in range(3) for c in range(3))

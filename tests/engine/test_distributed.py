@@ -213,3 +213,15 @@ def test_the_anchor_methods_over_two_processes_match_one(write_recipe, tmp_path)
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < ATOL, worst
+
+
+def test_augmented_views_and_the_view_cache_over_two_processes_match_one(write_recipe, tmp_path):
+    """Random crops are drawn for the global batch, so two processes train on the views one
+    process sees; the augmentation-aware teacher cache (views) labels every (sample, view) on
+    each rank and looks up each rank's share."""
+    text = RECIPE.replace("batch_size = 64", "batch_size = 51\naugment = true").replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.teacher_cache = { views = 2 }")
+    a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < ATOL, worst

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,8 +99,58 @@ def test_augmented_data_is_refused(write_recipe, tmp_path, catalogue):
     text = CACHED.replace('dataset = "digits"', f'dataset = "cifar10"\nroot = "{tmp_path / "data"}"\nval_size = 4\nverify = false'
                           ).replace('\ntaps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
                                     'methods.feature_metrics = {}', "").replace(' dir = "CACHE" ', "")
-    with pytest.raises(KdlabError, match="teacher_cache: the training inputs are randomly augmented"):
+    with pytest.raises(KdlabError, match="teacher_cache: the training inputs are randomly augmented.*set views"):
         run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+    with pytest.raises(KdlabError, match=r"teacher_cache.views: the training data is not augmented"):
+        run(write_recipe(CACHED.replace(' dir = "CACHE" ', " views = 4 ")), out=tmp_path / "runs", catalogue=catalogue)
+
+
+class FixViews:
+    """Shows the student stage the same fixed views the cache replays, with the teacher running."""
+
+    default_enabled = True
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        stage.data.train.fix_views(3 if stage.name == "student" else None)
+
+
+AUGMENTED = TINY.replace('batch_size = 64', 'batch_size = 64\naugment = true')
+
+
+def test_view_cache_trains_like_the_live_teacher_on_the_same_views(write_recipe, tmp_path):
+    """views = 3: the student trained from the stored outputs is bit-identical to one trained
+    with the teacher running on the very views the loader replays; the teacher runs once per
+    (sample, view) and the cache holds 3 rows per training sample."""
+    live = run(write_recipe(AUGMENTED), out=tmp_path / "a", catalogue=discover(extra={"views": FixViews}))
+    cat = discover(extra={"count": CountTeacherCalls})
+    CountTeacherCalls.calls = 0
+    cached = run(write_recipe(AUGMENTED.replace("alpha = 0.5 }", f"alpha = 0.5 }}\nmethods.teacher_cache = {{ views = 3, "
+                                                f"dir = '{tmp_path / 'cache'}' }}"), "cached.toml"),
+                 out=tmp_path / "b", catalogue=cat)
+    assert state_dicts_equal(_student(live), _student(cached))
+    n = len(load_digits_tensors(DigitsConfig())[0][0])
+    assert CountTeacherCalls.calls == math.ceil(3 * n / 64)  # one labelling pass; evaluation needs no teacher
+    train = [d for d in (tmp_path / "cache").iterdir() if len(np.load(d / "t0__logits.npy")) == 3 * n]
+    assert len(train) == 1
+    # the data set is shared by the stages: the views end with the cached stage
+    free = run(write_recipe(AUGMENTED), out=tmp_path / "c", catalogue=discover())
+    assert not state_dicts_equal(_student(free), _student(cached))
+
+
+def test_topk_classifier_cache_keeps_the_distillation_target(write_recipe, tmp_path, catalogue):
+    """topk = all classes stores log-probabilities (fp16): softmax(log p / T) is softmax(z / T),
+    so the student trains almost as with the logits; topk = 3 stores 3 of 10 and trains differently."""
+    base = CACHED.replace('\ntaps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
+                          'methods.feature_metrics = {}', "")
+    full = run(write_recipe(base.replace(' dir = "CACHE" ', " ")), out=tmp_path / "a", catalogue=catalogue)
+    top10 = run(write_recipe(base.replace(' dir = "CACHE" ', " topk = 10 "), "t10.toml"), out=tmp_path / "b",
+                catalogue=catalogue)
+    top3 = run(write_recipe(base.replace(' dir = "CACHE" ', " topk = 3 "), "t3.toml"), out=tmp_path / "c",
+               catalogue=catalogue)
+    a, b, c = _student(full), _student(top10), _student(top3)
+    d10, d3 = (max(float((a[k] - x[k]).abs().max()) for k in a) for x in (b, c))
+    assert d10 < 0.02 and d3 > 5 * d10  # fp16 log-probabilities drift a little; 3 of 10 classes a lot
 
 
 def test_sequence_teacher_cache_gives_identical_students_and_topk_is_close(tmp_path, catalogue):

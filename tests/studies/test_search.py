@@ -8,8 +8,9 @@ import statistics
 import subprocess
 import sys
 
-import optuna
 import pytest
+
+optuna = pytest.importorskip("optuna")  # the `search` extra
 
 from kdlab import hookimpl
 from kdlab.cli import main
