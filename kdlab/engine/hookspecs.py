@@ -355,6 +355,16 @@ def kdlab_epoch_end(stage: Stage, epoch: int, metrics: dict[str, float]) -> None
 
 
 @hookspec
+def kdlab_interrupted(stage: Stage) -> None:
+    """The run was stopped (Ctrl-C, SIGTERM) while the stage trained; save what must survive.
+
+    Fires: once, before the interrupt ends the run. The models are mid-epoch; ``stage.epoch``
+    counts the finished epochs (``checkpoint`` writes the state it kept from the last one).
+    Notification.
+    """
+
+
+@hookspec
 def kdlab_stage_end(stage: Stage, metrics: dict[str, float]) -> None:
     """Training is over; the model is about to be exported.
 

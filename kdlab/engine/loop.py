@@ -28,6 +28,7 @@
             scheduler.step()
             metrics = evaluate("val") -> kdlab_eval_metrics(...)          # every eval_every epochs
             kdlab_epoch_end(stage, epoch, metrics)                        # checkpoints written here
+    on Ctrl-C / SIGTERM while training: kdlab_interrupted(stage), then the run stops
         metrics = evaluate("val") + evaluate("test")
         kdlab_stage_end(stage, metrics)                                   # e.g. pruning made permanent
         export the student; add params, MACs, bytes, latency to metrics  # rank 0 only
@@ -83,12 +84,39 @@ def fit(stage: Stage) -> dict[str, float]:
             raise KdlabError(f"stage {stage.name}: the checkpoint does not fit this stage's models and "
                              f"optimizer ({checkpoint.first_lines(exc)}); delete checkpoints/{stage.name} to restart it") from exc
 
-    weights = cfg.loss_weights
     # the teachers run in training only if a loss plugin takes their outputs: a student trained
     # alone in a sweep whose stage lists a teacher (for its metrics, say) does not pay for them
     train_teachers = bool(stage.teachers) and any(
         "teacher_outs" in impl.argnames for impl in hook.kdlab_loss_terms.get_hookimpls()
         if not (impl.wrapper or impl.hookwrapper))
+    try:
+        _train(stage, train_teachers)
+    except KeyboardInterrupt:
+        hook.kdlab_interrupted(stage=stage)
+        raise
+
+    metrics = {**evaluate(stage, "val"), **evaluate(stage, "test")}
+    hook.kdlab_stage_end(stage=stage, metrics=metrics)
+    for taps in [stage.student_taps, *stage.teacher_taps]:
+        taps.remove()
+    if stage.is_main:  # in distributed training every rank holds the same model; one writes it
+        checkpoint.export_model(
+            stage.run_dir / "models" / f"{stage.name}.pt",
+            model=stage.student,
+            arch=cfg.model.arch,
+            config=plain_config(cfg.model.config),
+            num_classes=stage.data.num_classes,
+            input_shape=stage.data.input_shape,
+            classes=stage.data.classes,
+        )
+        metrics.update(model_stats(stage.student, stage.data.input_shape, _batch_size(stage)))
+    hook.kdlab_stage_summary(stage=stage, metrics=metrics)
+    return metrics
+
+
+def _train(stage: Stage, train_teachers: bool) -> None:
+    """The epochs of the stage not done yet."""
+    hook, cfg, weights = stage.hook, stage.config, stage.config.loss_weights
     for epoch in range(stage.epoch, cfg.epochs):
         stage.phase = "train"
         stage.data.train.set_epoch(epoch)  # shuffling is a function of (seed, epoch): resumable
@@ -128,24 +156,6 @@ def fit(stage: Stage) -> dict[str, float]:
         metrics = evaluate(stage, "val") if due else {}
         stage.epoch = epoch + 1
         hook.kdlab_epoch_end(stage=stage, epoch=epoch, metrics=metrics)
-
-    metrics = {**evaluate(stage, "val"), **evaluate(stage, "test")}
-    hook.kdlab_stage_end(stage=stage, metrics=metrics)
-    for taps in [stage.student_taps, *stage.teacher_taps]:
-        taps.remove()
-    if stage.is_main:  # in distributed training every rank holds the same model; one writes it
-        checkpoint.export_model(
-            stage.run_dir / "models" / f"{stage.name}.pt",
-            model=stage.student,
-            arch=cfg.model.arch,
-            config=plain_config(cfg.model.config),
-            num_classes=stage.data.num_classes,
-            input_shape=stage.data.input_shape,
-            classes=stage.data.classes,
-        )
-        metrics.update(model_stats(stage.student, stage.data.input_shape, _batch_size(stage)))
-    hook.kdlab_stage_summary(stage=stage, metrics=metrics)
-    return metrics
 
 
 def evaluate(stage: Stage, split: str) -> dict[str, float]:

@@ -1,14 +1,21 @@
-"""Checkpoints and resume: ``checkpoints/<stage>/last.pt`` after every ``every`` epochs and
-``best.pt`` whenever the stage's monitored metric improves, both written atomically.
+"""Checkpoints and resume: ``checkpoints/<stage>/last.pt`` and ``best.pt`` (the state at the
+epoch where the stage's monitored metric was best), written atomically.
 
-A stage whose ``last.pt`` exists in the run directory resumes from it (``kdlab run --resume``).
+Writes are paced by time, not by epochs, so that short epochs do not pay for a file (and its
+fsync) each: ``last.pt`` at the first epoch end ``every_s`` seconds after the previous write
+(and every ``every`` epochs, if set), at the stage's last epoch, and when the run is stopped by
+Ctrl-C or SIGTERM (the state of the last finished epoch, kept in memory at every epoch end).
+``best.pt`` goes out with the next write. A stage whose ``last.pt`` exists in the run
+directory resumes from it (``kdlab run --resume``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import attrs
+import torch
 from attrs import field
 from attrs import validators as v
 
@@ -18,7 +25,8 @@ from kdlab.engine import checkpoint
 
 @attrs.frozen(kw_only=True)
 class CheckpointConfig:
-    every: int = field(default=1, validator=v.ge(1))  # epochs between last.pt writes
+    every_s: float = field(default=60.0, validator=v.ge(0))  # seconds between last.pt writes (0: every epoch)
+    every: int | None = field(default=None, validator=v.optional(v.ge(1)))  # also every this many epochs
     best: bool = True  # also keep best.pt by the stage's `monitor` metric
 
 
@@ -27,6 +35,9 @@ class Checkpoint:
 
     def __init__(self):
         self.best_value: float | None = None
+        self.last_write = 0.0
+        self.snapshot: dict | None = None  # the last finished epoch's state, not yet written
+        self.best: dict | None = None  # the best epoch's state, not yet written
 
     config_class = CheckpointConfig
 
@@ -71,10 +82,39 @@ class Checkpoint:
         is_best = cfg.best and value is not None and self._improved(stage, value)
         if is_best:
             self.best_value = value
-        last_epoch = stage.epoch == stage.config.epochs
-        if is_best or stage.epoch % cfg.every == 0 or last_epoch:
-            state = stage.state_dict()  # after best_value was updated, so resume keeps it
-            if stage.epoch % cfg.every == 0 or last_epoch:
-                checkpoint.save(state, self._dir(stage) / "last.pt")
+        due = (stage.epoch == stage.config.epochs or time.monotonic() - self.last_write >= cfg.every_s
+               or (cfg.every is not None and stage.epoch % cfg.every == 0))
+        state = stage.state_dict()  # after best_value was updated, so resume keeps it
+        if due:
+            self._write(stage, state, self.best if not is_best else state)
+        else:  # kept (off the device) for an interrupt or the next write
+            self.snapshot = _copy(state)
             if is_best:
-                checkpoint.save(state, self._dir(stage) / "best.pt")
+                self.best = self.snapshot
+
+    def _write(self, stage, last: dict, best: dict | None) -> None:
+        checkpoint.save(last, self._dir(stage) / "last.pt")
+        if best is not None:
+            checkpoint.save(best, self._dir(stage) / "best.pt")
+        self.snapshot = self.best = None
+        self.last_write = time.monotonic()
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        self.last_write, self.snapshot, self.best = time.monotonic(), None, None
+
+    @hookimpl
+    def kdlab_interrupted(self, stage):
+        if stage.is_main and self.snapshot is not None:
+            self._write(stage, self.snapshot, self.best)
+
+
+def _copy(state):
+    """A deep copy of a state dict with its tensors on the CPU (the model trains on)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_copy(v) for v in state)
+    return state

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 import tomli_w
+import torch
 from attrs import field
 from attrs import validators as v
 
@@ -45,6 +46,7 @@ class TensorBoard:
 
     def __init__(self):
         self.writer = None
+        self.pending: list[tuple[int, list[str], torch.Tensor]] = []  # (step, names, values on the device)
 
     def _writer(self, stage):
         # opened on first use, after the loop has restored a checkpoint: stage.step is then the
@@ -53,7 +55,8 @@ class TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(stage.run_dir / "tb" / stage.name),
-                                        purge_step=stage.step + 1 if stage.step else None)
+                                        # a stage restarted from scratch purges everything
+                                        purge_step=stage.step + 1 if stage.step else 0)
             if stage.step == 0:
                 text = tomli_w.dumps(recipe_to_dict(stage.recipe))
                 self.writer.add_text("recipe", "```\n" + text + "\n```", 0)
@@ -67,17 +70,22 @@ class TensorBoard:
     def kdlab_step_end(self, stage, loss, terms):
         if not stage.is_main or stage.step % stage.config_for(self).log_every:
             return
-        writer = self._writer(stage)
-        # .item() syncs with the device; this runs only every log_every steps
-        writer.add_scalar("loss/total", loss.item(), stage.step)
-        for name, term in terms.items():
-            writer.add_scalar(f"loss/{name}", term.item(), stage.step)
+        # kept on the device and written at the epoch's end: reading a value here (.item())
+        # would make the host wait for the GPU every log_every steps
+        names = ["loss/total", *(f"loss/{name}" for name in terms)]
+        self.pending.append((stage.step, names, torch.stack([loss.float(), *(t.float() for t in terms.values())])))
 
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
         writer = self._writer(stage)
         if writer is None:
             return
+        if self.pending:
+            values = iter(torch.cat([v for _, _, v in self.pending]).tolist())  # one transfer per epoch
+            for step, names, _ in self.pending:
+                for name in names:
+                    writer.add_scalar(name, next(values), step)
+            self.pending.clear()
         writer.add_scalar("epoch", stage.epoch, stage.step)
         for i, group in enumerate(stage.optimizer.param_groups):
             writer.add_scalar("lr" if i == 0 else f"lr/{i}", group["lr"], stage.step)

@@ -137,6 +137,7 @@ class Diverge:
 def test_non_finite_loss_stops_before_the_checkpoint(write_recipe, tmp_path):
     cat = discover(extra={"diverge": Diverge})
     text = ONE_STAGE.replace("methods.supervised = {}", "methods.supervised = {}\nmethods.diverge = {}")
+    text += "\n[plugins.checkpoint]\nevery = 1\n"
     with pytest.raises(KdlabError, match=r"stage teacher: the loss became nan in epoch 2 \(terms: .*diverge=nan"):
         run(write_recipe(text), out=tmp_path, catalogue=cat)
     last = torch.load(next(tmp_path.glob("tiny/*/checkpoints/teacher/last.pt")), weights_only=True)

@@ -27,7 +27,7 @@ MALFORMED = [
     ('channels = [8, 16]', 'channels = [8, 0]', "channels: must be a non-empty list of positive integers",
      "$.stages.teacher.model.channels"),
     ('arch = "cnn", channels = [8, 16]', 'arch = "vgg"', "unknown model 'vgg'", "$.stages.teacher.model.arch"),
-    ("batch_size = 64", "batch_size = 64\nbatchsize = 3", "unknown key 'batchsize' (allowed: batch_size,", "$.data.batchsize"),
+    ("batch_size = 64", "batch_size = 64\nbatchsize = 3", "unknown key 'batchsize' (allowed: augment, batch_size,", "$.data.batchsize"),
     ('teachers = ["teacher"]', 'teachers = ["teachr"]', "'teachr' is neither an earlier stage (teacher) nor an existing model file",
      "$.stages.student.teachers[0]"),
     ("enabled = false", "enabled = 0", "enabled must be true or false, got 0", "$.plugins.progress.enabled"),

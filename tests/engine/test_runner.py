@@ -18,9 +18,10 @@ from kdlab.engine.runner import run
 from tests.conftest import TINY, state_dicts_equal
 
 # Dropout draws from the global RNG, so resume must restore it for the weights to match.
+# a checkpoint every epoch (not every minute): a crash, unlike Ctrl-C, leaves only what was written
 RESUME = TINY.replace("epochs = 2", "epochs = 4").replace(
     'model = { arch = "cnn", channels = [4, 8] }', 'model = { arch = "cnn", channels = [4, 8], dropout = 0.3 }'
-)
+) + "\n[plugins.checkpoint]\nevery = 1\n"
 
 
 class Crash:
