@@ -1,7 +1,8 @@
 """Automatic mixed precision with torch.amp: autocast around the forward passes and the loss;
 with fp16 (CUDA or CPU), a GradScaler scales the loss, unscales before clipping, and steps.
 
-``dtype = "auto"`` picks bf16 on the CPU and fp16 on CUDA. The scaler's state is checkpointed.
+``dtype = "auto"`` picks bf16 (no loss scaling needed) wherever the device supports it: the CPU
+and CUDA GPUs from Ampere on; fp16 with a GradScaler on older GPUs. The scaler's state is checkpointed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class AmpConfig:
 
 def autocast_dtype(config: AmpConfig, device: torch.device) -> torch.dtype:
     if config.dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
+        return torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
     return torch.float16 if config.dtype == "fp16" else torch.bfloat16
 
 
