@@ -171,6 +171,12 @@ def cmd_run(args) -> int:
     from kdlab.engine.runner import run
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from kdlab.engine.recipe import load_recipe
+        from kdlab.engine.registry import discover
+        from kdlab.engine.runner import check_gpus, resolve_device
+
+        # what would fail in every process fails here once, before any is started
+        check_gpus(resolve_device(load_recipe(args.recipe, discover(), args.overrides)), args.nproc)
         # relaunch through torchrun, which starts N copies of this command with their ranks
         argv, skip = [], False
         for a in args.argv:

@@ -139,17 +139,20 @@ class Interrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
+def check_gpus(device: torch.device, nproc: int) -> None:
+    """Training on CUDA takes one GPU per process (NCCL refuses two ranks on one GPU)."""
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise KdlabError(f"--nproc {nproc}: training on CUDA takes one GPU per process and this machine has "
+                         f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or --set device=cpu")
+
+
 def _init_distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size) from the environment torchrun sets; the process group is started here:
     nccl when the recipe trains on CUDA (one GPU per process), gloo on the CPU, also on a machine
     that has GPUs."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-            if local > torch.cuda.device_count():
-                raise KdlabError(f"--nproc {local}: training on CUDA takes one GPU per process and this machine has "
-                                 f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or --set device=cpu")
+        check_gpus(device, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank() if world_size > 1 else 0), world_size
 

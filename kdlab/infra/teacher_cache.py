@@ -95,9 +95,10 @@ class Store:
         self.views = views  # rows are sample * views + view
 
     def lookup(self, batch, n_teachers: int, aliases: list[list[str]], device) -> list[ModelOutput]:
-        idx = batch.index.cpu()
+        on = next(iter(self.tensors.values())).device
+        idx = batch.index.to(on, non_blocking=True)
         if self.views is not None:
-            idx = idx * self.views + batch.view
+            idx = idx * self.views + batch.view.to(on, non_blocking=True)
         out = []
         for k in range(n_teachers):
             if f"t{k}/lengths" in self.tensors:
@@ -203,8 +204,15 @@ class TeacherCache:
         views = cfg.views if split == "train" else None
         if target is not None and (target / "done").is_file():
             log.info("%s: reading %s outputs from %s", NAME, split, target)
-            return _read(target, stage, split, views)
-        return self._build(stage, split, cfg, target, views)
+            store = _read(target, stage, split, views)
+        else:
+            store = self._build(stage, split, cfg, target, views)
+        if stage.device.type == "cuda" and not any(k.endswith("/lengths") for k in store.tensors):
+            # on the GPU a lookup is then one gather there, not a gather on the host and a
+            # copy from pageable memory that waits for the GPU every step (sequence stores,
+            # looked up utterance by utterance, stay on the host)
+            store = Store({k: t.to(stage.device) for k, t in store.tensors.items()}, store.views)
+        return store
 
     def _build(self, stage, split: str, cfg: TeacherCacheConfig, target: Path | None, views: int | None) -> Store:
         loader = getattr(stage.data, split)
