@@ -242,9 +242,10 @@ class Stage:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
+        # RNG states are CPU byte tensors, whatever map_location moved the checkpoint to
+        torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         for impl in self.hook.kdlab_load_state_dict.get_hookimpls():
             if impl.plugin_name in state["plugins"]:
                 _call(impl, stage=self, state=state["plugins"][impl.plugin_name])

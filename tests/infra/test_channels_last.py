@@ -7,7 +7,7 @@ import torch
 from kdlab import hookimpl
 from kdlab.engine.registry import discover
 from kdlab.engine.runner import run
-from tests.conftest import TINY
+from tests.conftest import TEST_DEVICE, TINY
 
 
 class Layout:
@@ -31,4 +31,5 @@ def test_channels_last_trains_nhwc_to_the_same_weights(write_recipe, tmp_path):
     nhwc = run(write_recipe(text, "nhwc.toml"), out=tmp_path / "b", catalogue=cat)
     assert Layout.seen and all(Layout.seen[-34:])  # the student stage's 34 steps
     a, b = (torch.load(r.run_dir / "models/student.pt", weights_only=True)["state_dict"] for r in (plain, nhwc))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-3
+    # NHWC convolutions sum in another order: rounding, amplified by Adam (more so with cuDNN's algorithms)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < (1e-3 if TEST_DEVICE == "cpu" else 3e-2)
