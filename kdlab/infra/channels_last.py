@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from kdlab import hookimpl
+from kdlab import KdlabError, hookimpl
 
 
 class ChannelsLast:
     @hookimpl(tryfirst=True)
     def kdlab_stage_start(self, stage):
+        if "pruning" in stage.config.methods:  # torch's global pruning flattens weights with .view
+            raise KdlabError(f"stages.{stage.name}.methods.channels_last: does not compose with pruning; "
+                             "remove one of them")
         for model in [stage.student, *stage.teachers]:
             model.to(memory_format=torch.channels_last)

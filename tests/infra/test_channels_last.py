@@ -33,3 +33,13 @@ def test_channels_last_trains_nhwc_to_the_same_weights(write_recipe, tmp_path):
     a, b = (torch.load(r.run_dir / "models/student.pt", weights_only=True)["state_dict"] for r in (plain, nhwc))
     # NHWC convolutions sum in another order: rounding, amplified by Adam (more so with cuDNN's algorithms)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < (1e-3 if TEST_DEVICE == "cpu" else 3e-2)
+
+
+def test_channels_last_refuses_pruning(write_recipe, tmp_path, catalogue):
+    import pytest
+
+    from kdlab import KdlabError
+
+    text = TINY.replace("alpha = 0.5 }", "alpha = 0.5 }\nmethods.channels_last = {}\nmethods.pruning = { sparsity = 0.3 }")
+    with pytest.raises(KdlabError, match="channels_last: does not compose with pruning"):
+        run(write_recipe(text), out=tmp_path, catalogue=catalogue)
