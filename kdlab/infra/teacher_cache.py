@@ -93,6 +93,9 @@ class Store:
     def __init__(self, tensors: dict[str, torch.Tensor], views: int | None = None):
         self.tensors = tensors  # "t{k}/logits", "t{k}/<alias>"
         self.views = views  # rows are sample * views + view
+        # a top-k teacher's class count, read once here: a lookup must not read a GPU tensor
+        self.num_classes = {name.split("/")[0]: int(t.reshape(-1)[0]) for name, t in tensors.items()
+                            if name.endswith("/classes")}
 
     def lookup(self, batch, n_teachers: int, aliases: list[list[str]], device) -> list[ModelOutput]:
         on = next(iter(self.tensors.values())).device
@@ -107,7 +110,7 @@ class Store:
             if f"t{k}/topk_values" in self.tensors:
                 logits = expand_topk(self.tensors[f"t{k}/topk_values"][idx].to(device, non_blocking=True),
                                      self.tensors[f"t{k}/topk_index"][idx].to(device, non_blocking=True),
-                                     int(self.tensors[f"t{k}/classes"][0]))
+                                     self.num_classes[f"t{k}"])
             else:
                 logits = self.tensors[f"t{k}/logits"][idx].to(device, torch.float32, non_blocking=True)
             feats = {a: self.tensors[f"t{k}/{a}"][idx].to(device, torch.float32, non_blocking=True) for a in aliases[k]}
@@ -119,8 +122,8 @@ class Store:
         lengths, offsets = t[f"t{k}/lengths"][idx], t[f"t{k}/offsets"][idx]
         spans = [slice(int(o), int(o) + int(n)) for o, n in zip(offsets, lengths)]
         if f"t{k}/topk_values" in t:
-            num_classes = int(t[f"t{k}/classes"][0])
-            frames = [expand_topk(t[f"t{k}/topk_values"][s], t[f"t{k}/topk_index"][s], num_classes) for s in spans]
+            frames = [expand_topk(t[f"t{k}/topk_values"][s], t[f"t{k}/topk_index"][s], self.num_classes[f"t{k}"])
+                      for s in spans]
         else:
             frames = [t[f"t{k}/logits"][s].float() for s in spans]
         logits = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)
@@ -225,6 +228,7 @@ class TeacherCache:
             loader.shard(0, 1)
         dtype = torch.float16 if cfg.dtype == "float16" else torch.float32
         tensors: dict[str, torch.Tensor] = {}
+        classes: dict[str, torch.Tensor] = {}  # top-k teachers' class counts
         sequences: dict[int, dict[int, torch.Tensor]] = {}
         self.building = True
         try:
@@ -244,7 +248,7 @@ class TeacherCache:
                             del items[f"t{k}/logits"]
                             values, index = torch.log_softmax(o.logits.float(), -1).topk(min(cfg.topk, o.logits.shape[-1]), -1)
                             items[f"t{k}/topk_values"], items[f"t{k}/topk_index"] = values, index
-                            items[f"t{k}/classes"] = torch.full((len(index), 1), o.logits.shape[-1])
+                            classes[f"t{k}/classes"] = torch.tensor([o.logits.shape[-1]])
                     if not tensors:
                         n = (getattr(loader, "num_samples", None) or _split_size(loader)) * (views or 1)
                         gb = sum(math.prod(t.shape[1:]) for t in items.values()) * n * dtype.itemsize / 2**30
@@ -266,6 +270,7 @@ class TeacherCache:
             self.building = False
             if sharded:
                 loader.shard(stage.rank, stage.world_size)
+        tensors.update(classes)  # one value per teacher, not one per row
         for k, per_index in sequences.items():
             tensors.update(_compact_sequences(per_index, dtype, cfg.topk, k))
         if target is not None and stage.is_main:
@@ -301,10 +306,10 @@ class TeacherCache:
 
 
 def _stored_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
-    """Top-k values in fp16 and class indices as int32 (or int16 when they fit); the rest in ``dtype``."""
+    """Top-k values in fp16 and class indices as int32; the rest in ``dtype``."""
     if name.endswith("/topk_values"):
         return torch.float16
-    if name.endswith("/topk_index") or name.endswith("/classes"):
+    if name.endswith("/topk_index"):
         return torch.int32
     return dtype
 
