@@ -8,9 +8,9 @@ Adding an architecture or a data set to kdlab is one line here after writing its
 
 from __future__ import annotations
 
-from kdlab.data import phonemes, speech_commands, vision
+from kdlab.data import phonemes, speech_commands, text, vision
 from kdlab.engine.hookspecs import hookimpl
-from kdlab.models import cifar, cnn, conformer_ctc, crnn, resnet, vit, wav2vec2_ctc
+from kdlab.models import cifar, cnn, conformer_ctc, conv_lm, crnn, resnet, transformer_lm, vit, wav2vec2_ctc
 
 
 class Models:
@@ -82,3 +82,31 @@ class Phonemes:
     @hookimpl
     def kdlab_register_datasets(self, datasets):
         datasets.add("phonemes", phonemes.PhonemesConfig, phonemes.build)
+
+
+class LanguageModels:
+    """Seed 003's language models: a transformer (Hugging Face) and a gated convolutional LM."""
+
+    default_enabled = True
+
+    @hookimpl
+    def kdlab_register_models(self, models):
+        models.add("transformer_lm", transformer_lm.TransformerLMConfig, transformer_lm.build)
+        models.add("conv_lm", conv_lm.ConvLMConfig, conv_lm.build)
+
+
+class Text:
+    """Dialogues and plain text for language models. The run keeps the tokeniser it trained or
+    loaded, beside the exported models (``RUN_DIR/tokenizer.json``)."""
+
+    default_enabled = True
+
+    @hookimpl
+    def kdlab_register_datasets(self, datasets):
+        datasets.add("text", text.TextConfig, text.build)
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        data = stage.data.extra.get("text")
+        if data is not None and stage.is_main:
+            (stage.run_dir / "tokenizer.json").write_text(data.tokenizer.to_str(), encoding="utf-8")

@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--min-words", type=int, default=2)
     q.add_argument("--max-words", type=int, default=6)
     q.add_argument("--seed", type=int, default=0)
+    q = data.add_parser("dialogues", help="personalised dialogues with long-term-memory questions (Russian, English)")
+    q.add_argument("--out", required=True, help="corpus directory (created): train/val/test.jsonl")
+    q.add_argument("--dialogues", type=int, default=4000, help="number of dialogues (default 4000)")
+    q.add_argument("--langs", default="ru,en", help="comma-separated languages, alternating (default ru,en)")
+    q.add_argument("--seed", type=int, default=0)
     q = data.add_parser("common-voice", help="convert a Common Voice folder (TSV files + clips/) to a manifest")
     q.add_argument("root", help="the Common Voice language folder (train.tsv, dev.tsv, test.tsv, clips/)")
     q.add_argument("--out", required=True, help="directory for manifest.jsonl and phonemes.txt")
@@ -133,6 +138,20 @@ def cmd_transcribe(args) -> int:
 
 
 def cmd_data(args) -> int:
+    if args.corpus == "dialogues":
+        from kdlab.data import dialogue_corpus
+
+        if args.dialogues < 10:
+            raise KdlabError("--dialogues must be >= 10 (80/10/10 split)")
+        try:
+            summary = dialogue_corpus.generate(args.out, dialogues=args.dialogues, seed=args.seed,
+                                               langs=tuple(x.strip() for x in args.langs.split(",") if x.strip()))
+        except ValueError as exc:
+            raise KdlabError(f"--langs: {exc}") from None
+        for split, info in summary.items():
+            print(f"{split:5}: {info['dialogues']} dialogues, {info['turns']} turns")
+        print(f"corpus written to {args.out}")
+        return 0
     if args.corpus == "ru-phonemes":
         from kdlab.speech import ru_corpus
 

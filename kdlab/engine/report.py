@@ -9,7 +9,9 @@ import io
 # printed after `kdlab run` shows only these (every metric is in the run's metrics.json).
 PREFERRED = ["test/accuracy", "val/accuracy", "test/top5", "test/loss", "test/au_fa_fr", "val/au_fa_fr",
              "test/fp16_au_fa_fr", "test/per", "val/per", "test/beam_per", "test/sparsity",
-             "test/geometry_preservation", "test/cka", "params", "nonzero_params", "macs", "bytes", "bytes_fp16",
+             "test/geometry_preservation", "test/cka",
+             "test/perplexity", "test/token_accuracy", "test/hits@1", "test/token_f1", "test/memory_recall",
+             "macs_per_token", "train_tokens_per_s", "params", "nonzero_params", "macs", "bytes", "bytes_fp16",
              "latency_ms", "macs_ratio", "bytes_ratio", "bytes_fp16_ratio", "latency_ratio"]
 
 

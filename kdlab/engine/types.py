@@ -96,6 +96,9 @@ class DataBundle:
     augmented: bool = False  # training inputs are randomly transformed (differ between epochs)
     key: dict = attrs.field(factory=dict)  # what identifies the data and its transforms (for caches)
     classes: tuple[str, ...] = ()  # class names, when the data has them (CTC: blank, then the phonemes)
+    # what a data set hands its metric and method plugins beyond batches, by name (the text data
+    # set: its tokeniser and each dialogue's prompt length, reference response and fact)
+    extra: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)

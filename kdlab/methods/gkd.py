@@ -1,0 +1,77 @@
+"""On-policy distillation of language models (GKD, Agarwal et al. 2024, "On-Policy
+Distillation of Language Models: Learning from Self-Generated Mistakes").
+
+In a share ``fraction`` of the training steps (GKD's lambda; drawn per step from the recipe seed,
+so every process of ``--nproc N`` agrees) the student writes the response of each dialogue in the
+batch (sampled at ``sample_temperature``, no gradient), the teacher scores that sequence, and the
+loss is the divergence between the two next-token distributions on the student's own response
+tokens. In the other steps the same divergence is taken on the data's response tokens (the
+teacher's outputs for the batch, cached or not). The divergence is one of :mod:`token_kd`'s
+(default GKD's generalised JSD with beta = 0.5). Loss term: ``gkd``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from attrs import field
+from attrs import validators as v
+
+from kdlab import Batch, hookimpl
+from kdlab.data.loader import batch_seed
+from kdlab.methods.lm import check_token_logits
+from kdlab.methods.logit_kd import require_teacher
+from kdlab.methods.seq_kd import require_text
+from kdlab.methods.token_kd import Divergence, token_kd_loss
+from kdlab.models.generation import generate, response_mask
+
+
+@attrs.frozen(kw_only=True)
+class GKDConfig:
+    fraction: float = field(default=0.5, validator=[v.ge(0), v.le(1)])  # share of on-policy steps (lambda)
+    divergence: Divergence = "jsd"
+    beta: float = field(default=0.5, validator=[v.gt(0), v.lt(1)])
+    alpha: float = field(default=0.1, validator=[v.gt(0), v.lt(1)])
+    temperature: float = field(default=1.0, validator=v.gt(0))  # of the divergence
+    sample_temperature: float = field(default=1.0, validator=v.ge(0))  # of the student's responses; 0: greedy
+    max_new_tokens: int = field(default=32, validator=v.ge(1))
+
+
+def on_policy_step(seed: int, step: int, fraction: float) -> bool:
+    """Whether training step ``step`` samples from the student: the same answer in every process."""
+    draw = torch.rand((), generator=torch.Generator().manual_seed(batch_seed(seed, -2, step)))
+    return bool(draw < fraction)
+
+
+class GKD:
+    config_class = GKDConfig
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        require_teacher(stage, "gkd")
+        require_text(stage, "gkd")
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
+        cfg = stage.config_for(self)
+        check_token_logits(student_out.logits, batch.targets, "methods.gkd")
+        div = {"divergence": cfg.divergence, "temperature": cfg.temperature, "beta": cfg.beta, "alpha": cfg.alpha}
+        if not on_policy_step(stage.recipe.seed, stage.step, cfg.fraction):
+            mask = batch.targets >= 0
+            return {"gkd": sum(token_kd_loss(student_out.logits, t.logits, mask, **div) for t in teacher_outs)
+                    / len(teacher_outs)}
+        text = stage.data.extra["text"]
+        prompts = text.splits["train"].prompt_lens[batch.index]
+        generator = torch.Generator().manual_seed(batch_seed(stage.recipe.seed, -3, stage.step) + stage.rank)
+        was_training = stage.student.training
+        stage.student.train(False)  # the student's policy, without dropout
+        seq = generate(stage.student, batch.inputs, prompts, max_new_tokens=cfg.max_new_tokens, end_id=text.end_id,
+                       pad_id=text.pad_id, temperature=cfg.sample_temperature, generator=generator)
+        stage.student.train(was_training)
+        mask = response_mask(seq, prompts, text.end_id, text.pad_id)
+        x = seq[:, :-1]
+        own = Batch(x, torch.where(mask, seq[:, 1:], -1), batch.index)
+        out = stage.hook.kdlab_student_forward(stage=stage, batch=own)
+        with torch.no_grad():
+            scores = [teacher(x) for teacher in stage.teachers]
+        return {"gkd": sum(token_kd_loss(out.logits, t, mask, **div) for t in scores) / len(scores)}

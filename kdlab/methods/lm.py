@@ -1,0 +1,40 @@
+"""Language modelling: next-token cross-entropy on the valid targets of a batch (the text data
+set marks padding, and prompts when only responses are trained, with -1). The baseline every
+language-model student is compared with. Loss term: ``lm``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from attrs import field
+from attrs import validators as v
+
+from kdlab import KdlabError, hookimpl
+
+
+@attrs.frozen(kw_only=True)
+class LMConfig:
+    label_smoothing: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the tokens whose target is >= 0; logits (B, L, V), targets (B, L)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
+                           label_smoothing=label_smoothing)
+
+
+def check_token_logits(logits: torch.Tensor, targets: torch.Tensor, plugin: str) -> None:
+    if logits.ndim != 3 or targets.shape != logits.shape[:2]:
+        raise KdlabError(f"{plugin}: needs a language model's logits (batch, length, vocab) and per-token targets "
+                         f"(the text data set); got logits {tuple(logits.shape)}, targets {tuple(targets.shape)}")
+
+
+class LM:
+    config_class = LMConfig
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, batch, student_out):
+        check_token_logits(student_out.logits, batch.targets, "methods.lm")
+        return {"lm": lm_loss(student_out.logits, batch.targets, label_smoothing=stage.config_for(self).label_smoothing)}

@@ -1,0 +1,79 @@
+"""Response generation and scoring for any causal language model that maps token ids
+(batch, length) to logits (batch, length, vocab): kdlab's ``transformer_lm`` and ``conv_lm``.
+
+Written by hand rather than with ``transformers``' ``generate()``: ``conv_lm`` is not a Hugging
+Face model, and prompts of different lengths sit right-padded in one tensor (the layout of the
+training data), which ``generate()`` does not accept for decoder-only models. Each new token
+costs one forward over the sequence so far (no key-value cache): the responses here are short.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def generate(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, *, max_new_tokens: int, end_id: int,
+             pad_id: int, temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue each row's prompt (``tokens[i, :prompt_lens[i]]``) until the end token or
+    ``max_new_tokens``. Greedy when ``temperature == 0``; otherwise sampled from the softmax at
+    that temperature with ``generator`` (the same generator state gives the same responses).
+
+    Returns (batch, prompt + new) token ids: each prompt, its response (the end token included
+    when produced), then ``pad_id``. Rows never run past the tensor's width."""
+    lens = prompt_lens.to(tokens.device).clone()
+    width = min(tokens.shape[1], int(lens.max()) + max_new_tokens)
+    out = torch.full((tokens.shape[0], width), pad_id, dtype=tokens.dtype, device=tokens.device)
+    keep = torch.arange(width, device=tokens.device)[None, :] < lens[:, None]
+    out[keep] = tokens[:, :width][keep]
+    done = lens >= width
+    rows = torch.arange(len(lens), device=tokens.device)
+    for _ in range(max_new_tokens):
+        if bool(done.all()):  # one sync per generated token
+            break
+        upto = int(lens.max())
+        logits = model(out[:, :upto])[rows, (lens - 1).clamp(max=upto - 1)].float()
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = torch.multinomial(probs.cpu() if generator is not None and generator.device.type == "cpu" else probs,
+                                    1, generator=generator).squeeze(1).to(tokens.device)
+        else:
+            nxt = logits.argmax(-1)
+        active = ~done
+        out[rows[active], lens[active]] = nxt[active]
+        lens = lens + active.long()
+        done = done | (nxt == end_id) | (lens >= width)
+    return out
+
+
+def response_tokens(sequences: torch.Tensor, prompt_lens: torch.Tensor, end_id: int, pad_id: int) -> list[list[int]]:
+    """The generated part of each row, up to (not including) the end token or padding."""
+    out = []
+    for row, start in zip(sequences.tolist(), prompt_lens.tolist()):
+        resp = []
+        for t in row[start:]:
+            if t in (end_id, pad_id):
+                break
+            resp.append(t)
+        out.append(resp)
+    return out
+
+
+def response_mask(sequences: torch.Tensor, prompt_lens: torch.Tensor, end_id: int, pad_id: int) -> torch.Tensor:
+    """Targets mask for sequences from :func:`generate`: True at the positions whose *next*
+    token is part of the response (its tokens and the end token), shape (batch, length - 1)."""
+    pos = torch.arange(1, sequences.shape[1], device=sequences.device)[None, :]
+    nxt = sequences[:, 1:]
+    after_prompt = pos >= prompt_lens.to(sequences.device)[:, None]
+    # a response ends at its first end token; padding after it is not a target
+    ended_before = torch.cumsum((nxt == end_id).long(), dim=1) - (nxt == end_id).long() > 0
+    return after_prompt & ~ended_before & (nxt != pad_id)
+
+
+@torch.no_grad()
+def sequence_logprob(model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(target) over the positions where ``targets >= 0``, per row (batch,)."""
+    logp = torch.log_softmax(model(tokens).float(), dim=-1)
+    valid = targets >= 0
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * valid).sum(-1)

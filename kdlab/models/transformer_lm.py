@@ -1,0 +1,101 @@
+"""A decoder-only transformer language model through Hugging Face ``transformers`` (the ``hf``
+extra), so that models built from settings, real checkpoints and users' models share one path.
+
+Built from settings: a Llama configuration (RMSNorm, rotary positions, SwiGLU, separate q/k/v
+projections) of ``layers``, ``width``, ``heads``, ``ffn`` and the data's sequence length,
+randomly initialised; ``family = "gpt2"`` builds a GPT-2 configuration instead. With ``hf_dir``
+the model and its weights come from a local Hugging Face directory (``config.json`` and
+safetensors or ``pytorch_model.bin``, read with ``local_files_only``: nothing is downloaded);
+the size settings are then ignored. A model whose vocabulary is smaller than the data's (a
+tokeniser with kdlab's special tokens added) gets its embeddings resized; a larger (padded) one
+has its logits cut to the data's vocabulary.
+
+Input: token ids (batch, length), right-padded (causal attention: padding after a token never
+reaches it). Output: logits (batch, length, vocab). Tap points are the Hugging Face module names,
+e.g. ``hf.model.layers.1`` (a block; Llama), ``hf.model.layers.1.self_attn.q_proj`` / ``k_proj``
+/ ``v_proj`` (for MiniLM relations), ``hf.transformer.h.1`` (GPT-2).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+from attrs import field
+from attrs import validators as v
+from torch import nn
+
+from kdlab.engine.errors import KdlabError
+
+
+@attrs.frozen(kw_only=True)
+class TransformerLMConfig:
+    family: Literal["llama", "gpt2"] = "llama"
+    layers: int = field(default=4, validator=v.ge(1))
+    width: int = field(default=128, validator=v.ge(8))
+    heads: int = field(default=4, validator=v.ge(1))
+    ffn: int | None = field(default=None, validator=v.optional(v.ge(1)))  # None: 4 x width (gpt2), 8/3 x width (llama)
+    dropout: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
+    hf_dir: str | None = None  # a local Hugging Face causal-LM directory: weights and architecture from there
+
+    def __attrs_post_init__(self):
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise KdlabError("model arch 'transformer_lm' needs Hugging Face transformers: pip install 'kdlab[hf]'") from exc
+    return transformers
+
+
+def hf_config(cfg: TransformerLMConfig, vocab: int, context: int):
+    tf = _transformers()
+    if cfg.family == "gpt2":
+        return tf.GPT2Config(vocab_size=vocab, n_positions=context, n_embd=cfg.width, n_layer=cfg.layers,
+                             n_head=cfg.heads, n_inner=cfg.ffn, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                             attn_pdrop=cfg.dropout, bos_token_id=None, eos_token_id=None)
+    ffn = cfg.ffn or (8 * cfg.width // 3 + 7) // 8 * 8
+    return tf.LlamaConfig(vocab_size=vocab, hidden_size=cfg.width, intermediate_size=ffn,
+                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                          num_key_value_heads=cfg.heads, max_position_embeddings=context,
+                          attention_dropout=cfg.dropout, tie_word_embeddings=True,
+                          bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+
+class TransformerLM(nn.Module):
+    """A Hugging Face causal LM as a plain ``tokens -> logits`` module."""
+
+    def __init__(self, hf: nn.Module, vocab: int, context: int):
+        super().__init__()
+        self.hf, self.vocab, self.context = hf, vocab, context
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self.hf(input_ids=tokens, use_cache=False).logits
+        return logits[..., : self.vocab] if logits.shape[-1] > self.vocab else logits
+
+    def example_input(self) -> torch.Tensor:
+        """One sequence of the data's length (what ``macs`` counts; per token: divide by it)."""
+        return torch.zeros(1, self.context, dtype=torch.long)
+
+
+def build(config: TransformerLMConfig, data) -> TransformerLM:
+    tf = _transformers()
+    vocab, context = data.num_classes, data.input_shape[0]
+    if config.hf_dir is None:
+        hf = tf.AutoModelForCausalLM.from_config(hf_config(config, vocab, context), attn_implementation="sdpa")
+    else:
+        try:
+            hf = tf.AutoModelForCausalLM.from_pretrained(config.hf_dir, local_files_only=True, attn_implementation="sdpa")
+        except (OSError, ValueError) as exc:
+            raise KdlabError(f"model hf_dir = '{config.hf_dir}': not a loadable causal LM directory "
+                             f"({str(exc).splitlines()[0]})") from None
+        positions = getattr(hf.config, "max_position_embeddings", None) or getattr(hf.config, "n_positions", None)
+        if positions is not None and positions < context:
+            raise KdlabError(f"model hf_dir = '{config.hf_dir}': {positions} positions, fewer than data.seq_len = {context}")
+        if hf.get_input_embeddings().num_embeddings < vocab:
+            hf.resize_token_embeddings(vocab)
+    return TransformerLM(hf, vocab, context)
