@@ -20,9 +20,11 @@ class LMConfig:
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy over the tokens whose target is >= 0; logits (B, L, V), targets (B, L)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
-                           label_smoothing=label_smoothing)
+    """Mean cross-entropy over the tokens whose target is >= 0; logits (B, L, V), targets (B, L).
+    Zero, with a gradient path, when there is none (a batch of prompts cut at the context end)."""
+    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
+                            label_smoothing=label_smoothing, reduction="sum")
+    return total / (targets >= 0).sum().clamp(min=1)
 
 
 def check_token_logits(logits: torch.Tensor, targets: torch.Tensor, plugin: str) -> None:

@@ -33,6 +33,7 @@ def generate(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, *, max_new_
             break
         upto = int(lens.max())
         logits = model(out[:, :upto])[rows, (lens - 1).clamp(max=upto - 1)].float()
+        logits[:, pad_id] = float("-inf")  # padding is never a response token
         if temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)
             nxt = torch.multinomial(probs.cpu() if generator is not None and generator.device.type == "cpu" else probs,

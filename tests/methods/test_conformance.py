@@ -9,10 +9,39 @@ from kdlab.engine.registry import discover
 from kdlab.engine.runner import run
 
 # Settings a method needs that have no default, and whether it supplies a loss term itself.
-REQUIRED = {"pruning": {"sparsity": 0.5}, "reviewkd": {"student": ["feat", "emb"], "teacher": ["feat", "emb"]}}
-SUPPLIES_LOSS = {"supervised", "logit_kd", "ctc", "ctc_kd"}
+REQUIRED = {"pruning": {"sparsity": 0.5}, "reviewkd": {"student": ["feat", "emb"], "teacher": ["feat", "emb"]},
+            "minilm": {"pairs": {"feat": "feat"}, "relation_heads": 2}}
+SUPPLIES_LOSS = {"supervised", "logit_kd", "ctc", "ctc_kd", "lm"}
 # Methods for sequence models (CTC): checked on a tiny phoneme corpus instead of digits.
 SEQUENCE = {"ctc", "ctc_kd"}
+# Methods for language models: checked on a tiny generated dialogue corpus.
+TEXT = {"lm", "token_kd", "seq_kd", "gkd", "minilm"}
+
+TEXT_RECIPE = """
+name = "conformance_text"
+device = "cpu"
+[data]
+dataset = "text"
+dir = "{corpus}"
+seq_len = 64
+vocab_size = 320
+batch_size = 16            # 32 training dialogues: two steps per epoch
+[plugins.progress]
+enabled = false
+[plugins.lm_metrics]
+dialogues = 4
+candidates = 3
+max_new_tokens = 4
+[defaults]
+epochs = 1
+model = {{ arch = "transformer_lm", layers = 1, width = 16, heads = 2 }}
+[stages.teacher]
+methods.lm = {{}}
+[stages.student]
+teachers = ["teacher"]
+taps = {{ student = {{ feat = "hf.model.layers.0.self_attn.v_proj" }}, teacher = {{ feat = "hf.model.layers.0.self_attn.v_proj" }} }}
+{methods}
+"""
 
 SPEECH_RECIPE = """
 name = "conformance_speech"
@@ -57,15 +86,22 @@ taps = {{ student = {{ emb = "embed", feat = "blocks.1" }}, teacher = {{ emb = "
 
 
 def _toml_table(values: dict) -> str:
-    return "{ " + ", ".join(f"{k} = {v!r}" for k, v in values.items()) + " }"
+    return "{ " + ", ".join(f"{k} = {_toml_table(v) if isinstance(v, dict) else repr(v)}" for k, v in values.items()) + " }"
 
 
 @pytest.mark.parametrize("method", discover().methods)
 def test_method_trains_two_steps(method, write_recipe, tmp_path, catalogue):
     methods = [f"methods.{method} = {_toml_table(REQUIRED.get(method, {}))}"]
     if method not in SUPPLIES_LOSS:
-        methods.append("methods.supervised = {}")
-    if method in SEQUENCE:
+        methods.append("methods.lm = {}" if method in TEXT else "methods.supervised = {}")
+    if method in TEXT:
+        pytest.importorskip("transformers")
+        from tests.data.test_text import make_dialogues
+
+        text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus"), methods="\n".join(methods))
+        result = run(write_recipe(text), out=tmp_path, catalogue=catalogue)
+        assert result.metrics["student"]["test/perplexity"] > 1
+    elif method in SEQUENCE:
         from tests.data.test_phonemes import make_phoneme_corpus
 
         text = SPEECH_RECIPE.format(manifest=make_phoneme_corpus(tmp_path / "corpus"), methods="\n".join(methods))
@@ -82,7 +118,7 @@ def test_all_methods_compose_in_one_stage(write_recipe, tmp_path, catalogue):
     """Every method at once (supervised aside: logit_kd supplies the `ce` term), with AMP and
     pruning: loss terms add up, extra modules coexist, and the geometry metric is reported."""
     # channels_last refuses pruning (tested in tests/infra/test_channels_last.py)
-    methods = [m for m in catalogue.methods if m not in ("supervised", "channels_last") and m not in SEQUENCE]
+    methods = [m for m in catalogue.methods if m not in ("supervised", "channels_last") and m not in SEQUENCE | TEXT]
     lines = [f"methods.{m} = {_toml_table(REQUIRED.get(m, {}))}" for m in methods]
     text = RECIPE.format(methods="\n".join(lines)).replace("[plugins.tensorboard]\nenabled = false",
                                                           "[plugins.tensorboard]\nlog_every = 1")
@@ -108,3 +144,27 @@ def test_sequence_methods_compose_with_cache_amp_and_clipping(write_recipe, tmp_
     text = SPEECH_RECIPE.format(manifest=make_phoneme_corpus(tmp_path / "corpus"), methods="\n".join(lines))
     metrics = run(write_recipe(text), out=tmp_path, catalogue=catalogue).metrics["student"]
     assert 0 <= metrics["test/per"] and metrics["test/sparsity"] == __import__("pytest").approx(0.3, abs=0.01)
+
+
+def test_language_model_methods_compose_with_cache_amp_and_clipping(write_recipe, tmp_path, catalogue):
+    """Every language-model method in one stage, with the top-k teacher cache, AMP and clipping:
+    the loss terms add up and the dialogue metrics are reported."""
+    pytest.importorskip("transformers")
+    from tests.data.test_text import make_dialogues
+
+    lines = ["methods.lm = {}", 'methods.token_kd = { divergence = "skew_kl" }', "methods.seq_kd = { max_new_tokens = 4 }",
+             "methods.gkd = { fraction = 0.5, max_new_tokens = 4 }", 'methods.minilm = { pairs = { feat = "feat" }, relation_heads = 2 }',
+             "methods.teacher_cache = { topk = 8 }", "methods.amp = {}", "methods.grad_clip = { max_norm = 1.0 }"]
+    text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus"), methods="\n".join(lines))
+    text = text.replace("[plugins.progress]", "[plugins.tensorboard]\nlog_every = 1\n[plugins.progress]")
+    result = run(write_recipe(text), out=tmp_path, catalogue=catalogue)
+    metrics = result.metrics["student"]
+    assert {"test/hits@1", "test/token_f1", "test/memory_recall", "macs_per_token", "train_tokens_per_s"} <= set(metrics)
+    assert 0 <= metrics["test/hits@1"] <= 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(result.run_dir / "tb" / "student"))
+    acc.Reload()
+    assert {t for t in acc.Tags()["scalars"] if t.startswith("loss/")} == {
+        "loss/total", "loss/lm", "loss/token_kd", "loss/seq_kd", "loss/gkd", "loss/minilm"}
+    assert (result.run_dir / "tokenizer.json").is_file()

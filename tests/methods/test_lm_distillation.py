@@ -1,0 +1,63 @@
+"""MiniLM relations, GKD's on-policy schedule, sequence-level KD's teacher responses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdlab.methods.gkd import on_policy_step
+from kdlab.methods.minilm import minilm_loss, relations
+from kdlab.methods.seq_kd import SeqKDConfig, teacher_sequences
+
+
+def test_relations_are_causal_softmaxes_over_valid_positions():
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    valid = torch.tensor([[True, True, False]])
+    r = relations(x, 1, valid).exp()[0, 0]
+    scale = 1 / math.sqrt(2)
+    # row 1 relates to positions 0 and 1 only: softmax([x1.x0, x1.x1] / sqrt 2) = softmax([0, 1/sqrt2])
+    e = math.exp(scale)
+    assert r[1, 0].item() == pytest.approx(1 / (1 + e), rel=1e-5) and r[1, 1].item() == pytest.approx(e / (1 + e), rel=1e-5)
+    assert r[0, 0].item() == pytest.approx(1.0) and r[0, 1:].sum().item() == 0  # no look ahead
+    assert r[2, 2].item() == 0  # a padded position is never related to
+
+
+def test_minilm_loss_is_zero_for_equal_relations_and_ignores_width():
+    torch.manual_seed(0)
+    s = torch.randn(2, 5, 8)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    assert minilm_loss(s, s.clone(), valid, heads=2).item() == pytest.approx(0, abs=1e-6)
+    # a wider teacher whose heads repeat the student's features, scaled so that the scaled dot
+    # products match (head width 8 against 4: 2 c^2 / sqrt 8 = 1 / sqrt 4)
+    t = torch.cat([s[..., :4], s[..., :4], s[..., 4:], s[..., 4:]], -1) * 2 ** -0.25
+    assert minilm_loss(s, t, valid, heads=2).item() == pytest.approx(0, abs=1e-5)
+    assert minilm_loss(s, torch.randn(2, 5, 16), valid, heads=2).item() > 0.01
+
+
+def test_on_policy_steps_follow_the_fraction_and_the_seed():
+    steps = [on_policy_step(0, s, 0.3) for s in range(2000)]
+    assert 0.25 < sum(steps) / len(steps) < 0.35
+    assert steps == [on_policy_step(0, s, 0.3) for s in range(2000)]  # every process agrees
+    assert not any(on_policy_step(0, s, 0.0) for s in range(100)) and all(on_policy_step(0, s, 1.0) for s in range(100))
+
+
+class Echo(torch.nn.Module):
+    """A teacher that answers every prompt with 3, 4 and the end token (9)."""
+
+    def forward(self, tokens):
+        nxt = torch.where(tokens == 8, 3, torch.where(tokens == 3, 4, 9))
+        return torch.nn.functional.one_hot(nxt, 10).float() * 20
+
+
+def test_teacher_sequences_put_the_teachers_response_after_each_prompt():
+    from types import SimpleNamespace
+
+    inputs = torch.tensor([[1, 8, 5, 6, 0, 0, 0, 0], [1, 2, 8, 7, 7, 7, 0, 0]])
+    prompts = torch.tensor([2, 3])  # each prompt ends with the agent token (8)
+    text = SimpleNamespace(end_id=9, pad_id=0)
+    x, y = teacher_sequences(Echo(), inputs, prompts, text=text, cfg=SeqKDConfig(max_new_tokens=5), seed=0,
+                             device=torch.device("cpu"), batch_size=1)
+    assert x.tolist() == [[1, 8, 3, 4, 9, 0, 0, 0], [1, 2, 8, 3, 4, 9, 0, 0]]
+    assert y.tolist() == [[-1, 3, 4, 9, -1, -1, -1, -1], [-1, -1, 3, 4, 9, -1, -1, -1]]

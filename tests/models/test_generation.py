@@ -1,0 +1,53 @@
+"""Generation for any tokens -> logits model: greedy, seeded sampling, masks, scores."""
+
+from __future__ import annotations
+
+import torch
+
+from kdlab.models.generation import generate, response_mask, response_tokens, sequence_logprob
+
+V, END, PAD = 10, 9, 0
+
+
+class Counter(torch.nn.Module):
+    """Predicts token + 1 (capped at END) with certainty: greedy output is known in advance."""
+
+    def forward(self, tokens):
+        nxt = (tokens + 1).clamp(max=END)
+        return torch.nn.functional.one_hot(nxt, V).float() * 20
+
+
+class Uniform(torch.nn.Module):
+    def forward(self, tokens):
+        return torch.zeros(*tokens.shape, V)
+
+
+def test_greedy_continues_each_right_padded_prompt_until_the_end_token():
+    tokens = torch.tensor([[5, 6, 0, 0, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0, 0, 0]])
+    out = generate(Counter(), tokens, torch.tensor([2, 1]), max_new_tokens=6, end_id=END, pad_id=PAD)
+    assert out.tolist() == [[5, 6, 7, 8, 9, 0, 0, 0], [2, 3, 4, 5, 6, 7, 8, 0]]  # 6 new tokens at most
+    assert response_tokens(out, torch.tensor([2, 1]), END, PAD) == [[7, 8], [3, 4, 5, 6, 7, 8]]
+    # response targets: the positions whose next token is a response token or the end token
+    mask = response_mask(out, torch.tensor([2, 1]), END, PAD)
+    assert mask.tolist() == [[False, True, True, True, False, False, False], [True] * 6 + [False]]
+
+
+def test_sampling_is_a_function_of_the_generator_seed():
+    tokens = torch.full((4, 12), 1)
+    lens = torch.tensor([1, 2, 3, 1])
+    a = generate(Uniform(), tokens, lens, max_new_tokens=8, end_id=END, pad_id=PAD, temperature=1.0,
+                 generator=torch.Generator().manual_seed(3))
+    b = generate(Uniform(), tokens, lens, max_new_tokens=8, end_id=END, pad_id=PAD, temperature=1.0,
+                 generator=torch.Generator().manual_seed(3))
+    c = generate(Uniform(), tokens, lens, max_new_tokens=8, end_id=END, pad_id=PAD, temperature=1.0,
+                 generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for row, n in zip(a.tolist(), lens.tolist()):
+        assert row[:n] == [1] * n  # prompts untouched
+
+
+def test_sequence_logprob_sums_the_target_positions_only():
+    model = Uniform()
+    targets = torch.tensor([[-1, 3, 4, -1], [-1, -1, -1, 2]])
+    scores = sequence_logprob(model, torch.zeros(2, 4, dtype=torch.long), targets)
+    assert torch.allclose(scores, torch.tensor([2, 1]) * torch.log(torch.tensor(1 / V)))

@@ -1,0 +1,73 @@
+"""conv_lm and transformer_lm: causality, the conv receptive field, the Hugging Face directory
+round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdlab.engine.errors import KdlabError
+from kdlab.engine.types import DataBundle
+from kdlab.models import conv_lm, transformer_lm
+
+
+def _data(vocab: int = 50, seq_len: int = 24) -> DataBundle:
+    return DataBundle(train=None, val=None, test=None, num_classes=vocab, input_shape=(seq_len,))
+
+
+def _changed_positions(model, tokens: torch.Tensor, at: int) -> torch.Tensor:
+    """Positions whose logits change when the token at ``at`` changes."""
+    model.train(False)
+    other = tokens.clone()
+    other[0, at] = (other[0, at] + 1) % 50
+    with torch.no_grad():
+        diff = (model(tokens) - model(other)).abs().amax(-1)[0]
+    return (diff > 1e-6).nonzero().flatten()
+
+
+@pytest.mark.parametrize(("rf", "layers"), [(9, 4), (16, 4), (5, 2), (7, 3)])
+def test_conv_lm_sees_exactly_its_receptive_field(rf, layers):
+    assert 1 + sum(k - 1 for k in conv_lm.kernel_sizes(rf, layers)) == rf
+    torch.manual_seed(0)
+    model = conv_lm.build(conv_lm.ConvLMConfig(width=16, layers=layers, receptive_field=rf, dropout=0.0), _data())
+    tokens = torch.randint(0, 50, (1, 24))
+    changed = _changed_positions(model, tokens, 5)
+    assert changed.tolist() == list(range(5, min(24, 5 + rf)))  # itself and the rf - 1 tokens after it
+
+
+def test_conv_lm_receptive_field_below_layers_is_refused():
+    with pytest.raises(ValueError, match="receptive_field must be >= layers \\+ 1"):
+        conv_lm.ConvLMConfig(layers=4, receptive_field=4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_transformer_lm_is_causal_and_sees_the_whole_context(family):
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformer_lm.build(transformer_lm.TransformerLMConfig(family=family, layers=2, width=16, heads=2), _data())
+    tokens = torch.randint(0, 50, (1, 24))
+    assert model(tokens).shape == (1, 24, 50)
+    assert _changed_positions(model, tokens, 3).tolist() == list(range(3, 24))
+
+
+def test_hf_directory_round_trip_resizes_and_cuts_the_vocabulary(tmp_path):
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = tf.LlamaForCausalLM(transformer_lm.hf_config(
+        transformer_lm.TransformerLMConfig(layers=1, width=16, heads=2), vocab=50, context=32))
+    hf.save_pretrained(tmp_path / "tiny")
+    tokens = torch.randint(0, 50, (2, 24))
+    with torch.no_grad():
+        expected = hf(input_ids=tokens).logits
+        same = transformer_lm.build(transformer_lm.TransformerLMConfig(hf_dir=str(tmp_path / "tiny")), _data(50))
+        assert torch.allclose(same.train(False)(tokens), expected, atol=1e-5)
+        # a data vocabulary with added special tokens: the embeddings grow, old logits unchanged
+        grown = transformer_lm.build(transformer_lm.TransformerLMConfig(hf_dir=str(tmp_path / "tiny")), _data(54))
+        assert grown.train(False)(tokens).shape[-1] == 54
+        # a padded model vocabulary: the logits are cut to the data's
+        cut = transformer_lm.build(transformer_lm.TransformerLMConfig(hf_dir=str(tmp_path / "tiny")), _data(40))
+        assert torch.allclose(cut.train(False)(tokens % 40), hf(input_ids=tokens % 40).logits[..., :40], atol=1e-5)
+    with pytest.raises(KdlabError, match="fewer than data.seq_len = 64"):
+        transformer_lm.build(transformer_lm.TransformerLMConfig(hf_dir=str(tmp_path / "tiny")), _data(50, 64))
+    with pytest.raises(KdlabError, match="not a loadable causal LM directory"):
+        transformer_lm.build(transformer_lm.TransformerLMConfig(hf_dir=str(tmp_path / "missing")), _data())
