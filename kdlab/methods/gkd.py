@@ -19,11 +19,11 @@ from attrs import validators as v
 
 from kdlab import Batch, hookimpl
 from kdlab.data.loader import batch_seed
-from kdlab.methods.lm import check_token_logits
+from kdlab.methods.lm import check_token_logits, token_divisor
 from kdlab.methods.logit_kd import require_teacher
 from kdlab.methods.seq_kd import require_text
 from kdlab.methods.token_kd import Divergence, token_kd_loss
-from kdlab.models.generation import generate, response_mask
+from kdlab.models.generation import generate, gumbel_noise, response_mask
 
 
 @attrs.frozen(kw_only=True)
@@ -58,15 +58,23 @@ class GKD:
         div = {"divergence": cfg.divergence, "temperature": cfg.temperature, "beta": cfg.beta, "alpha": cfg.alpha}
         if not on_policy_step(stage.recipe.seed, stage.step, cfg.fraction):
             mask = batch.targets >= 0
-            return {"gkd": sum(token_kd_loss(student_out.logits, t.logits, mask, **div) for t in teacher_outs)
-                    / len(teacher_outs)}
+            divisor = token_divisor(stage, mask)
+            return {"gkd": sum(token_kd_loss(student_out.logits, t.logits, mask, divisor=divisor, **div)
+                               for t in teacher_outs) / len(teacher_outs)}
         text = stage.data.extra["text"]
         prompts = text.splits["train"].prompt_lens[batch.index]
-        generator = torch.Generator().manual_seed(batch_seed(stage.recipe.seed, -3, stage.step) + stage.rank)
+        noise = None
+        if cfg.sample_temperature > 0:
+            # drawn for the whole global batch, then this rank's rows: N processes sample like one
+            sizes = stage.shard_sizes or [len(batch.index)]
+            generator = torch.Generator().manual_seed(batch_seed(stage.recipe.seed, -3, stage.step))
+            first = sum(sizes[: stage.rank])
+            noise = gumbel_noise(generator, sum(sizes), cfg.max_new_tokens,
+                                 student_out.logits.shape[-1])[first: first + len(batch.index)]
         was_training = stage.student.training
         stage.student.train(False)  # the student's policy, without dropout
         seq = generate(stage.student, batch.inputs, prompts, max_new_tokens=cfg.max_new_tokens, end_id=text.end_id,
-                       pad_id=text.pad_id, temperature=cfg.sample_temperature, generator=generator)
+                       pad_id=text.pad_id, temperature=cfg.sample_temperature, noise=noise)
         stage.student.train(was_training)
         mask = response_mask(seq, prompts, text.end_id, text.pad_id)
         x = seq[:, :-1]
@@ -74,4 +82,5 @@ class GKD:
         out = stage.hook.kdlab_student_forward(stage=stage, batch=own)
         with torch.no_grad():
             scores = [teacher(x) for teacher in stage.teachers]
-        return {"gkd": sum(token_kd_loss(out.logits, t, mask, **div) for t in scores) / len(scores)}
+        divisor = token_divisor(stage, mask)
+        return {"gkd": sum(token_kd_loss(out.logits, t, mask, divisor=divisor, **div) for t in scores) / len(scores)}

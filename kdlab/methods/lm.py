@@ -19,12 +19,26 @@ class LMConfig:
     label_smoothing: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0,
+            divisor: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over the tokens whose target is >= 0; logits (B, L, V), targets (B, L).
-    Zero, with a gradient path, when there is none (a batch of prompts cut at the context end)."""
+    Zero, with a gradient path, when there is none (a batch of prompts cut at the context end).
+    ``divisor`` replaces the local token count (see :func:`token_divisor`)."""
     total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
                             label_smoothing=label_smoothing, reduction="sum")
-    return total / (targets >= 0).sum().clamp(min=1)
+    return total / ((targets >= 0).sum().clamp(min=1) if divisor is None else divisor)
+
+
+def token_divisor(stage, mask: torch.Tensor) -> torch.Tensor:
+    """What a sum over this rank's valid tokens (``mask``, one row per sample) is divided by so
+    that ``--nproc N`` trains like one process: the distributed plugin weights each rank's
+    gradient by its share of the samples, while a token mean must weigh every token of the global
+    batch alike. In one process: the token count. Otherwise: the global batch's token count (one
+    all-gather) times this rank's share of its samples."""
+    if stage.world_size == 1:
+        return mask.sum().clamp(min=1)
+    per_sample = stage.gather(mask.flatten(1).sum(1).float())
+    return per_sample.sum().clamp(min=1) * (len(mask) / len(per_sample))
 
 
 def check_token_logits(logits: torch.Tensor, targets: torch.Tensor, plugin: str) -> None:
@@ -39,4 +53,5 @@ class LM:
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out):
         check_token_logits(student_out.logits, batch.targets, "methods.lm")
-        return {"lm": lm_loss(student_out.logits, batch.targets, label_smoothing=stage.config_for(self).label_smoothing)}
+        return {"lm": lm_loss(student_out.logits, batch.targets, label_smoothing=stage.config_for(self).label_smoothing,
+                              divisor=token_divisor(stage, batch.targets >= 0))}

@@ -19,6 +19,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import KdlabError, hookimpl
+from kdlab.methods.lm import token_divisor
 from kdlab.methods.logit_kd import require_teacher
 
 
@@ -38,12 +39,14 @@ def relations(x: torch.Tensor, heads: int, valid: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
-def minilm_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor, *, heads: int) -> torch.Tensor:
-    """Mean over heads and valid query positions of KL(teacher relation || student relation)."""
+def minilm_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor, *, heads: int,
+                divisor: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over heads and valid query positions of KL(teacher relation || student relation)
+    (``divisor`` replaces the count of valid positions: :func:`~kdlab.methods.lm.token_divisor`)."""
     s, t = relations(student, heads, valid), relations(teacher, heads, valid)
     kl = (t.exp() * (t - s)).nan_to_num(0.0).sum(-1)  # masked entries: 0 * (-inf - -inf)
-    rows = valid[:, None, :].expand_as(kl)
-    return (kl * rows).sum() / rows.sum().clamp(min=1)
+    per_head = (kl * valid[:, None, :]).sum() / heads
+    return per_head / (valid.sum().clamp(min=1) if divisor is None else divisor)
 
 
 class MiniLM:
@@ -65,7 +68,7 @@ class MiniLM:
         cfg = stage.config_for(self)
         text = stage.data.extra.get("text")
         valid = batch.inputs != text.pad_id if text is not None else torch.ones_like(batch.inputs, dtype=torch.bool)
-        losses = []
+        losses, divisor = [], token_divisor(stage, valid)
         for s_alias, t_alias in cfg.pairs.items():
             s, t = student_out.features[s_alias], teacher_outs[0].features[t_alias]
             for x, who in ((s, s_alias), (t, t_alias)):
@@ -73,5 +76,5 @@ class MiniLM:
                     raise KdlabError(f"stages.{stage.name}.methods.minilm: tap '{who}' gives shape {tuple(x.shape)}; "
                                      f"needs (batch, length, width) with width divisible by relation_heads = "
                                      f"{cfg.relation_heads}")
-            losses.append(minilm_loss(s, t, valid, heads=cfg.relation_heads))
+            losses.append(minilm_loss(s, t, valid, heads=cfg.relation_heads, divisor=divisor))
         return {"minilm": sum(losses) / len(losses)}

@@ -26,9 +26,9 @@ from attrs import validators as v
 
 from kdlab import Batch, KdlabError, hookimpl
 from kdlab.engine import checkpoint
-from kdlab.methods.lm import lm_loss
+from kdlab.methods.lm import lm_loss, token_divisor
 from kdlab.methods.logit_kd import require_teacher
-from kdlab.models.generation import generate, response_mask
+from kdlab.models.generation import generate, gumbel_noise, response_mask
 
 log = logging.getLogger("kdlab")
 
@@ -64,8 +64,10 @@ def teacher_sequences(teacher, inputs: torch.Tensor, prompt_lens: torch.Tensor, 
     rows = []
     for start in range(0, len(inputs), batch_size):
         x, p = inputs[start: start + batch_size].to(device), prompt_lens[start: start + batch_size]
+        noise = None if generator is None else gumbel_noise(generator, len(x), cfg.max_new_tokens,
+                                                              text.tokenizer.get_vocab_size(with_added_tokens=True))
         seq = generate(teacher, x, p, max_new_tokens=cfg.max_new_tokens, end_id=text.end_id, pad_id=text.pad_id,
-                       temperature=cfg.temperature, generator=generator)
+                       temperature=cfg.temperature, noise=noise)
         # back to the data's width, so every row has the same shape (one extra position: targets shift)
         full = torch.full((len(x), inputs.shape[1] + 1), text.pad_id, dtype=torch.long, device=device)
         full[:, : seq.shape[1]] = seq
@@ -107,7 +109,7 @@ class SeqKD:
         idx = batch.index.to(self.inputs.device)
         own = Batch(self.inputs[idx], self.targets[idx], batch.index)
         out = stage.hook.kdlab_student_forward(stage=stage, batch=own)
-        return {"seq_kd": lm_loss(out.logits, own.targets)}
+        return {"seq_kd": lm_loss(out.logits, own.targets, divisor=token_divisor(stage, own.targets >= 0))}
 
     @hookimpl
     def kdlab_stage_end(self, stage):

@@ -14,10 +14,12 @@ import torch
 
 @torch.no_grad()
 def generate(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, *, max_new_tokens: int, end_id: int,
-             pad_id: int, temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+             pad_id: int, temperature: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Continue each row's prompt (``tokens[i, :prompt_lens[i]]``) until the end token or
     ``max_new_tokens``. Greedy when ``temperature == 0``; otherwise sampled from the softmax at
-    that temperature with ``generator`` (the same generator state gives the same responses).
+    that temperature by the Gumbel-max trick with ``noise`` from :func:`gumbel_noise` (batch,
+    max_new_tokens, vocab): the same noise gives the same responses, and noise drawn for a whole
+    global batch and cut into shares makes N processes sample what one process samples.
 
     Returns (batch, prompt + new) token ids: each prompt, its response (the end token included
     when produced), then ``pad_id``. Rows never run past the tensor's width."""
@@ -28,16 +30,16 @@ def generate(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, *, max_new_
     out[keep] = tokens[:, :width][keep]
     done = lens >= width
     rows = torch.arange(len(lens), device=tokens.device)
-    for _ in range(max_new_tokens):
+    if temperature > 0 and noise is None:
+        raise ValueError("sampling (temperature > 0) needs noise from gumbel_noise()")
+    for step in range(max_new_tokens):
         if bool(done.all()):  # one sync per generated token
             break
         upto = int(lens.max())
         logits = model(out[:, :upto])[rows, (lens - 1).clamp(max=upto - 1)].float()
         logits[:, pad_id] = float("-inf")  # padding is never a response token
         if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs.cpu() if generator is not None and generator.device.type == "cpu" else probs,
-                                    1, generator=generator).squeeze(1).to(tokens.device)
+            nxt = (logits / temperature + noise[:, step].to(logits.device)).argmax(-1)
         else:
             nxt = logits.argmax(-1)
         active = ~done
@@ -45,6 +47,13 @@ def generate(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, *, max_new_
         lens = lens + active.long()
         done = done | (nxt == end_id) | (lens >= width)
     return out
+
+
+def gumbel_noise(generator: torch.Generator, rows: int, steps: int, vocab: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise (rows, steps, vocab) from ``generator``: argmax(logits / T + noise) is a
+    draw from softmax(logits / T)."""
+    u = torch.rand(rows, steps, vocab, generator=generator).clamp_(min=1e-10, max=1 - 1e-7)
+    return -torch.log(-torch.log(u))
 
 
 def response_tokens(sequences: torch.Tensor, prompt_lens: torch.Tensor, end_id: int, pad_id: int) -> list[list[int]]:

@@ -225,3 +225,23 @@ def test_augmented_views_and_the_view_cache_over_two_processes_match_one(write_r
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < ATOL, worst
+
+
+def test_language_model_methods_over_two_processes_match_one(write_recipe, tmp_path):
+    """Token means weigh every token of the global batch alike (shares hold different numbers of
+    response tokens), and GKD's on-policy responses are sampled with noise drawn for the global
+    batch: LM, token KD, sequence-level KD, on-policy GKD and MiniLM in one stage, two processes
+    train like one. Batches of 15 over 40 dialogues: every share is uneven (8 + 7)."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    from tests.data.test_text import make_dialogues
+    from tests.methods.test_conformance import TEXT_RECIPE
+
+    lines = ["methods.lm = {}", 'methods.token_kd = { divergence = "jsd" }', "methods.seq_kd = { max_new_tokens = 4, temperature = 1.0 }",
+             "methods.gkd = { fraction = 0.5, max_new_tokens = 4 }", 'methods.minilm = { pairs = { feat = "feat" }, relation_heads = 2 }']
+    text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus", n=50), methods="\n".join(lines))
+    text = text.replace("batch_size = 16 ", "batch_size = 15 ").replace('name = "conformance_text"', 'name = "tiny"')
+    a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < ATOL, worst

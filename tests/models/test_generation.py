@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kdlab.models.generation import generate, response_mask, response_tokens, sequence_logprob
+from kdlab.models.generation import generate, gumbel_noise, response_mask, response_tokens, sequence_logprob
 
 V, END, PAD = 10, 9, 0
 
@@ -35,13 +35,16 @@ def test_greedy_continues_each_right_padded_prompt_until_the_end_token():
 def test_sampling_is_a_function_of_the_generator_seed():
     tokens = torch.full((4, 12), 1)
     lens = torch.tensor([1, 2, 3, 1])
-    a = generate(Uniform(), tokens, lens, max_new_tokens=8, end_id=END, pad_id=PAD, temperature=1.0,
-                 generator=torch.Generator().manual_seed(3))
-    b = generate(Uniform(), tokens, lens, max_new_tokens=8, end_id=END, pad_id=PAD, temperature=1.0,
-                 generator=torch.Generator().manual_seed(3))
-    c = generate(Uniform(), tokens, lens, max_new_tokens=8, end_id=END, pad_id=PAD, temperature=1.0,
-                 generator=torch.Generator().manual_seed(4))
+    def sample(seed, rows=slice(None)):
+        noise = gumbel_noise(torch.Generator().manual_seed(seed), 4, 8, V)[rows]
+        return generate(Uniform(), tokens[rows], lens[rows], max_new_tokens=8, end_id=END, pad_id=PAD,
+                        temperature=1.0, noise=noise)
+
+    a, b, c = sample(3), sample(3), sample(4)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    # a share of the rows sampled with its share of the noise: the rows one batch would get
+    part = sample(3, slice(2, 4))
+    assert torch.equal(part, a[2:4, : part.shape[1]]) and (a[2:4, part.shape[1]:] == PAD).all()
     for row, n in zip(a.tolist(), lens.tolist()):
         assert row[:n] == [1] * n  # prompts untouched
 
@@ -51,3 +54,10 @@ def test_sequence_logprob_sums_the_target_positions_only():
     targets = torch.tensor([[-1, 3, 4, -1], [-1, -1, -1, 2]])
     scores = sequence_logprob(model, torch.zeros(2, 4, dtype=torch.long), targets)
     assert torch.allclose(scores, torch.tensor([2, 1]) * torch.log(torch.tensor(1 / V)))
+
+
+def test_gumbel_max_samples_from_the_softmax():
+    logits = torch.tensor([2.0, 0.0, 1.0])
+    noise = gumbel_noise(torch.Generator().manual_seed(0), 20000, 1, 3)[:, 0]
+    freq = torch.bincount((logits + noise).argmax(-1), minlength=3).float() / 20000
+    assert torch.allclose(freq, torch.softmax(logits, 0), atol=0.015)
