@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,28 @@ def test_every_shipped_recipe_and_its_study_tables_validate(recipe, catalogue):
         assert sweep.plan(path, catalogue).runs
     if "search" in tables:
         assert search.plan(path, catalogue).config.params
+
+
+def test_dialogue_recipe_smoke(tmp_path, catalogue, capsys):
+    """recipes/dialogue_kd.toml on a small generated corpus: every stage trains two steps and
+    reports the language-model and dialogue metrics; the table printed after the run has them."""
+    pytest.importorskip("transformers")
+    from kdlab.cli import main
+    from tests.data.test_text import make_dialogues
+
+    corpus = make_dialogues(tmp_path / "dialogues", n=40)
+    overrides = ["defaults.epochs=1", "stages.teacher.epochs=1", "device=\"cpu\"", f"data.dir={corpus}",
+                 "data.train_limit=16", "data.batch_size=8", "data.eval_batch_size=8", "plugins.lm_metrics.dialogues=3",
+                 "plugins.progress.enabled=false"]
+    argv = ["run", str(ROOT / "recipes" / "dialogue_kd.toml"), "--out", str(tmp_path / "runs")]
+    for o in overrides:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| student_gkd |" in table and "test/memory_recall" in table and "macs_per_token" in table
+    metrics = json.loads(next((tmp_path / "runs").rglob("metrics.json")).read_text())
+    assert len(metrics) == 11
+    for stage, m in metrics.items():
+        assert m["test/perplexity"] > 1 and 0 <= m["test/hits@1"] <= 1 and 0 <= m["test/token_f1"] <= 1, stage
+    # at least 4x fewer parameters in the transformer student; the conv student is smaller still
+    assert metrics["teacher"]["params"] >= 4 * metrics["student_lm"]["params"]
