@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("matplotlib", "espeakng_loader", "wordfreq", "flashlight", "transformers", "optuna")
+EXTRAS = ("matplotlib", "espeakng_loader", "wordfreq", "flashlight", "transformers", "optuna", "tokenizers")
 
 
 def _kdlab_without_extras(*argv: str) -> subprocess.CompletedProcess:
@@ -43,3 +43,18 @@ def test_search_names_its_extra(tmp_path):
     done = _kdlab_without_extras("search", str(recipe), "--out", str(tmp_path / "runs"))
     assert done.returncode == 2 and "pip install 'kdlab[search]'" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_text_data_and_transformer_lm_name_their_extras(tmp_path):
+    from tests.data.test_text import make_dialogues
+
+    corpus = make_dialogues(tmp_path / "d")
+    args = ["run", "recipes/dialogue_kd.toml", "--out", str(tmp_path / "runs"), "--set", f"data.dir={corpus}"]
+    done = _kdlab_without_extras(*args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("pip install 'kdlab[text]'"), done.stderr
+    # with tokenizers but without transformers: the transformer model names the hf extra
+    code = ("import sys\nsys.modules['transformers'] = None\nfrom kdlab.cli import main\n"
+            f"sys.exit(main({args + ['--set', 'plugins.progress.enabled=false']!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "pip install 'kdlab[hf]'" in done.stderr, done.stderr

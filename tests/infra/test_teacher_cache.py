@@ -214,3 +214,25 @@ def test_cache_key_follows_the_resolved_autocast_dtype_and_the_device():
     assert key(AmpConfig(dtype="auto"), "cpu") == key(AmpConfig(dtype="bf16"), "cpu")
     assert key(AmpConfig(dtype="auto"), "cpu") != key(AmpConfig(dtype="fp16"), "cpu")
     assert key(None, "cpu") != key(None, "meta")  # another device computes other outputs
+
+
+def test_language_model_teacher_cache_top_k(write_recipe, tmp_path, catalogue):
+    """A language-model teacher's per-token outputs are cached like a classifier's (one row of
+    (length, vocab) per sequence): the full cache trains the student exactly as the live teacher;
+    top-k with every token kept stays close (fp16 log-probabilities); top-2 drifts further (the
+    barely trained teacher is nearly flat, so not by much)."""
+    pytest.importorskip("transformers")
+    from kdlab.engine import checkpoint
+    from tests.data.test_text import make_dialogues
+    from tests.methods.test_conformance import TEXT_RECIPE
+
+    stages = ""
+    for name, cache in (("live", ""), ("full", "methods.teacher_cache = {}"), ("top_all", "methods.teacher_cache = { topk = 320 }"),
+                        ("top2", "methods.teacher_cache = { topk = 2 }")):
+        stages += f'\n[stages.{name}]\nteachers = ["teacher"]\nmethods.token_kd = {{}}\n{cache}\n'
+    text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus"), methods="methods.token_kd = {}")
+    text = text.split("[stages.student]")[0] + stages
+    result = run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+    w = {s: checkpoint.load_model_file(result.run_dir / "models" / f"{s}.pt")["state_dict"] for s in ("live", "full", "top_all", "top2")}
+    gap = {s: max(float((w["live"][k] - w[s][k]).abs().max()) for k in w["live"]) for s in ("full", "top_all", "top2")}
+    assert gap["full"] < 1e-6 and gap["top_all"] < 5e-3 and gap["top2"] > 1.5 * gap["top_all"], gap
