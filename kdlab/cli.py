@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q = data.add_parser("dialogues", help="personalised dialogues with long-term-memory questions (Russian, English)")
     q.add_argument("--out", required=True, help="corpus directory (created): train/val/test.jsonl")
-    q.add_argument("--dialogues", type=int, default=4000, help="number of dialogues (default 4000)")
+    q.add_argument("--dialogues", type=int, default=2000, help="number of dialogues (default 2000)")
     q.add_argument("--langs", default="ru,en", help="comma-separated languages, alternating (default ru,en)")
     q.add_argument("--seed", type=int, default=0)
     q = data.add_parser("common-voice", help="convert a Common Voice folder (TSV files + clips/) to a manifest")
