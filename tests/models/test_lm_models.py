@@ -71,3 +71,53 @@ def test_hf_directory_round_trip_resizes_and_cuts_the_vocabulary(tmp_path):
         transformer_lm.build(transformer_lm.TransformerLMConfig(hf_dir=str(tmp_path / "tiny")), _data(50, 64))
     with pytest.raises(KdlabError, match="not a loadable causal LM directory"):
         transformer_lm.build(transformer_lm.TransformerLMConfig(hf_dir=str(tmp_path / "missing")), _data())
+
+
+def test_a_hugging_face_directory_is_a_teacher_through_a_stage_of_zero_epochs(tmp_path, catalogue):
+    """A causal LM saved by ``save_pretrained`` with its tokenizer.json: the data uses its
+    tokeniser, a zero-epoch stage imports it (evaluated, exported), a student distils from it."""
+    tf = pytest.importorskip("transformers")
+    from kdlab.data import text
+    from kdlab.engine import checkpoint
+    from kdlab.engine.runner import run
+    from tests.data.test_text import make_dialogues
+
+    corpus = make_dialogues(tmp_path / "corpus")
+    tok = text.train_bpe([t["text"] for d in text.read_dialogues(corpus / "train.jsonl") for t in d["turns"]], 320)
+    hf_dir = tmp_path / "hf"
+    torch.manual_seed(0)
+    hf = tf.LlamaForCausalLM(transformer_lm.hf_config(transformer_lm.TransformerLMConfig(layers=1, width=16, heads=2),
+                                                      vocab=tok.get_vocab_size(with_added_tokens=True), context=64))
+    hf.save_pretrained(hf_dir)
+    tok.save(str(hf_dir / "tokenizer.json"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+name = "hf"
+device = "cpu"
+[data]
+dataset = "text"
+dir = "{corpus}"
+tokenizer = "{hf_dir}"
+seq_len = 64
+batch_size = 16
+[plugins.progress]
+enabled = false
+[plugins.lm_metrics]
+dialogues = 2
+candidates = 2
+max_new_tokens = 2
+[stages.teacher]
+model = {{ arch = "transformer_lm", hf_dir = "{hf_dir}" }}
+epochs = 0
+methods.lm = {{}}
+[stages.student]
+model = {{ arch = "conv_lm", width = 16, layers = 2, receptive_field = 5 }}
+epochs = 1
+teachers = ["teacher"]
+methods.lm = {{}}
+methods.token_kd = {{}}
+""")
+    result = run(recipe, out=tmp_path / "runs", catalogue=catalogue)
+    exported = checkpoint.load_model_file(result.run_dir / "models" / "teacher.pt")["state_dict"]
+    assert all(torch.equal(exported[f"hf.{k}"], v) for k, v in hf.state_dict().items())
+    assert result.metrics["teacher"]["test/perplexity"] > 1 and result.metrics["student"]["test/perplexity"] > 1
