@@ -75,8 +75,10 @@ def response_mask(sequences: torch.Tensor, prompt_lens: torch.Tensor, end_id: in
     pos = torch.arange(1, sequences.shape[1], device=sequences.device)[None, :]
     nxt = sequences[:, 1:]
     after_prompt = pos >= prompt_lens.to(sequences.device)[:, None]
-    # a response ends at its first end token; padding after it is not a target
-    ended_before = torch.cumsum((nxt == end_id).long(), dim=1) - (nxt == end_id).long() > 0
+    # a response ends at its first end token (the prompt's own end-of-turn tokens do not count);
+    # padding after it is not a target
+    is_end = ((nxt == end_id) & after_prompt).long()
+    ended_before = torch.cumsum(is_end, dim=1) - is_end > 0
     return after_prompt & ~ended_before & (nxt != pad_id)
 
 

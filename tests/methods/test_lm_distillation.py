@@ -61,3 +61,30 @@ def test_teacher_sequences_put_the_teachers_response_after_each_prompt():
                              device=torch.device("cpu"), batch_size=1)
     assert x.tolist() == [[1, 8, 3, 4, 9, 0, 0, 0], [1, 2, 8, 3, 4, 9, 0, 0]]
     assert y.tolist() == [[-1, 3, 4, 9, -1, -1, -1, -1], [-1, -1, 3, 4, 9, -1, -1, -1]]
+
+
+def test_seq_kd_responses_are_kept_on_disk_and_reused(write_recipe, tmp_path, catalogue, caplog):
+    """Two stages with the same teacher and settings: the first writes the teacher's responses
+    under a key, the second reads them back and trains the same student; a sampled setting is
+    another key."""
+    pytest.importorskip("transformers")
+    import logging
+
+    from kdlab.engine import checkpoint
+    from kdlab.engine.runner import run
+    from tests.data.test_text import make_dialogues
+    from tests.methods.test_conformance import TEXT_RECIPE
+
+    store = tmp_path / "seq"
+    stages = "".join(f'\n[stages.{name}]\nteachers = ["teacher"]\nmethods.seq_kd = {{ dir = "{store}", max_new_tokens = 4{extra} }}\n'
+                     for name, extra in (("first", ""), ("second", ""), ("sampled", ", temperature = 1.0")))
+    text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus"), methods="").split("[stages.student]")[0] + stages
+    with caplog.at_level(logging.INFO, logger="kdlab"):
+        result = run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+    assert len(list(store.glob("seq_kd-*.pt"))) == 2
+    assert sum("teacher responses read from" in r.getMessage() for r in caplog.records) == 1
+    w = {s: checkpoint.load_model_file(result.run_dir / "models" / f"{s}.pt")["state_dict"] for s in ("first", "second", "sampled")}
+    assert all(torch.equal(w["first"][k], w["second"][k]) for k in w["first"])
+    assert not all(torch.equal(w["first"][k], w["sampled"][k]) for k in w["first"])
+    saved = checkpoint.load(next(store.glob("seq_kd-*.pt")))
+    assert set(saved) == {"inputs", "targets"} and saved["inputs"].shape == saved["targets"].shape

@@ -32,6 +32,12 @@ def test_greedy_continues_each_right_padded_prompt_until_the_end_token():
     assert mask.tolist() == [[False, True, True, True, False, False, False], [True] * 6 + [False]]
 
 
+def test_end_tokens_inside_the_prompt_do_not_end_the_response():
+    # a dialogue prompt holds the end-of-turn tokens of earlier turns
+    seq = torch.tensor([[4, 9, 5, 6, 7, 9, 0]])
+    assert response_mask(seq, torch.tensor([3]), END, PAD).tolist() == [[False, False, True, True, True, False]]
+
+
 def test_sampling_is_a_function_of_the_generator_seed():
     tokens = torch.full((4, 12), 1)
     lens = torch.tensor([1, 2, 3, 1])
