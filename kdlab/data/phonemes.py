@@ -140,8 +140,14 @@ def _check(u: Utterance, manifest: Path, index: dict, config: PhonemesConfig, fe
                   "ids": torch.tensor(ids, dtype=torch.long)}
 
 
-def _pad(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
-    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+def _pad(seqs: list[torch.Tensor], value: float, length: int | None = None) -> torch.Tensor:
+    """Right-pad to the longest of ``seqs``, or to ``length``: the global batch's longest, so
+    that each rank's share of a batch is padded as one process pads the whole batch (padded
+    frames pass through the student's convolutions and batch norm)."""
+    out = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+    if length is not None and out.shape[1] < length:
+        out = torch.nn.functional.pad(out, (0, 0) * (out.ndim - 2) + (0, length - out.shape[1]), value=value)
+    return out
 
 
 class PhonemeLoader(BatchLoader):
@@ -174,17 +180,20 @@ class PhonemeLoader(BatchLoader):
     def __iter__(self):
         s = self.split
         for idx in self.batches():
+            every = idx.tolist()  # the global batch, before this rank's share is cut
+            frames, samples = int(self.lengths[idx].max()), max(len(s["audio"][i]) for i in every)
+            labels = max(len(s["ids"][i]) for i in every)
             idx = self.my_part(idx)
             ids = idx.tolist()
-            feats = _pad([s["features"][i].float() for i in ids], 0.0)
+            feats = _pad([s["features"][i].float() for i in ids], 0.0, frames)
             if self.train and self.config.augment and self.config.masks:
                 # masks come from torch's global generator, which checkpoints save and restore
                 feats = spec_augment(feats.transpose(1, 2), self.config.freq_mask, self.config.time_mask,
                                      self.config.masks).transpose(1, 2)
             waves = [s["audio"][i] for i in ids]
             yield Batch(
-                feats, _pad([s["ids"][i] for i in ids], -1), idx,
-                {"input_lengths": self.lengths[idx], "wave": _pad(waves, 0).float() / 32767.0,
+                feats, _pad([s["ids"][i] for i in ids], -1, labels), idx,
+                {"input_lengths": self.lengths[idx], "wave": _pad(waves, 0, samples).float() / 32767.0,
                  "wave_lengths": torch.tensor([len(w) for w in waves])},
             )
 

@@ -211,6 +211,18 @@ class Stage:
         what one process computes. The identity in one process."""
         return collective.gather(x, self.shard_sizes, self.rank)
 
+    def mean_divisor(self, weights: torch.Tensor) -> torch.Tensor:
+        """What a sum over this rank's positions (tokens, frames), weighted by ``weights`` (a
+        mask or weights, first dimension = samples), is divided by to give the weighted mean over
+        the *global* batch: the distributed plugin weights each rank's gradient by its share of
+        the samples, while such a mean weighs every position alike, and shares hold different
+        numbers of positions. In one process: the sum of the weights (at least 1e-8). Otherwise:
+        the global batch's sum of weights (one all-gather) times this rank's share of its samples."""
+        if self.world_size == 1 or self.shard_sizes is None:
+            return weights.sum().clamp(min=1e-8)
+        per_sample = self.gather(weights.flatten(1).sum(1).float())
+        return per_sample.sum().clamp(min=1e-8) * (len(weights) / len(per_sample))
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = [p for p in self.student.parameters() if p.requires_grad]
         return params + [p for p in self.extra.parameters() if p.requires_grad]

@@ -8,6 +8,12 @@ writes files (checkpoints, TensorBoard, history, exported models); every rank re
 Hand-written rather than DistributedDataParallel because plugins call ``stage.student`` directly
 (taps, pruning re-parametrisation, forward hooks) and a DDP wrapper would sit between them;
 one all-reduce of the flattened gradients per step does the same averaging.
+
+Batch normalisation in training normalises with the statistics of the *global* batch (the
+student's and the extra modules' batch-norm layers, from the first epoch on), so that N processes
+train a network with batch norm as one process does. Hand-written because
+``torch.nn.SyncBatchNorm`` refuses CPU tensors (gloo) and its backward sums every rank's gradient
+unweighted, which the count-weighted averaging here would then skew for uneven shares.
 """
 
 from __future__ import annotations
@@ -50,6 +56,63 @@ def average_gradients(params: list[torch.nn.Parameter], local_samples: int) -> N
         offset += p.numel()
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with the backward that the count-weighted gradient averaging needs: rank
+    s's gradient for its own contribution is sum_r n_r * g_r / n_s (g_r: rank r's upstream
+    gradient, n_r its sample count), so that after averaging with weights n_s / N every rank holds
+    the gradient of the one-process loss."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, local: int) -> torch.Tensor:
+        ctx.local = local
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        total = grad * ctx.local
+        dist.all_reduce(total)
+        return total / ctx.local, None
+
+
+def global_batch_norm(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor, local: int) -> torch.Tensor:
+    """``bn`` in training mode on this rank's share ``x``, normalised with the global batch's
+    mean and (biased) variance, two passes over the data as one process computes them; running
+    statistics updated with the global unbiased variance, as one process updates them."""
+    x = x.float()  # as autocast runs batch norm: in float32
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+    first = _SumOverRanks.apply(torch.cat([x.sum(dims), count]), local)
+    n = first[-1]
+    mean = first[:-1] / n
+    var = _SumOverRanks.apply(((x - mean.view(shape)) ** 2).sum(dims), local) / n
+    y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(mean.detach().to(bn.running_mean.dtype), alpha=m)
+            unbiased = var.detach() * (n / (n - 1)).clamp(min=0)
+            bn.running_var.mul_(1 - m).add_(unbiased.to(bn.running_var.dtype), alpha=m)
+    return y
+
+
+def _synced_forward(bn, stage):
+    plain = type(bn).forward
+
+    def forward(x):
+        sizes = stage.shard_sizes
+        if not bn.training or not sizes or 0 in sizes or stage.phase != "train":
+            return plain(bn, x)  # evaluation, the probe, or a step with an empty share
+        return global_batch_norm(bn, x, len(stage.batch.index))
+
+    return forward
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     buffers = [b for b in module.buffers() if b.is_floating_point()]
     if not buffers:
@@ -70,8 +133,16 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
 class Distributed:
     default_enabled = True
 
+    def __init__(self):
+        self.synced: list[torch.nn.Module] = []
+
     @hookimpl
     def kdlab_epoch_start(self, stage, epoch):
+        if stage.world_size > 1 and not self.synced:  # once; the extra modules exist by now
+            for module in [*stage.student.modules(), *stage.extra.modules()]:
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.forward = _synced_forward(module, stage)
+                    self.synced.append(module)
         # Every rank starts from the same seed (identical initial weights); during training each
         # rank draws its own dropout masks and augmentation. Re-seeding at every epoch start, a
         # function of (seed, epoch, rank), keeps resume exact: checkpoints are taken between epochs.
@@ -84,6 +155,12 @@ class Distributed:
         if stage.world_size > 1:  # before clipping, unscaling and the step see the gradients
             average_gradients(stage.trainable_parameters(), len(stage.batch.index))
         return result
+
+    @hookimpl(tryfirst=True)
+    def kdlab_stage_end(self, stage):
+        for module in self.synced:  # the plain modules again, before the export copies them
+            del module.forward
+        self.synced = []
 
     @hookimpl
     def kdlab_after_optimizer_step(self, stage):

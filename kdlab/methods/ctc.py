@@ -74,18 +74,27 @@ def frame_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
     return (log_t.exp() * (log_t - log_s)).sum(-1) * temperature**2
 
 
-def posterior_kd(student, teacher, valid, temperature: float) -> torch.Tensor:
+# Each strategy's loss is a weighted mean over frames; ``divisor`` replaces the local sum of the
+# weights (``Stage.mean_divisor``: the global batch's under --nproc).
+
+
+def posterior_kd(student, teacher, valid, temperature: float, divisor=None) -> torch.Tensor:
     kl = frame_kl(student, teacher, temperature)
-    return (kl * valid).sum() / valid.sum().clamp(min=1)
+    return (kl * valid).sum() / (valid.sum().clamp(min=1) if divisor is None else divisor(valid.float()))
 
 
-def blank_filtered_kd(student, teacher, valid, temperature: float, keep_neighbours: int = 0) -> torch.Tensor:
+def filtered_frames(teacher, valid, keep_neighbours: int = 0) -> torch.Tensor:
     keep = (teacher.argmax(-1) != BLANK) & valid
     if keep_neighbours:
         k = keep_neighbours
         keep = F.max_pool1d(keep.float()[:, None], 2 * k + 1, stride=1, padding=k)[:, 0].bool() & valid
+    return keep
+
+
+def blank_filtered_kd(student, teacher, valid, temperature: float, keep_neighbours: int = 0, divisor=None) -> torch.Tensor:
+    keep = filtered_frames(teacher, valid, keep_neighbours)
     kl = frame_kl(student, teacher, temperature)
-    return (kl * keep).sum() / keep.sum().clamp(min=1)
+    return (kl * keep).sum() / (keep.sum().clamp(min=1) if divisor is None else divisor(keep.float()))
 
 
 def blank_weights(teacher: torch.Tensor, valid: torch.Tensor, gamma: float, min_weight: float) -> torch.Tensor:
@@ -93,10 +102,11 @@ def blank_weights(teacher: torch.Tensor, valid: torch.Tensor, gamma: float, min_
     return (1 - p_blank).clamp(min=0).pow(gamma).clamp(min=min_weight) * valid
 
 
-def blank_weighted_kd(student, teacher, valid, temperature: float, gamma: float = 1.0, min_weight: float = 0.0):
+def blank_weighted_kd(student, teacher, valid, temperature: float, gamma: float = 1.0, min_weight: float = 0.0,
+                      divisor=None):
     w = blank_weights(teacher, valid, gamma, min_weight)
     kl = frame_kl(student, teacher, temperature)
-    return (kl * w).sum() / w.sum().clamp(min=1e-8)
+    return (kl * w).sum() / (w.sum().clamp(min=1e-8) if divisor is None else divisor(w))
 
 
 def _check_sequence(stage, out, what: str) -> None:
@@ -132,11 +142,12 @@ class CTCKD:
         for t in teacher_outs:
             s, tl, valid = align(student_out.logits, student_out.lengths, t.logits, t.lengths, cfg.teacher_pool)
             if cfg.strategy == "posterior":
-                kd = kd + posterior_kd(s, tl, valid, cfg.temperature)
+                kd = kd + posterior_kd(s, tl, valid, cfg.temperature, divisor=stage.mean_divisor)
             elif cfg.strategy == "blank_filtered":
-                kd = kd + blank_filtered_kd(s, tl, valid, cfg.temperature, cfg.keep_neighbours)
+                kd = kd + blank_filtered_kd(s, tl, valid, cfg.temperature, cfg.keep_neighbours, divisor=stage.mean_divisor)
             else:
-                kd = kd + blank_weighted_kd(s, tl, valid, cfg.temperature, cfg.gamma, cfg.min_weight)
+                kd = kd + blank_weighted_kd(s, tl, valid, cfg.temperature, cfg.gamma, cfg.min_weight,
+                                            divisor=stage.mean_divisor)
         terms = {"kd": cfg.lam * kd / len(teacher_outs)}
         if cfg.lam < 1:
             terms["ctc"] = (1 - cfg.lam) * ctc_loss(student_out.logits, student_out.lengths, batch.targets)

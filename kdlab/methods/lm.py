@@ -30,15 +30,9 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: flo
 
 
 def token_divisor(stage, mask: torch.Tensor) -> torch.Tensor:
-    """What a sum over this rank's valid tokens (``mask``, one row per sample) is divided by so
-    that ``--nproc N`` trains like one process: the distributed plugin weights each rank's
-    gradient by its share of the samples, while a token mean must weigh every token of the global
-    batch alike. In one process: the token count. Otherwise: the global batch's token count (one
-    all-gather) times this rank's share of its samples."""
-    if stage.world_size == 1:
-        return mask.sum().clamp(min=1)
-    per_sample = stage.gather(mask.flatten(1).sum(1).float())
-    return per_sample.sum().clamp(min=1) * (len(mask) / len(per_sample))
+    """The token count a loss over ``mask``'s tokens is divided by: the global batch's under
+    ``--nproc`` (:meth:`~kdlab.engine.types.Stage.mean_divisor`); a sum of zero stays zero."""
+    return stage.mean_divisor(mask)
 
 
 def check_token_logits(logits: torch.Tensor, targets: torch.Tensor, plugin: str) -> None:

@@ -89,9 +89,15 @@ class ConformerCTC(nn.Module):
             lengths = torch.full((feats.shape[0],), feats.shape[1], device=feats.device)
         x = self.subsample(feats.unsqueeze(1))  # (B, C, T', F')
         x = self.proj(x.permute(0, 2, 1, 3).flatten(2))
-        out_lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
-        x, _ = self.encoder(self.dropout(self.positions(x)), out_lengths.clamp(max=x.shape[1]))
-        return self.head(x), out_lengths.clamp(max=x.shape[1])
+        out_lengths = (torch.div(lengths - 1, 2, rounding_mode="floor") + 1).clamp(max=x.shape[1])
+        # torchaudio's Conformer.forward, with the padding mask as wide as the input: its own
+        # mask is as wide as the longest length, which is narrower than the input when a batch
+        # is padded further (each process's share of a batch, padded to the global batch's longest)
+        padding = torch.arange(x.shape[1], device=x.device)[None, :] >= out_lengths[:, None]
+        x = self.dropout(self.positions(x)).transpose(0, 1)
+        for layer in self.encoder.conformer_layers:
+            x = layer(x, padding)
+        return self.head(x.transpose(0, 1)), out_lengths
 
     def forward_batch(self, batch):
         return self(batch.inputs, batch.extra["input_lengths"])

@@ -245,3 +245,62 @@ def test_language_model_methods_over_two_processes_match_one(write_recipe, tmp_p
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < ATOL, worst
+
+
+def test_triplet_ae_pruning_and_amp_over_two_processes_match_one(write_recipe, tmp_path):
+    """Triplet-AE mining over the global batch of two teachers' latents, gradual global pruning
+    (masks from the same weights on every rank) and bf16 autocast: two processes train like one.
+    bf16 rounds each half-batch's activations as one process rounds the whole batch's, so the
+    tolerance is bf16's, not float32's."""
+    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+        'teachers = ["teacher"]', 'teachers = ["teacher", "teacher"]').replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        'taps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\n"
+        "methods.triplet_ae = { latent_dim = 8 }\n"
+        'methods.pruning = { sparsity = 0.5, schedule = "gradual", start_epoch = 0, end_epoch = 1 }')
+    a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < ATOL, worst
+    masks = [k for k in a if k.endswith("weight_mask")]
+    assert masks and all(torch.equal(a[k], b[k]) for k in masks)  # the same weights pruned on both
+    amp = RECIPE.replace("methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+                         "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.amp = { dtype = \"bf16\" }")
+    a, b = (c["student"] for c in _one_and_two(write_recipe(amp, "amp.toml"), tmp_path / "amp"))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 2e-2, worst
+
+
+def test_ctc_and_ctc_kd_over_two_processes_match_one(write_recipe, tmp_path):
+    """CTC's loss is a mean over utterances, the KD term a mean over the valid frames of the
+    global batch, each share is padded to the global batch's longest, and the Conformer's batch
+    norm uses the global batch's statistics: two processes train the wav2vec2 teacher and the
+    Conformer student like one (no dropout, no SpecAugment; 4 + 3 utterances). SGD, because Adam's
+    first step moves a weight whose gradient is ~0 by +-lr on the sign of rounding noise."""
+    from tests.data.test_phonemes import make_phoneme_corpus
+    from tests.methods.test_conformance import SPEECH_RECIPE
+
+    text = SPEECH_RECIPE.format(manifest=make_phoneme_corpus(tmp_path / "corpus", per_split=(7, 2, 2)),
+                                methods='methods.ctc_kd = { strategy = "posterior", lam = 0.5 }')
+    text = text.replace("batch_size = 3 ", "batch_size = 7\naugment = false ").replace('name = "conformance_speech"', 'name = "tiny"')
+    text = text.replace("[defaults]\n", '[defaults]\noptimizer = { name = "sgd", lr = 0.05 }\n')
+    text = text.replace("subsample_channels = 2 }", "subsample_channels = 2, dropout = 0.0 }").replace(
+        "heads = 2, ffn = 16 }", "heads = 2, ffn = 16, dropout = 0.0 }")
+    a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < ATOL, worst
+    teachers = [torch.load(tmp_path / f"{n}/tiny/r/checkpoints/teacher/last.pt", weights_only=True)["student"]
+                for n in ("one", "two")]
+    assert max(float((teachers[0][k] - teachers[1][k]).abs().max()) for k in teachers[0]) < ATOL
+
+
+def test_batch_norm_over_two_processes_matches_one(write_recipe, tmp_path):
+    """Batch norm normalises with the global batch's statistics (uneven shares: 26 + 25, the last
+    7 as 4 + 3) and its gradient through them is weighted like the rest: two processes train the
+    CNN with batch norm like one, running statistics included."""
+    text = TINY.replace("batch_size = 64", "batch_size = 51")
+    a, b = _one_and_two(write_recipe(text), tmp_path)
+    stats = [k for k in a["student"] if "running_" in k]
+    assert stats
+    worst = max(float((a["student"][k] - b["student"][k]).abs().max()) for k in a["student"])
+    assert worst < ATOL, worst
