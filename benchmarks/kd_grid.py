@@ -64,8 +64,8 @@ def main() -> None:
     print("| stage | val accuracy | test accuracy |\n|---|---|---|")
     for stage, values in results.items():
         val, test = [v for v, _ in values], [t for _, t in values]
-        print(f"| {stage} | {100 * statistics.mean(val):.2f} +- {100 * statistics.pstdev(val):.2f} "
-              f"| {100 * statistics.mean(test):.2f} +- {100 * statistics.pstdev(test):.2f} |")
+        print(f"| {stage} | {100 * statistics.mean(val):.2f} +- {100 * statistics.stdev(val):.2f} "
+              f"| {100 * statistics.mean(test):.2f} +- {100 * statistics.stdev(test):.2f} |")
 
 
 if __name__ == "__main__":

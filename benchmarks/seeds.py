@@ -54,10 +54,10 @@ def main() -> None:
         if base and stage != args.baseline:
             deltas = [a - b for a, b in zip(test, base)]
             diff = f"{100 * statistics.mean(deltas):+.2f} pts (wins {sum(d > 0 for d in deltas)}/{len(deltas)})"
-        rep = [f"{statistics.mean(m[k]):.3f} +- {statistics.pstdev(m[k]):.3f}" if k in m else ""
+        rep = [f"{statistics.mean(m[k]):.3f} +- {statistics.stdev(m[k]):.3f}" if k in m else ""
                for k in ("test/geometry_preservation", "test/cka")]
-        print(f"| {stage} | {100 * statistics.mean(test):.2f} +- {100 * statistics.pstdev(test):.2f} "
-              f"| {100 * statistics.mean(val):.2f} +- {100 * statistics.pstdev(val):.2f} | {rep[0]} | {rep[1]} "
+        print(f"| {stage} | {100 * statistics.mean(test):.2f} +- {100 * statistics.stdev(test):.2f} "
+              f"| {100 * statistics.mean(val):.2f} +- {100 * statistics.stdev(val):.2f} | {rep[0]} | {rep[1]} "
               f"| {int(m['params'][0])} | {int(m['macs'][0])} | {diff} |")
 
 
