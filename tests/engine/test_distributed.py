@@ -304,3 +304,21 @@ def test_batch_norm_over_two_processes_matches_one(write_recipe, tmp_path):
     assert stats
     worst = max(float((a["student"][k] - b["student"][k]).abs().max()) for k in a["student"])
     assert worst < ATOL, worst
+
+
+def test_reviewkd_with_batch_norm_in_its_fusion_modules_over_two_processes_matches_one(write_recipe, tmp_path):
+    """ReviewKD's attention-based fusion modules (extra modules with batch norm) normalise with
+    the global batch's statistics like the student's own layers: two processes train like one.
+    SGD: with Adam, fusion weights whose gradients are ~0 early in the warm-up move by +-lr on
+    the sign of rounding noise (2.5e-3 apart after 34 steps)."""
+    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        'taps = { student = { emb = "embed", feat = "blocks.1" }, teacher = { emb = "embed", feat = "blocks.1" } }\n'
+        "methods.supervised = {}\n"
+        'methods.reviewkd = { student = ["feat", "emb"], teacher = ["feat", "emb"], warmup_epochs = 1 }')
+    text = text.replace('optimizer = { name = "adam", lr = 0.01 }', 'optimizer = { name = "sgd", lr = 0.05 }')
+    a, b = _one_and_two(write_recipe(text), tmp_path)
+    assert any("running_mean" in k for k in a["extra"])
+    for part in ("student", "extra"):
+        worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
+        assert worst < ATOL, (part, worst)
