@@ -96,6 +96,7 @@ class SeqKD:
             self.inputs, self.targets = saved["inputs"], saved["targets"]
             log.info("seq_kd: teacher responses read from %s", path)
             return
+        log.info("seq_kd: the teacher writes %d responses (up to %d tokens each)", len(split.inputs), cfg.max_new_tokens)
         self.inputs, self.targets = teacher_sequences(
             stage.teachers[0], split.inputs, split.prompt_lens, text=text, cfg=cfg, seed=stage.recipe.seed,
             device=stage.device, batch_size=getattr(stage.recipe.data.config, "eval_batch_size", 64))
