@@ -22,7 +22,7 @@ MALFORMED = [
      "$.stages.teacher.optimizer.name"),
     ("methods.supervised = {}", "methods.supervisd = {}", "unknown method 'supervisd' (methods: amp,",
      "$.stages.teacher.methods.supervisd"),
-    ('dataset = "digits"', 'dataset = "imagenet"', "unknown data set 'imagenet' (available: cifar10, cifar100, digits, mnist, phonemes, speech_commands)",
+    ('dataset = "digits"', 'dataset = "imagenet"', "unknown data set 'imagenet' (available: cifar10, cifar100, digits, mnist, phonemes, speech_commands, text)",
      "$.data.dataset"),
     ('channels = [8, 16]', 'channels = [8, 0]', "channels: must be a non-empty list of positive integers",
      "$.stages.teacher.model.channels"),
