@@ -88,3 +88,55 @@ def test_seq_kd_responses_are_kept_on_disk_and_reused(write_recipe, tmp_path, ca
     assert not all(torch.equal(w["first"][k], w["sampled"][k]) for k in w["first"])
     saved = checkpoint.load(next(store.glob("seq_kd-*.pt")))
     assert set(saved) == {"inputs", "targets"} and saved["inputs"].shape == saved["targets"].shape
+
+
+class _StopAfterFirstEpoch:
+    default_enabled = True
+
+    from kdlab import hookimpl as _hookimpl
+
+    @_hookimpl(trylast=True)
+    def kdlab_epoch_end(self, stage, epoch):
+        if stage.name == "student" and epoch == 0:
+            raise KeyboardInterrupt
+
+
+class _CountSteps:
+    default_enabled = True
+    steps = 0
+
+    from kdlab import hookimpl as _hookimpl
+
+    @_hookimpl
+    def kdlab_step_end(self, stage):
+        if stage.name == "student":
+            _CountSteps.steps += 1
+
+
+def test_language_model_methods_resume_bit_exactly(write_recipe, tmp_path):
+    """Every LM method at once with the top-k cache, interrupted after its first epoch and
+    resumed: the same weights as an uninterrupted run (GKD's on-policy steps and noise follow the
+    step; seq KD's greedy responses are made again from the same teacher)."""
+    pytest.importorskip("transformers")
+    from kdlab.engine.registry import discover
+    from kdlab.engine.runner import run
+    from tests.data.test_text import make_dialogues
+    from tests.methods.test_conformance import TEXT_RECIPE
+
+    lines = ["methods.lm = {}", 'methods.token_kd = { divergence = "skew_rkl" }', "methods.seq_kd = { max_new_tokens = 4 }",
+             "methods.gkd = { fraction = 0.5, max_new_tokens = 4 }", 'methods.minilm = { pairs = { feat = "feat" }, relation_heads = 2 }',
+             "methods.teacher_cache = { topk = 8 }"]
+    text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus"), methods="\n".join(lines))
+    text = text.replace("epochs = 1\nmodel", "epochs = 2\nmodel")
+    recipe = write_recipe(text)
+    straight = run(recipe, out=tmp_path / "runs", run_id="straight", catalogue=discover())
+    stopping = discover(extra={"_stop": _StopAfterFirstEpoch})
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, out=tmp_path / "runs", run_id="resumed", catalogue=stopping)
+    _CountSteps.steps = 0
+    resumed = run(recipe, out=tmp_path / "runs", run_id="resumed", catalogue=discover(extra={"_count": _CountSteps}))
+    assert _CountSteps.steps == 2  # only the second epoch was trained again
+    a = torch.load(straight.run_dir / "checkpoints/student/last.pt", weights_only=True)
+    b = torch.load(resumed.run_dir / "checkpoints/student/last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
