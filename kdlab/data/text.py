@@ -238,17 +238,12 @@ def build(cfg: TextConfig, seed: int) -> DataBundle:
 
     tensors, splits = {}, {}
     for s in SPLITS:
-        where = str(files[s])
-        if is_dialogue:
-            x, y, splits[s] = dialogue_tensors(tok, raw[s], cfg.seq_len, responses_only, where)
+        where, limit = str(files[s]), cfg.train_limit if s == "train" else None
+        if is_dialogue:  # one dialogue per sequence: the first `limit` dialogues
+            x, y, splits[s] = dialogue_tensors(tok, raw[s][:limit], cfg.seq_len, responses_only, where)
         else:
             x, y = packed_tensors(tok, raw[s], cfg.seq_len, ids[END], where)
-        if s == "train" and cfg.train_limit is not None:
-            x, y = x[: cfg.train_limit], y[: cfg.train_limit]
-            if s in splits:
-                sp = splits[s]
-                splits[s] = SplitText(inputs=x, prompt_lens=sp.prompt_lens[: cfg.train_limit], responses=sp.responses[: cfg.train_limit],
-                                      recall=sp.recall[: cfg.train_limit], kinds=sp.kinds[: cfg.train_limit])
+            x, y = x[:limit], y[:limit]
         tensors[s] = (x, y)
 
     def loader(s: str, train: bool) -> TensorLoader:

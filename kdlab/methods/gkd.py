@@ -19,7 +19,7 @@ from attrs import validators as v
 
 from kdlab import Batch, hookimpl
 from kdlab.data.loader import batch_seed
-from kdlab.methods.lm import check_token_logits, token_divisor
+from kdlab.methods.lm import check_token_logits
 from kdlab.methods.logit_kd import require_teacher
 from kdlab.methods.seq_kd import require_text
 from kdlab.methods.token_kd import Divergence, token_kd_loss
@@ -58,7 +58,7 @@ class GKD:
         div = {"divergence": cfg.divergence, "temperature": cfg.temperature, "beta": cfg.beta, "alpha": cfg.alpha}
         if not on_policy_step(stage.recipe.seed, stage.step, cfg.fraction):
             mask = batch.targets >= 0
-            divisor = token_divisor(stage, mask)
+            divisor = stage.mean_divisor(mask)
             return {"gkd": sum(token_kd_loss(student_out.logits, t.logits, mask, divisor=divisor, **div)
                                for t in teacher_outs) / len(teacher_outs)}
         text = stage.data.extra["text"]
@@ -82,5 +82,5 @@ class GKD:
         out = stage.hook.kdlab_student_forward(stage=stage, batch=own)
         with torch.no_grad():
             scores = [teacher(x) for teacher in stage.teachers]
-        divisor = token_divisor(stage, mask)
+        divisor = stage.mean_divisor(mask)
         return {"gkd": sum(token_kd_loss(out.logits, t, mask, divisor=divisor, **div) for t in scores) / len(scores)}

@@ -23,16 +23,10 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: flo
             divisor: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over the tokens whose target is >= 0; logits (B, L, V), targets (B, L).
     Zero, with a gradient path, when there is none (a batch of prompts cut at the context end).
-    ``divisor`` replaces the local token count (see :func:`token_divisor`)."""
+    ``divisor`` replaces the local token count (``stage.mean_divisor``: the global batch's under --nproc)."""
     total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
                             label_smoothing=label_smoothing, reduction="sum")
     return total / ((targets >= 0).sum().clamp(min=1) if divisor is None else divisor)
-
-
-def token_divisor(stage, mask: torch.Tensor) -> torch.Tensor:
-    """The token count a loss over ``mask``'s tokens is divided by: the global batch's under
-    ``--nproc`` (:meth:`~kdlab.engine.types.Stage.mean_divisor`); a sum of zero stays zero."""
-    return stage.mean_divisor(mask)
 
 
 def check_token_logits(logits: torch.Tensor, targets: torch.Tensor, plugin: str) -> None:
@@ -48,4 +42,4 @@ class LM:
     def kdlab_loss_terms(self, stage, batch, student_out):
         check_token_logits(student_out.logits, batch.targets, "methods.lm")
         return {"lm": lm_loss(student_out.logits, batch.targets, label_smoothing=stage.config_for(self).label_smoothing,
-                              divisor=token_divisor(stage, batch.targets >= 0))}
+                              divisor=stage.mean_divisor(batch.targets >= 0))}

@@ -19,7 +19,6 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import KdlabError, hookimpl
-from kdlab.methods.lm import token_divisor
 from kdlab.methods.logit_kd import require_teacher
 
 
@@ -42,7 +41,7 @@ def relations(x: torch.Tensor, heads: int, valid: torch.Tensor) -> torch.Tensor:
 def minilm_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor, *, heads: int,
                 divisor: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over heads and valid query positions of KL(teacher relation || student relation)
-    (``divisor`` replaces the count of valid positions: :func:`~kdlab.methods.lm.token_divisor`)."""
+    (``divisor`` replaces the count of valid positions: :meth:`~kdlab.engine.types.Stage.mean_divisor`)."""
     s, t = relations(student, heads, valid), relations(teacher, heads, valid)
     kl = (t.exp() * (t - s)).nan_to_num(0.0).sum(-1)  # masked entries: 0 * (-inf - -inf)
     per_head = (kl * valid[:, None, :]).sum() / heads
@@ -68,7 +67,7 @@ class MiniLM:
         cfg = stage.config_for(self)
         text = stage.data.extra.get("text")
         valid = batch.inputs != text.pad_id if text is not None else torch.ones_like(batch.inputs, dtype=torch.bool)
-        losses, divisor = [], token_divisor(stage, valid)
+        losses, divisor = [], stage.mean_divisor(valid)
         for s_alias, t_alias in cfg.pairs.items():
             s, t = student_out.features[s_alias], teacher_outs[0].features[t_alias]
             for x, who in ((s, s_alias), (t, t_alias)):

@@ -26,7 +26,7 @@ from attrs import validators as v
 
 from kdlab import Batch, KdlabError, hookimpl
 from kdlab.engine import checkpoint
-from kdlab.methods.lm import lm_loss, token_divisor
+from kdlab.methods.lm import lm_loss
 from kdlab.methods.logit_kd import require_teacher
 from kdlab.models.generation import generate, gumbel_noise, response_mask
 
@@ -110,7 +110,7 @@ class SeqKD:
         idx = batch.index.to(self.inputs.device)
         own = Batch(self.inputs[idx], self.targets[idx], batch.index)
         out = stage.hook.kdlab_student_forward(stage=stage, batch=own)
-        return {"seq_kd": lm_loss(out.logits, own.targets, divisor=token_divisor(stage, own.targets >= 0))}
+        return {"seq_kd": lm_loss(out.logits, own.targets, divisor=stage.mean_divisor(own.targets >= 0))}
 
     @hookimpl
     def kdlab_stage_end(self, stage):

@@ -26,7 +26,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.lm import check_token_logits, token_divisor
+from kdlab.methods.lm import check_token_logits
 from kdlab.methods.logit_kd import require_teacher
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl"]
@@ -74,7 +74,7 @@ def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, *,
                   divisor: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """Mean of :func:`token_divergence` over the positions where ``mask`` is True (``divisor``
-    replaces their count: :func:`~kdlab.methods.lm.token_divisor`)."""
+    replaces their count: :meth:`~kdlab.engine.types.Stage.mean_divisor`)."""
     d = token_divergence(student_logits, teacher_logits, **kwargs)
     return (d * mask).sum() / (mask.sum().clamp(min=1) if divisor is None else divisor)
 
@@ -91,7 +91,7 @@ class TokenKD:
         cfg = stage.config_for(self)
         check_token_logits(student_out.logits, batch.targets, "methods.token_kd")
         mask = batch.targets >= 0
-        divisor = token_divisor(stage, mask)
+        divisor = stage.mean_divisor(mask)
         losses = [token_kd_loss(student_out.logits, t.logits, mask, divisor=divisor, divergence=cfg.divergence,
                                 temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha) for t in teacher_outs]
         return {"token_kd": sum(losses) / len(losses)}

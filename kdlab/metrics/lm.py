@@ -22,11 +22,11 @@ import time
 
 import attrs
 import torch
-import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
+from kdlab.methods.lm import lm_loss
 from kdlab.models.generation import generate, response_tokens, sequence_logprob
 
 
@@ -40,7 +40,7 @@ class LMMetricsConfig:
 
 def perplexity_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     valid = targets >= 0
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+    nll = lm_loss(logits, targets)
     acc = ((logits.argmax(-1) == targets) & valid).sum() / valid.sum().clamp(min=1)
     return float(nll.exp()), float(acc)
 
