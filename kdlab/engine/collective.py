@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 
 _cpu_group = None
+_holding_groups: dict[tuple[int, ...], object] = {}
 
 
 def shard_sizes(local: int) -> list[int]:
@@ -27,18 +28,31 @@ def shard_sizes(local: int) -> list[int]:
         _cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([local], dtype=torch.long), group=_cpu_group)
-    return [int(s) for s in sizes]
+    sizes = [int(s) for s in sizes]
+    holding = tuple(r for r, n in enumerate(sizes) if n > 0)
+    if 1 < len(holding) < len(sizes) and holding not in _holding_groups:
+        # a last global batch smaller than the number of processes: the ranks holding its samples
+        # compute the in-batch losses among themselves (the others compute nothing). Creating a
+        # group takes every rank, so it is done here, where all of them are; once per set of ranks.
+        _holding_groups[holding] = dist.new_group(ranks=list(holding))
+    return sizes
+
+
+def holding_group(sizes: list[int]):
+    """The process group of the ranks whose share of this step is not empty (None: all ranks)."""
+    holding = tuple(r for r, n in enumerate(sizes) if n > 0)
+    return None if len(holding) == len(sizes) else _holding_groups[holding]
 
 
 class _GatherGlobal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, sizes: list[int], rank: int, group) -> torch.Tensor:
         ctx.sizes, ctx.rank = sizes, rank
         largest = max(sizes)
         padded = torch.zeros((largest, *x.shape[1:]), dtype=x.dtype, device=x.device)
         padded[: len(x)] = x
         parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
+        dist.all_gather(parts, padded.contiguous(), group=group)
         return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
     @staticmethod
@@ -49,15 +63,17 @@ class _GatherGlobal(torch.autograd.Function):
         sizes, rank = ctx.sizes, ctx.rank
         start = sum(sizes[:rank])
         own = grad[start : start + sizes[rank]] * (sum(sizes) / sizes[rank])
-        return own, None, None
+        return own, None, None, None
 
 
 def gather(x: torch.Tensor, sizes: list[int] | None, rank: int) -> torch.Tensor:
     """``x`` (this rank's share, first dimension = samples) -> the global batch's, in global
-    order. Unchanged in one process, and when some rank's share is empty: that rank computes no
-    loss (see the loop), so it cannot join a collective. Then the global batch is smaller than
-    the number of processes; with 2 processes the other rank holds all of it and the result is
-    still exact, with more each rank's loss covers its own sample(s) for that one step."""
-    if sizes is None or len(sizes) == 1 or 0 in sizes:
+    order. Unchanged in one process. When the global batch is smaller than the number of
+    processes, a rank with an empty share computes no loss (see the loop) and the ranks that
+    hold samples gather among themselves."""
+    if sizes is None:
         return x
-    return _GatherGlobal.apply(x, sizes, rank)
+    holding = [r for r, n in enumerate(sizes) if n > 0]
+    if len(holding) <= 1:
+        return x
+    return _GatherGlobal.apply(x, [sizes[r] for r in holding], holding.index(rank), holding_group(sizes))

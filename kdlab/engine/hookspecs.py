@@ -249,8 +249,9 @@ def kdlab_student_forward(stage: Stage, batch: Batch) -> ModelOutput | None:
     """Run the student on ``batch``; in training and in evaluation.
 
     Fires: every step and every evaluation batch. Wrap it (``wrapper=True``) to change how the
-    forward runs (autocast). The default calls ``stage.student(batch.inputs)`` and collects the
-    tapped features.
+    forward runs (autocast). The default calls ``stage.run_student(batch)`` (the student on
+    ``batch.inputs``, through the DistributedDataParallel wrapper in a training step under
+    ``--nproc``) and collects the tapped features; a plugin that answers it does the same.
 
     Returns: a :class:`ModelOutput` (firstresult).
     """

@@ -179,6 +179,9 @@ class Stage:
     world_size: int = 1
     # every rank's number of samples in the current training step (distributed training only)
     shard_sizes: list[int] | None = None
+    # the student in DistributedDataParallel, a callable of a batch (set by the distributed
+    # plugin under --nproc, see run_student): it averages the gradients during the backward pass
+    data_parallel: Any = None
 
     @property
     def hook(self):
@@ -223,6 +226,17 @@ class Stage:
         per_sample = self.gather(weights.flatten(1).sum(1).float())
         return per_sample.sum().clamp(min=1e-8) * (len(weights) / len(per_sample))
 
+    def run_student(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The student on ``batch`` -> (logits, lengths or None), see :func:`run_model`. In a
+        training step under ``--nproc`` the call goes through the DistributedDataParallel wrapper,
+        so that the backward pass averages the gradients. A plugin that answers
+        ``kdlab_student_forward`` itself calls this rather than ``stage.student``; one that calls
+        the student directly still trains correctly, with the gradients averaged after the
+        backward pass instead of during it."""
+        if self.data_parallel is not None and self.phase == "train" and 0 not in self.shard_sizes:
+            return self.data_parallel(batch)
+        return run_model(self.student, batch)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = [p for p in self.student.parameters() if p.requires_grad]
         return params + [p for p in self.extra.parameters() if p.requires_grad]
@@ -264,6 +278,16 @@ class Stage:
         for impl in self.hook.kdlab_load_state_dict.get_hookimpls():
             if impl.plugin_name in state["plugins"]:
                 _call(impl, stage=self, state=state["plugins"][impl.plugin_name])
+
+
+def run_model(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A model on a batch -> (logits, lengths or None). A model is called on ``batch.inputs``,
+    unless it defines ``forward_batch(batch) -> (logits, lengths)``: sequence models read what
+    they need from the batch that way (a wav2vec2 teacher the raw audio in
+    ``batch.extra["wave"]``, a Conformer student the features and their lengths)."""
+    if hasattr(model, "forward_batch"):
+        return model.forward_batch(batch)
+    return model(batch.inputs), None
 
 
 def _call(impl, **kwargs):

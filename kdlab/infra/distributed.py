@@ -1,13 +1,23 @@
-"""Data-parallel training across processes (``kdlab run --nproc N``, or torchrun): gradients are
-averaged over the ranks after every backward pass, and floating-point buffers (batch-norm running
-statistics) are broadcast from rank 0 after every step, so every rank holds the same model.
+"""Data-parallel training across processes (``kdlab run --nproc N``, or torchrun).
 
 Each rank trains on its contiguous part of every global batch (the loaders shard them), so N
 processes compute the gradient of the same global batch as one process would. Rank 0 alone
 writes files (checkpoints, TensorBoard, history, exported models); every rank reads them.
-Hand-written rather than DistributedDataParallel because plugins call ``stage.student`` directly
-(taps, pruning re-parametrisation, forward hooks) and a DDP wrapper would sit between them;
-one all-reduce of the flattened gradients per step does the same averaging.
+
+Gradients: from a stage's second step on, the student is wrapped in
+``torch.nn.parallel.DistributedDataParallel`` (``stage.data_parallel``; ``stage.student`` stays
+the raw module, for taps, pruning and export), which all-reduces them in buckets while the
+backward pass still runs. Its communication hook weights each rank's gradient (a mean over its
+samples) by its share of the global batch instead of DDP's equal weights, so a last, unevenly
+split batch is exact. Parameters that a step's forward does not reach are allowed
+(``find_unused_parameters``). What DDP does not cover is averaged by hand after the backward
+pass, with the same weights, in one all-reduce: the plugins' extra modules (their parameters are
+used outside the student's forward, which DDP's bookkeeping forbids); every trainable parameter
+in the first step (which shows whether DDP can take over), in a step where some rank's share is
+empty (that rank runs no forward) and in one where a plugin called the student without the
+wrapper; and the whole stage when its loss leaves some of the student's parameters without a
+gradient (feature KD alone: the head). Floating-point buffers (batch-norm running statistics) are broadcast from rank 0
+after every step, so every rank holds the same model.
 
 Batch normalisation in training normalises with the statistics of the *global* batch (the
 student's and the extra modules' batch-norm layers, from the first epoch on), so that N processes
@@ -20,8 +30,11 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from kdlab import hookimpl
+from kdlab.engine import collective
+from kdlab.engine.types import run_model
 
 
 def average_gradients(params: list[torch.nn.Parameter], local_samples: int) -> None:
@@ -56,6 +69,45 @@ def average_gradients(params: list[torch.nn.Parameter], local_samples: int) -> N
         offset += p.numel()
 
 
+class _BatchForward(torch.nn.Module):
+    """The student as a module of a batch: DDP wraps a module and calls its ``forward``, and
+    sequence models take the whole batch."""
+
+    def __init__(self, student: torch.nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch):
+        return run_model(self.student, batch)
+
+
+class DataParallelStudent:
+    """``stage.data_parallel``: the student in DistributedDataParallel, for the first training
+    forward of a step. A second forward in the same step (GKD and sequence KD also run the
+    student on generated text) calls the plain student: DDP allows one forward per backward, and
+    the backward pass sums both uses of a parameter before DDP's hook sees its gradient."""
+
+    def __init__(self, student: torch.nn.Module, weight: list[float]):
+        self.ddp = DistributedDataParallel(_BatchForward(student), broadcast_buffers=False,
+                                           find_unused_parameters=True)
+        self.ddp.register_comm_hook(weight, _weighted_allreduce)
+        self.student = student
+        self.used = False  # in this step; reset after the backward pass
+
+    def __call__(self, batch):
+        if self.used:
+            return run_model(self.student, batch)
+        self.used = True
+        return self.ddp(batch)
+
+
+def _weighted_allreduce(weight: list[float], bucket):  # no return annotation: DDP checks it
+    """DDP communication hook: sum over ranks of (this rank's share of the samples x its gradient
+    bucket), the count-weighted mean; ``weight[0]`` is set before each step's backward pass."""
+    buffer = bucket.buffer().mul_(weight[0])
+    return dist.all_reduce(buffer, async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
 class _SumOverRanks(torch.autograd.Function):
     """All-reduce (sum) with the backward that the count-weighted gradient averaging needs: rank
     s's gradient for its own contribution is sum_r n_r * g_r / n_s (g_r: rank r's upstream
@@ -63,31 +115,33 @@ class _SumOverRanks(torch.autograd.Function):
     the gradient of the one-process loss."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, local: int) -> torch.Tensor:
-        ctx.local = local
+    def forward(ctx, x: torch.Tensor, local: int, group) -> torch.Tensor:
+        ctx.local, ctx.group = local, group
         out = x.clone()
-        dist.all_reduce(out)
+        dist.all_reduce(out, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         total = grad * ctx.local
-        dist.all_reduce(total)
-        return total / ctx.local, None
+        dist.all_reduce(total, group=ctx.group)
+        return total / ctx.local, None, None
 
 
-def global_batch_norm(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor, local: int) -> torch.Tensor:
+def global_batch_norm(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor, local: int,
+                      group=None) -> torch.Tensor:
     """``bn`` in training mode on this rank's share ``x``, normalised with the global batch's
     mean and (biased) variance, two passes over the data as one process computes them; running
-    statistics updated with the global unbiased variance, as one process updates them."""
+    statistics updated with the global unbiased variance, as one process updates them.
+    ``group``: the ranks holding samples in this step (None: all of them)."""
     x = x.float()  # as autocast runs batch norm: in float32
     dims = [0, *range(2, x.dim())]
     shape = [1, -1] + [1] * (x.dim() - 2)
     count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-    first = _SumOverRanks.apply(torch.cat([x.sum(dims), count]), local)
+    first = _SumOverRanks.apply(torch.cat([x.sum(dims), count]), local, group)
     n = first[-1]
     mean = first[:-1] / n
-    var = _SumOverRanks.apply(((x - mean.view(shape)) ** 2).sum(dims), local) / n
+    var = _SumOverRanks.apply(((x - mean.view(shape)) ** 2).sum(dims), local, group) / n
     y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
     if bn.affine:
         y = y * bn.weight.view(shape) + bn.bias.view(shape)
@@ -106,9 +160,12 @@ def _synced_forward(bn, stage):
 
     def forward(x):
         sizes = stage.shard_sizes
-        if not bn.training or not sizes or 0 in sizes or stage.phase != "train":
-            return plain(bn, x)  # evaluation, the probe, or a step with an empty share
-        return global_batch_norm(bn, x, len(stage.batch.index))
+        if not bn.training or not sizes or stage.phase != "train":
+            return plain(bn, x)  # evaluation or the probe
+        holding = sum(n > 0 for n in sizes)
+        if holding == 1:  # a last global batch that one rank holds whole: as in one process
+            return plain(bn, x)
+        return global_batch_norm(bn, x, len(stage.batch.index), collective.holding_group(sizes))
 
     return forward
 
@@ -135,10 +192,14 @@ class Distributed:
 
     def __init__(self):
         self.synced: list[torch.nn.Module] = []
+        self.started = False
+        self.decided = False  # whether DDP can average the student's gradients (see kdlab_backward)
+        self.weight = [1.0]  # this step's share of the global batch, read by the DDP comm hook
 
     @hookimpl
     def kdlab_epoch_start(self, stage, epoch):
-        if stage.world_size > 1 and not self.synced:  # once; the extra modules exist by now
+        if stage.world_size > 1 and not self.started:  # once; the extra modules exist by now
+            self.started = True
             for module in [*stage.student.modules(), *stage.extra.modules()]:
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.forward = _synced_forward(module, stage)
@@ -151,16 +212,35 @@ class Distributed:
 
     @hookimpl(wrapper=True)
     def kdlab_backward(self, stage, loss):
+        if stage.world_size == 1:
+            return (yield)
+        local = len(stage.batch.index)
+        self.weight[0] = local / sum(stage.shard_sizes)
         result = yield
-        if stage.world_size > 1:  # before clipping, unscaling and the step see the gradients
-            average_gradients(stage.trainable_parameters(), len(stage.batch.index))
+        # before clipping, unscaling and the step see the gradients
+        if stage.data_parallel is not None and stage.data_parallel.used:  # DDP averaged the student's
+            stage.data_parallel.used = False
+            average_gradients([p for p in stage.extra.parameters() if p.requires_grad], local)
+            return result
+        average_gradients(stage.trainable_parameters(), local)
+        if not self.decided and 0 not in stage.shard_sizes:
+            # The first full step of the stage in this process decides: if every trainable
+            # parameter of the student got a gradient on some rank (the same answer on every rank,
+            # after the exchange), DDP takes over from the next step. If not -- a stage whose loss
+            # reads only tapped features leaves the head without one -- the averaging stays by hand:
+            # DDP cannot tell a parameter that feeds an output no loss reads from a used one, and
+            # waits for its gradient forever (or, with static_graph, skips the reduction silently).
+            self.decided = True
+            student = [p for p in stage.student.parameters() if p.requires_grad]
+            if student and all(p.grad is not None for p in student):
+                stage.data_parallel = DataParallelStudent(stage.student, self.weight)
         return result
 
     @hookimpl(tryfirst=True)
     def kdlab_stage_end(self, stage):
         for module in self.synced:  # the plain modules again, before the export copies them
             del module.forward
-        self.synced = []
+        self.synced, self.started, self.decided, stage.data_parallel = [], False, False, None
 
     @hookimpl
     def kdlab_after_optimizer_step(self, stage):

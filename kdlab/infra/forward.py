@@ -12,12 +12,7 @@ import torch
 
 from kdlab import ModelOutput, hookimpl
 from kdlab.engine.loop import load_model
-
-
-def run_model(model, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if hasattr(model, "forward_batch"):
-        return model.forward_batch(batch)
-    return model(batch.inputs), None
+from kdlab.engine.types import run_model
 
 
 class Forward:
@@ -25,7 +20,7 @@ class Forward:
 
     @hookimpl(trylast=True)
     def kdlab_student_forward(self, stage, batch):
-        logits, lengths = run_model(stage.student, batch)
+        logits, lengths = stage.run_student(batch)
         return ModelOutput(logits, stage.student_taps.collect(), lengths)
 
     @hookimpl(wrapper=True, tryfirst=True)

@@ -21,13 +21,14 @@ RECIPE = TINY.replace('model = { arch = "cnn", channels = [4, 8] }',
 ATOL = 1e-4
 
 
-def _one_and_two(recipe, tmp_path) -> tuple[dict, dict]:
-    """The student's last checkpoint of ``recipe`` trained in one process and in two."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _one_and_two(recipe, tmp_path, env=None, nproc=2) -> tuple[dict, dict]:
+    """The student's last checkpoint of ``recipe`` trained in one process and in ``nproc``."""
+    env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
     kdlab = [sys.executable, "-m", "kdlab", "run", str(recipe), "--run-id", "r"]
     one = subprocess.run([*kdlab, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*kdlab, "--out", str(tmp_path / "two"), "--nproc", "2"], env=env, capture_output=True, text=True)
+    two = subprocess.run([*kdlab, "--out", str(tmp_path / "two"), "--nproc", str(nproc)], env=env, capture_output=True,
+                         text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     return tuple(torch.load(tmp_path / f"{n}/tiny/r/checkpoints/student/last.pt", weights_only=True) for n in ("one", "two"))
 
@@ -319,6 +320,110 @@ def test_reviewkd_with_batch_norm_in_its_fusion_modules_over_two_processes_match
     text = text.replace('optimizer = { name = "adam", lr = 0.01 }', 'optimizer = { name = "sgd", lr = 0.05 }')
     a, b = _one_and_two(write_recipe(text), tmp_path)
     assert any("running_mean" in k for k in a["extra"])
+    for part in ("student", "extra"):
+        worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
+        assert worst < ATOL, (part, worst)
+
+
+GRAD_PROBE = '''
+"""Inside the distributed plugin's backward wrapper (trylast: the innermost), right after the
+backward pass and before any averaging by hand: are the student's gradients already the same on
+every rank? Each rank appends one line per step to its file."""
+import os
+
+import torch
+import torch.distributed as dist
+from kdlab import hookimpl
+
+
+class Probe:
+    @hookimpl(wrapper=True, trylast=True)
+    def kdlab_backward(self, stage, loss):
+        result = yield
+        if stage.world_size == 1:
+            return result
+        grads = [p.grad.reshape(-1) for p in stage.student.parameters() if p.grad is not None]
+        mine = torch.cat(grads)
+        every = [torch.empty_like(mine) for _ in range(stage.world_size)]
+        dist.all_gather(every, mine)
+        same = all(torch.equal(every[0], g) for g in every)
+        with open(os.path.join(os.environ["PROBE_DIR"], f"rank{stage.rank}.txt"), "a") as f:
+            f.write(f"{stage.shard_sizes} {int(same)} {type(getattr(stage.data_parallel, 'ddp', None)).__name__}\\n")
+        return result
+'''
+
+BYPASS = '''
+"""Answers kdlab_student_forward by calling the student directly, not stage.run_student."""
+from kdlab import ModelOutput, hookimpl
+
+
+class Bypass:
+    @hookimpl(tryfirst=True)
+    def kdlab_student_forward(self, stage, batch):
+        return ModelOutput(stage.student(batch.inputs), stage.student_taps.collect(), None)
+'''
+
+
+def test_distributed_data_parallel_averages_the_gradients_during_the_backward_pass(write_recipe, tmp_path):
+    """From the second step on, the student's gradients are identical on both ranks as soon as
+    the backward pass returns (DistributedDataParallel reduced them, with count weights: the
+    shares are uneven, 26 + 25), before the hand-written averaging that covers the rest would run.
+    The first step is averaged by hand and shows that every parameter gets a gradient."""
+    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.probe = {}")
+    env = installed_plugin(tmp_path, "kdlab_probe", GRAD_PROBE, "probe = kdlab_probe:Probe",
+                           {**os.environ, "PROBE_DIR": str(tmp_path)})
+    cmd = [sys.executable, "-m", "kdlab", "run", str(write_recipe(text)), "--out", str(tmp_path / "two"), "--nproc", "2"]
+    done = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (tmp_path / "rank1.txt").read_text().splitlines()
+    assert len(lines) == 2 * 22  # 22 steps of the student stage's 2 epochs
+    assert lines[0] == "[26, 25] 0 NoneType"
+    assert all(line.endswith(" 1 DistributedDataParallel") for line in lines[1:]), lines[:3]
+
+
+def test_a_plugin_that_calls_the_student_directly_still_trains_like_one_process(write_recipe, tmp_path):
+    """A third-party forward that bypasses the DDP wrapper: its steps are averaged by hand after
+    the backward pass, so two processes still train like one."""
+    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.bypass = {}")
+    env = installed_plugin(tmp_path, "kdlab_bypass", BYPASS, "bypass = kdlab_bypass:Bypass")
+    a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path, env=env))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < ATOL, worst
+
+
+def test_a_stage_whose_loss_leaves_the_head_without_gradients_stays_averaged_by_hand(write_recipe, tmp_path):
+    """Feature KD alone: the student's head feeds an output that no loss reads, which DDP cannot
+    tell from a used parameter (it would wait for its gradient). The stage keeps the averaging by
+    hand and trains like one process (the head without gradients on both)."""
+    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        'taps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
+        'methods.feature_kd = { student = "emb", teacher = "emb" }\nmethods.probe = {}')
+    env = installed_plugin(tmp_path, "kdlab_probe", GRAD_PROBE, "probe = kdlab_probe:Probe",
+                           {**os.environ, "PROBE_DIR": str(tmp_path)})
+    a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path, env=env))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < ATOL, worst
+    assert torch.equal(a["head.weight"], b["head.weight"])
+    lines = (tmp_path / "rank1.txt").read_text().splitlines()
+    assert lines and all(line.endswith("NoneType") for line in lines)
+
+
+def test_in_batch_losses_and_batch_norm_over_three_processes_with_a_tiny_last_batch(write_recipe, tmp_path):
+    """1,077 training digits in batches of 215: the last global batch has 2 samples over 3 processes
+    (1 + 1 + 0). The two ranks that hold them gather among themselves, for the contrastive term and
+    for batch norm's statistics, so 3 processes train like 1 on that step too."""
+    text = TINY.replace("batch_size = 64", "batch_size = 215").replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        'taps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\n"
+        'methods.contrastive = { student = "emb", teacher = "emb", dim = 8 }')
+    text = text.replace('optimizer = { name = "adam", lr = 0.01 }', 'optimizer = { name = "sgd", lr = 0.05 }')
+    a, b = _one_and_two(write_recipe(text), tmp_path, nproc=3)
     for part in ("student", "extra"):
         worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
         assert worst < ATOL, (part, worst)
