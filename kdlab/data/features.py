@@ -31,24 +31,39 @@ class LogMel(nn.Module):
         return torch.log(self.mel(wave) + LOG_FLOOR)
 
 
-def spec_augment(mel: torch.Tensor, freq_mask: int, time_mask: int, masks: int = 1) -> torch.Tensor:
+def spec_augment(mel: torch.Tensor, freq_mask: int, time_mask: int, masks: int = 1, *,
+                 generator: torch.Generator | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """SpecAugment (frequency and time masking, each ``masks`` times) on (batch, bands, frames),
-    independently per example, through torchaudio; masked cells take the example's mean."""
+    independently per example; masked cells take the example's mean.
+
+    Draws come from ``generator`` (torch's global generator if None). ``rows = (n, first)``: ``mel``
+    holds rows ``first ..`` of a batch of ``n``; the draws are made for all ``n`` and this share's
+    rows are used, so that a batch split over processes is masked as one process masks it."""
+    n, first = rows if rows is not None else (len(mel), 0)
     out = mel
     for _ in range(masks):
         if freq_mask:
-            out = _mask(out, freq_mask, axis=1)
+            out = _mask(out, freq_mask, 1, generator, n, first)
         if time_mask:
-            out = _mask(out, time_mask, axis=2)
+            out = _mask(out, time_mask, 2, generator, n, first)
     return out
 
 
-def _mask(mel: torch.Tensor, width: int, axis: int) -> torch.Tensor:
-    # torchaudio's mask_along_axis_iid fills with a constant; the example's mean keeps log-mel
-    # statistics (a 0 in log-mel is a loud band), so the mask value is computed per example.
+def _mask(mel: torch.Tensor, width: int, axis: int, generator, n: int, first: int) -> torch.Tensor:
+    # torchaudio's mask_along_axis_iid draws the same way (a width uniform in [0, width), a start
+    # uniform over what is left) but only from the global generator and only for the rows it is
+    # given; and it fills with a constant, while the example's mean keeps log-mel statistics (a 0
+    # in log-mel is a loud band).
+    size = mel.shape[axis]
+    value = torch.rand(n, generator=generator)[first : first + len(mel)] * width
+    start = torch.rand(n, generator=generator)[first : first + len(mel)] * (size - value)
+    value, start = value.to(mel.device), start.to(mel.device)
+    pos = torch.arange(size, device=mel.device, dtype=value.dtype)
+    lo = start.floor()
+    hit = (pos >= lo[:, None]) & (pos < (lo + value.floor())[:, None])  # (rows, size), as torchaudio
+    hit = hit[:, :, None] if axis == 1 else hit[:, None, :]
     fill = mel.mean(dim=(1, 2), keepdim=True)
-    masked = torchaudio.functional.mask_along_axis_iid(mel.unsqueeze(1), width, float("nan"), axis + 1).squeeze(1)
-    return torch.where(torch.isnan(masked), fill.expand_as(mel), masked)
+    return torch.where(hit, fill.expand_as(mel), mel)
 
 
 def normalise_utterance(mel: torch.Tensor) -> torch.Tensor:

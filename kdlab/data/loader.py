@@ -147,6 +147,55 @@ class TensorLoader(BatchLoader):
         return Batch(x, self.y[on], idx, view=view)
 
 
+class WorkerBatches(BatchLoader):
+    """A loader whose batch ``b`` of an epoch is a pure function ``make_batch(epoch, b)`` (its
+    samples, and its augmentation drawn from a generator seeded by (seed, epoch, b)), so batches
+    can be made in ``num_workers`` DataLoader worker processes, in order, while the main process
+    trains: the same batches as in the main process, so resume stays exact. The workers persist
+    across epochs (the main process sends them (epoch, b) keys). Subclasses define
+    ``num_samples``, ``num_batches(epoch)`` and ``make_batch(epoch, b)``, and set ``num_workers``."""
+
+    num_workers: int = 0
+
+    def num_batches(self, epoch: int) -> int:
+        return len(self)
+
+    def make_batch(self, epoch: int, b: int) -> Batch:
+        raise NotImplementedError
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return (self.make_batch(self.epoch, b) for b in range(self.num_batches(self.epoch)))
+        if self.__dict__.get("_workers") is None:
+            self._workers = torch.utils.data.DataLoader(
+                _MadeBatches(self), sampler=_BatchKeys(self), batch_size=None, num_workers=self.num_workers,
+                persistent_workers=True, pin_memory=torch.cuda.is_available())
+        return iter(self._workers)
+
+    def __getstate__(self):  # what a worker process receives (spawn): the loader without its workers
+        return {k: v for k, v in self.__dict__.items() if k != "_workers"}
+
+
+class _BatchKeys(torch.utils.data.Sampler):
+    def __init__(self, owner: WorkerBatches):
+        self.owner = owner
+
+    def __iter__(self):  # in the main process, where set_epoch was called
+        epoch = self.owner.epoch
+        return iter([(epoch, b) for b in range(self.owner.num_batches(epoch))])
+
+    def __len__(self):
+        return self.owner.num_batches(self.owner.epoch)
+
+
+class _MadeBatches(torch.utils.data.Dataset):
+    def __init__(self, owner: WorkerBatches):
+        self.owner = owner
+
+    def __getitem__(self, key):
+        return self.owner.make_batch(*key)
+
+
 class DatasetLoader:
     """A DataLoader over a map-style data set of ``(input, target)`` pairs whose shuffling is
     re-seeded per epoch. ``num_workers`` > 0 decodes and augments in worker processes, and

@@ -31,7 +31,7 @@ from attrs import validators as v
 
 from kdlab.data.audio import read_audio
 from kdlab.data.features import LogMel, spec_augment, utterance_features
-from kdlab.data.loader import BatchLoader, epoch_seed
+from kdlab.data.loader import WorkerBatches, batch_seed, epoch_seed, shard_slice
 from kdlab.data.manifest import Utterance, read_manifest
 from kdlab.engine import checkpoint
 from kdlab.engine.errors import KdlabError
@@ -55,6 +55,9 @@ class PhonemesConfig:
     on_bad: Literal["error", "skip"] = "error"
     cache_dir: str | None = None
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))
+    # processes that pad and mask training batches while the main process trains (0: the main
+    # process does); the batches are the same either way
+    num_workers: int = field(default=0, validator=v.ge(0))
 
 
 def ctc_min_frames(ids: list[int]) -> int:
@@ -150,52 +153,67 @@ def _pad(seqs: list[torch.Tensor], value: float, length: int | None = None) -> t
     return out
 
 
-class PhonemeLoader(BatchLoader):
+class PhonemeLoader(WorkerBatches):
     """Length-bucketed batches: each epoch's order is a seeded permutation, cut into groups of 20
-    batches sorted by length (less padding), whose batches are then shuffled."""
+    batches sorted by length (less padding), whose batches are then shuffled. SpecAugment is drawn
+    from a generator seeded by (seed, epoch, batch) for the whole global batch, so a resumed run
+    and N processes mask as one process does; with ``num_workers`` batches are padded and masked
+    in worker processes."""
 
     def __init__(self, split: dict, config: PhonemesConfig, *, train: bool, seed: int):
         self.split, self.config, self.train, self.seed = split, config, train, seed
         self.batch_size = config.batch_size if train else config.eval_batch_size
         self.lengths = torch.tensor([len(f) for f in split["features"]])
+        self.num_workers = config.num_workers if train else 0
+        self._epoch_batches: tuple[int, list[torch.Tensor]] | None = None
 
     @property
     def num_samples(self) -> int:
         return len(self.lengths)
 
-    def batches(self) -> list[torch.Tensor]:
+    def batches(self, epoch: int | None = None) -> list[torch.Tensor]:
+        epoch = self.epoch if epoch is None else epoch
+        if self._epoch_batches is not None and self._epoch_batches[0] == epoch:
+            return self._epoch_batches[1]
         n, bs = self.num_samples, self.batch_size
         if not self.train:
             order = torch.argsort(self.lengths, stable=True)
-            return [order[i : i + bs] for i in range(0, n, bs)]
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(n, generator=g)
-        groups = [order[i : i + 20 * bs] for i in range(0, n, 20 * bs)]
-        batches = []
-        for group in groups:
-            group = group[torch.argsort(self.lengths[group], stable=True)]
-            batches += [group[i : i + bs] for i in range(0, len(group), bs)]
-        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+            batches = [order[i : i + bs] for i in range(0, n, bs)]
+        else:
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            order = torch.randperm(n, generator=g)
+            groups = [order[i : i + 20 * bs] for i in range(0, n, 20 * bs)]
+            batches = []
+            for group in groups:
+                group = group[torch.argsort(self.lengths[group], stable=True)]
+                batches += [group[i : i + bs] for i in range(0, len(group), bs)]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        self._epoch_batches = (epoch, batches)
+        return batches
 
-    def __iter__(self):
+    def num_batches(self, epoch: int) -> int:
+        return len(self.batches(epoch))
+
+    def make_batch(self, epoch: int, b: int) -> Batch:
         s = self.split
-        for idx in self.batches():
-            every = idx.tolist()  # the global batch, before this rank's share is cut
-            frames, samples = int(self.lengths[idx].max()), max(len(s["audio"][i]) for i in every)
-            labels = max(len(s["ids"][i]) for i in every)
-            idx = self.my_part(idx)
-            ids = idx.tolist()
-            feats = _pad([s["features"][i].float() for i in ids], 0.0, frames)
-            if self.train and self.config.augment and self.config.masks:
-                # masks come from torch's global generator, which checkpoints save and restore
-                feats = spec_augment(feats.transpose(1, 2), self.config.freq_mask, self.config.time_mask,
-                                     self.config.masks).transpose(1, 2)
-            waves = [s["audio"][i] for i in ids]
-            yield Batch(
-                feats, _pad([s["ids"][i] for i in ids], -1, labels), idx,
-                {"input_lengths": self.lengths[idx], "wave": _pad(waves, 0, samples).float() / 32767.0,
-                 "wave_lengths": torch.tensor([len(w) for w in waves])},
-            )
+        idx = self.batches(epoch)[b]
+        every = idx.tolist()  # the global batch, before this rank's share is cut
+        frames, samples = int(self.lengths[idx].max()), max(len(s["audio"][i]) for i in every)
+        labels = max(len(s["ids"][i]) for i in every)
+        first = shard_slice(len(idx), self.rank, self.world_size).start if self.world_size > 1 else 0
+        idx = self.my_part(idx)
+        ids = idx.tolist()
+        feats = _pad([s["features"][i].float() for i in ids], 0.0, frames)
+        if self.train and self.config.augment and self.config.masks:
+            g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b))
+            feats = spec_augment(feats.transpose(1, 2), self.config.freq_mask, self.config.time_mask,
+                                 self.config.masks, generator=g, rows=(len(every), first)).transpose(1, 2)
+        waves = [s["audio"][i] for i in ids]
+        return Batch(
+            feats, _pad([s["ids"][i] for i in ids], -1, labels), idx,
+            {"input_lengths": self.lengths[idx], "wave": _pad(waves, 0, samples).float() / 32767.0,
+             "wave_lengths": torch.tensor([len(w) for w in waves])},
+        )
 
 
 def build(config: PhonemesConfig, seed: int) -> DataBundle:
@@ -211,6 +229,6 @@ def build(config: PhonemesConfig, seed: int) -> DataBundle:
         # clean audio, so its outputs per utterance are fixed (the teacher cache relies on this)
         key={"dataset": "phonemes", "manifest": str(Path(config.manifest).resolve()),
              "manifest_sha": data["key"],
-             **{k: val for k, val in attrs.asdict(config).items() if k not in ("manifest", "cache_dir")}},
+             **{k: val for k, val in attrs.asdict(config).items() if k not in ("manifest", "cache_dir", "num_workers")}},
         classes=tuple(data["classes"]),
     )

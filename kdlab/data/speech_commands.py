@@ -25,7 +25,7 @@ from attrs import validators as v
 
 from kdlab.data.audio import read_audio
 from kdlab.data.features import LogMel, spec_augment
-from kdlab.data.loader import BatchLoader, batch_seed, epoch_seed
+from kdlab.data.loader import WorkerBatches, batch_seed, epoch_seed, shard_slice
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import Batch, DataBundle
 
@@ -48,6 +48,9 @@ class SpeechCommandsConfig:
     freq_mask: int = field(default=8, validator=v.ge(0))  # widest frequency mask (bands)
     time_mask: int = field(default=15, validator=v.ge(0))  # widest time mask (frames)
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # quick runs
+    # processes that compute augmented training features while the main process trains (0: the
+    # main process does); the batches are the same either way
+    num_workers: int = field(default=0, validator=v.ge(0))
 
 
 @attrs.frozen
@@ -118,10 +121,12 @@ def load_speech_commands(config: SpeechCommandsConfig) -> tuple[dict[str, Clips]
     return splits, noises
 
 
-class KWSLoader(BatchLoader):
+class KWSLoader(WorkerBatches):
     """Batches of log-mel features. Training batches are augmented on the fly from the stored
-    audio with a generator seeded by (seed, epoch, batch), so that a resumed run sees the same
-    data; evaluation features are computed once."""
+    audio with a generator seeded by (seed, epoch, batch), drawn for the whole global batch (a
+    rank uses its share's rows), so that a resumed run, and N processes, see the same data as one
+    process; with ``num_workers`` they are made in worker processes. Evaluation features are
+    computed once."""
 
     def __init__(self, clips: Clips, config: SpeechCommandsConfig, features: LogMel, *, train: bool,
                  noises: list[np.ndarray], seed: int):
@@ -129,50 +134,59 @@ class KWSLoader(BatchLoader):
         self.batch_size = config.batch_size if train else config.eval_batch_size
         self.noises = [torch.from_numpy(n) for n in noises]
         self.cached = None if train and config.augment else self._mel(clips.audio, None)
+        self.num_workers = config.num_workers if self.cached is None else 0
+        self._order: tuple[int, torch.Tensor] | None = None
 
     @property
     def num_samples(self) -> int:
         return len(self.clips.labels)
 
-    def _mel(self, audio: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    def _mel(self, audio: torch.Tensor, g: torch.Generator | None, rows: tuple[int, int] | None = None) -> torch.Tensor:
         wave = audio.float() / 32767.0
         if g is not None:
-            wave = self._augment_wave(wave, g)
+            wave = self._augment_wave(wave, g, rows)
         chunks = [self.features(wave[i : i + 4096]) for i in range(0, len(wave), 4096)]
         mel = torch.cat(chunks) if chunks else torch.zeros(0, self.config.n_mels, self.features.frames(wave.shape[1]))
         if g is not None and (self.config.freq_mask or self.config.time_mask):
-            mel = spec_augment(mel, self.config.freq_mask, self.config.time_mask)
+            mel = spec_augment(mel, self.config.freq_mask, self.config.time_mask, generator=g, rows=rows)
         return mel
 
-    def _augment_wave(self, wave: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        n, length = wave.shape
+    def _augment_wave(self, wave: torch.Tensor, g: torch.Generator, rows: tuple[int, int]) -> torch.Tensor:
+        """Volume, then (with ``noise_prob``) a random stretch of a random noise file. Every draw
+        is made for the global batch of ``rows[0]`` clips; this share is rows[1] onwards."""
+        n, first = rows
+        mine = slice(first, first + len(wave))
+        length = wave.shape[1]
         lo, hi = self.config.volume
-        wave = wave * (lo + (hi - lo) * torch.rand(n, 1, generator=g))
-        if self.noises:
+        wave = wave * (lo + (hi - lo) * torch.rand(n, 1, generator=g))[mine]
+        if self.noises and len(wave):
             which = torch.randint(len(self.noises), (n,), generator=g)
-            noise = torch.stack([
-                self.noises[k][s : s + length] for k, s in
-                ((int(k), int(torch.randint(len(self.noises[k]) - length + 1, (1,), generator=g))) for k in which)
-            ])
+            room = torch.tensor([len(self.noises[int(k)]) - length + 1 for k in which])
+            starts = (torch.rand(n, generator=g) * room).long()
+            noise = torch.stack([self.noises[int(k)][int(s) : int(s) + length] for k, s in zip(which[mine], starts[mine])])
             lo, hi = self.config.noise_gain
             gain = (lo + (hi - lo) * torch.rand(n, 1, generator=g)) * (torch.rand(n, 1, generator=g) < self.config.noise_prob)
-            wave = wave + gain * noise
+            wave = wave + gain[mine] * noise
         return wave.clamp(-1, 1)
 
-    def __iter__(self):
-        n = self.num_samples
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))) \
-            if self.train else torch.arange(n)
-        for b, start in enumerate(range(0, n, self.batch_size)):
-            idx = self.my_part(order[start : start + self.batch_size])
-            if self.cached is not None:
-                x = self.cached[idx]
-            else:
-                # masks come from torch's global generator (torchaudio has no generator argument),
-                # which the checkpoint saves and restores; everything else from g
-                g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, b))
-                x = self._mel(self.clips.audio[idx], g)
-            yield Batch(x, self.clips.labels[idx], idx)
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            n = self.num_samples
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch))) \
+                if self.train else torch.arange(n)
+            self._order = (epoch, order)
+        return self._order[1]
+
+    def make_batch(self, epoch: int, b: int) -> Batch:
+        every = self._epoch_order(epoch)[b * self.batch_size : (b + 1) * self.batch_size]
+        idx = self.my_part(every)
+        if self.cached is not None:
+            x = self.cached[idx]
+        else:
+            first = shard_slice(len(every), self.rank, self.world_size).start if self.world_size > 1 else 0
+            g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b))
+            x = self._mel(self.clips.audio[idx], g, (len(every), first))
+        return Batch(x, self.clips.labels[idx], idx)
 
 
 def build(config: SpeechCommandsConfig, seed: int) -> DataBundle:
@@ -187,5 +201,6 @@ def build(config: SpeechCommandsConfig, seed: int) -> DataBundle:
         num_classes=2,
         input_shape=(config.n_mels, frames),
         augmented=config.augment,
-        key={"dataset": "speech_commands", "root": str(Path(config.root).resolve()), **attrs.asdict(config)},
+        key={"dataset": "speech_commands", "root": str(Path(config.root).resolve()),
+             **attrs.asdict(config, filter=lambda a, _: a.name != "num_workers")},  # workers: same batches
     )

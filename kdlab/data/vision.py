@@ -207,7 +207,8 @@ def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
     if config.train_limit is not None:
         train_idx = train_idx[: config.train_limit]
     augmented = name != "mnist" and config.augment
-    key = {"dataset": name, "root": str(root.resolve()), **attrs.asdict(config)}
+    key = {"dataset": name, "root": str(root.resolve()),
+           **attrs.asdict(config, filter=lambda a, _: a.name != "num_workers")}  # workers: same batches
     if config.in_memory:
         images, labels = _as_tensors(train_aug)
         test_images, test_labels = _as_tensors(test)

@@ -35,7 +35,7 @@ def make_phoneme_corpus(root, per_split=(6, 2, 2), rate=16000, seed=0):
 
 
 def build(manifest, **settings):
-    config = PhonemesConfig(manifest=str(manifest), batch_size=4, eval_batch_size=3, **settings)
+    config = PhonemesConfig(manifest=str(manifest), **{"batch_size": 4, "eval_batch_size": 3, **settings})
     return build_phonemes(config, seed=0)
 
 
@@ -132,3 +132,31 @@ def test_replacing_a_clip_rebuilds_its_features(tmp_path):
     a = torch.cat([b.inputs.flatten() for b in first.test])
     b = torch.cat([b.inputs.flatten() for b in again.test])
     assert not torch.equal(a, b)
+
+
+def test_spec_augment_is_drawn_per_batch_for_the_global_batch_and_workers_make_the_same_batches(tmp_path):
+    """SpecAugment's masks come from a generator seeded by (seed, epoch, batch), drawn for the
+    whole global batch: the global generator plays no part, two ranks' shares put together are the
+    one-process batch, and two worker processes make the batches the main process makes."""
+    manifest = make_phoneme_corpus(tmp_path / "c", per_split=(10, 2, 2))
+    main = build(manifest, batch_size=5)
+    main.train.set_epoch(1)
+    torch.manual_seed(0)
+    whole = list(main.train)
+    torch.manual_seed(1)
+    assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(whole, main.train))
+    clean = build(manifest, batch_size=5, augment=False)
+    clean.train.set_epoch(1)
+    assert not all(torch.equal(a.inputs, b.inputs) for a, b in zip(whole, clean.train))  # masked
+    shares = []
+    for rank in (0, 1):
+        data = build(manifest, batch_size=5)
+        data.train.shard(rank, 2)
+        data.train.set_epoch(1)
+        shares.append(list(data.train))
+    for one, a, b in zip(whole, *shares):
+        assert torch.equal(torch.cat([a.inputs, b.inputs]), one.inputs)
+    workers = build(manifest, batch_size=5, num_workers=2)
+    workers.train.set_epoch(1)
+    assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+               for a, b in zip(whole, workers.train))

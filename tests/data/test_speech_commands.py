@@ -36,7 +36,7 @@ def make_speech_commands(root, rate=16000, words=WORDS, seed=0):
 
 
 def build(root, **settings):
-    config = SpeechCommandsConfig(root=str(root), batch_size=4, eval_batch_size=5, **settings)
+    config = SpeechCommandsConfig(root=str(root), **{"batch_size": 4, "eval_batch_size": 5, **settings})
     return build_speech_commands(config, seed=0)
 
 
@@ -99,3 +99,29 @@ def test_a_split_list_that_is_not_utf8_names_the_file(tmp_path):
     (tmp_path / "testing_list.txt").write_bytes(b"yes/caf\xe9_nohash_0.wav\n")
     with pytest.raises(KdlabError, match=r"testing_list.txt is not UTF-8 text"):
         read_split_list(tmp_path, "testing_list.txt")
+
+
+def test_worker_processes_and_two_ranks_make_the_batches_of_the_main_process(tmp_path):
+    """Augmented training batches are a function of (seed, epoch, batch), drawn for the global
+    batch: made in two worker processes they equal those made in the main process, and two ranks'
+    shares put together equal the one-process batch (volume, noise and SpecAugment included)."""
+    root = make_speech_commands(tmp_path / "sc", words={"sheila": 10, "yes": 10})
+    main = build(root, batch_size=5)
+    workers = build(root, batch_size=5, num_workers=2)
+    for epoch in (0, 1):
+        main.train.set_epoch(epoch)
+        workers.train.set_epoch(epoch)
+        mine, theirs = list(main.train), list(workers.train)
+        assert len(mine) == len(theirs) > 1
+        assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.index, b.index) for a, b in zip(mine, theirs))
+    main.train.set_epoch(1)
+    whole = list(main.train)
+    shares = []
+    for rank in (0, 1):
+        data = build(root, batch_size=5)
+        data.train.shard(rank, 2)
+        data.train.set_epoch(1)
+        shares.append(list(data.train))
+    assert len(whole[0].index) == 5 and len(shares[0][0].index) == 3  # uneven shares
+    for one, a, b in zip(whole, *shares):
+        assert torch.equal(torch.cat([a.inputs, b.inputs]), one.inputs)

@@ -276,14 +276,14 @@ def test_ctc_and_ctc_kd_over_two_processes_match_one(write_recipe, tmp_path):
     """CTC's loss is a mean over utterances, the KD term a mean over the valid frames of the
     global batch, each share is padded to the global batch's longest, and the Conformer's batch
     norm uses the global batch's statistics: two processes train the wav2vec2 teacher and the
-    Conformer student like one (no dropout, no SpecAugment; 4 + 3 utterances). SGD, because Adam's
+    Conformer student like one (no dropout; SpecAugment drawn for the global batch; 4 + 3 utterances). SGD, because Adam's
     first step moves a weight whose gradient is ~0 by +-lr on the sign of rounding noise."""
     from tests.data.test_phonemes import make_phoneme_corpus
     from tests.methods.test_conformance import SPEECH_RECIPE
 
     text = SPEECH_RECIPE.format(manifest=make_phoneme_corpus(tmp_path / "corpus", per_split=(7, 2, 2)),
                                 methods='methods.ctc_kd = { strategy = "posterior", lam = 0.5 }')
-    text = text.replace("batch_size = 3 ", "batch_size = 7\naugment = false ").replace('name = "conformance_speech"', 'name = "tiny"')
+    text = text.replace("batch_size = 3 ", "batch_size = 7 ").replace('name = "conformance_speech"', 'name = "tiny"')
     text = text.replace("[defaults]\n", '[defaults]\noptimizer = { name = "sgd", lr = 0.05 }\n')
     text = text.replace("subsample_channels = 2 }", "subsample_channels = 2, dropout = 0.0 }").replace(
         "heads = 2, ffn = 16 }", "heads = 2, ffn = 16, dropout = 0.0 }")
