@@ -135,6 +135,11 @@ class LMMetrics:
         self.tokens, self.seconds, self.started, self.in_epoch = 0, 0.0, 0.0, 0
 
     @hookimpl
+    def kdlab_stage_start(self, stage):
+        if stage.data.extra.get("text") is None:  # not a language model's stage: off its per-step hooks
+            stage.pm.unregister(self)
+
+    @hookimpl
     def kdlab_eval_metrics(self, stage, split, output, targets):
         text = stage.data.extra.get("text")
         if text is None or output.logits.ndim != 3:
