@@ -427,3 +427,28 @@ def test_in_batch_losses_and_batch_norm_over_three_processes_with_a_tiny_last_ba
     for part in ("student", "extra"):
         worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
         assert worst < ATOL, (part, worst)
+
+
+def test_vid_channels_last_feature_metrics_and_fp16_export_over_two_processes_match_one(write_recipe, tmp_path):
+    """The built-in methods the other 2-vs-1 tests leave out (but compile, which needs a C++
+    toolchain, and NST, see above): VID's per-sample variational term with its learned variances,
+    channels-last memory format, the feature metrics and the fp16 export, in one stage: two
+    processes train like one and export the same fp16 model."""
+    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        'taps = { student = { feat = "blocks.1" }, teacher = { feat = "blocks.1" } }\n'
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\n"
+        'methods.vid = {}\nmethods.channels_last = {}\nmethods.feature_metrics = { student = "feat", teacher = "feat" }\n'
+        "methods.fp16_export = {}")
+    a, b = _one_and_two(write_recipe(text), tmp_path)
+    for part in ("student", "extra"):
+        worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
+        assert worst < ATOL, (part, worst)
+    exports = {d: sorted((tmp_path / d / "tiny/r/models").iterdir()) for d in ("one", "two")}
+    assert [p.name for p in exports["one"]] == [p.name for p in exports["two"]]
+    half = [p for p in exports["one"] if p.name not in ("teacher.pt", "student.pt")]
+    assert half, [p.name for p in exports["one"]]
+    for p in half:
+        x = torch.load(p, weights_only=True)["state_dict"]
+        y = torch.load(tmp_path / "two/tiny/r/models" / p.name, weights_only=True)["state_dict"]
+        assert max(float((x[k].float() - y[k].float()).abs().max()) for k in x) < 1e-3  # fp16 rounding
