@@ -10,8 +10,8 @@ import torch
 
 from tests.conftest import TINY, installed_plugin
 
-# No batch norm: its statistics over half a batch differ from those over the whole batch, which
-# is expected and not what this test is about. Two stages: the second loads the first's export.
+# Without batch norm, so that a failure here points at the arithmetic under test; the tests that
+# use TINY keep batch norm (global statistics). Two stages: the second loads the first's export.
 RECIPE = TINY.replace('model = { arch = "cnn", channels = [4, 8] }',
                       'model = { arch = "cnn", channels = [4, 8], norm = false }').replace(
     'model = { arch = "cnn", channels = [8, 16] }', 'model = { arch = "cnn", channels = [8, 16], norm = false }')
@@ -184,8 +184,9 @@ def test_in_batch_losses_over_two_processes_match_one(write_recipe, tmp_path):
     batch on every rank, with gradients to each rank's share: two processes train like one,
     composed in one stage with logit KD, feature KD and gradient clipping.
     Batches of 51 over 1,078 training digits: every share is uneven (26 + 25), the last (7) too.
+    The CNNs keep their batch norm, whose statistics are global too.
     """
-    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+    text = TINY.replace("batch_size = 64", "batch_size = 51").replace(
         "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
         'taps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
         "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\n"
@@ -202,10 +203,10 @@ def test_in_batch_losses_over_two_processes_match_one(write_recipe, tmp_path):
 def test_the_anchor_methods_over_two_processes_match_one(write_recipe, tmp_path):
     """The relation methods over the batch (SP, RKD, PKT, CC, DIST's intra-class term, CRD with its
     memory banks and shared negatives) gather the global batch; DKD and attention transfer are per
-    sample: all at once, two processes train like one. Uneven shares as above. (NST is per sample too, but training with it amplifies rounding
-    differences chaotically -- 1e-2 apart after two epochs even with SGD -- so its share
-    arithmetic is checked on its gradient in tests/methods/test_feature_relations.py.)"""
-    text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
+    sample: all at once, two processes train like one, batch norm included. Uneven shares as above.
+    (NST is per sample too, but training with it amplifies rounding differences chaotically -- 1e-2
+    apart after two epochs even with SGD -- so its share arithmetic is checked on its gradient in tests/methods/test_feature_relations.py.)"""
+    text = TINY.replace("batch_size = 64", "batch_size = 51").replace(
         "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
         'taps = { student = { emb = "embed", feat = "blocks.1" }, teacher = { emb = "embed", feat = "blocks.1" } }\n'
         "methods.supervised = {}\nmethods.dkd = { warmup_epochs = 1 }\nmethods.dist = {}\n"
@@ -430,8 +431,8 @@ def test_in_batch_losses_and_batch_norm_over_three_processes_with_a_tiny_last_ba
 
 
 def test_vid_channels_last_feature_metrics_and_fp16_export_over_two_processes_match_one(write_recipe, tmp_path):
-    """The built-in methods the other 2-vs-1 tests leave out (but compile, which needs a C++
-    toolchain, and NST, see above): VID's per-sample variational term with its learned variances,
+    """The built-in methods the other 2-vs-1 tests leave out (but compile, next, and NST, see
+    above): VID's per-sample variational term with its learned variances,
     channels-last memory format, the feature metrics and the fp16 export, in one stage: two
     processes train like one and export the same fp16 model."""
     text = RECIPE.replace("batch_size = 64", "batch_size = 51").replace(
@@ -452,3 +453,14 @@ def test_vid_channels_last_feature_metrics_and_fp16_export_over_two_processes_ma
         x = torch.load(p, weights_only=True)["state_dict"]
         y = torch.load(tmp_path / "two/tiny/r/models" / p.name, weights_only=True)["state_dict"]
         assert max(float((x[k].float() - y[k].float()).abs().max()) for k in x) < 1e-3  # fp16 rounding
+
+
+def test_compiled_models_over_two_processes_match_one(write_recipe, tmp_path):
+    """torch.compile of the student and its teacher (Inductor's C++ on the CPU): DDP wraps the
+    compiled student, whose shares change shape at the last batch (27 + 27), and two processes
+    train like one."""
+    text = RECIPE.replace("methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+                          "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.compile = {}")
+    a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < ATOL, worst
