@@ -2,10 +2,11 @@
 (issue benchmark 4), beside the student trained alone with plain CTC.
 
     python -m benchmarks.ctc_cache --manifest data/ru_phonemes/manifest.jsonl \\
-        --teacher runs/ru_phonemes_ctc_kd/seed0/models/teacher.pt --epochs 1 3 --repeats 3
+        --teacher runs/ru_phonemes_ctc_kd_wav2vec2/seed0/models/teacher.pt --epochs 1 3 --repeats 3
 
-The teacher is an exported wav2vec2_ctc (the recipe's teacher stage); the student is the
-recipe's Conformer. Variants are interleaved, writers off, 1 torch thread by default; the time
+The teacher is any exported CTC model; BENCHMARKS.md's figures use a wav2vec2_ctc on raw audio
+(the teacher of ru_phonemes_ctc_kd_wav2vec2.toml), the costlier teacher to run every step. The
+student is the recipes' Conformer. Variants are interleaved, writers off, 1 torch thread by default; the time
 is the whole stage (data already featurised), so the cached variants include building their
 cache (one teacher pass over the training split) in the first epoch. Each variant runs for two
 epoch counts: the difference gives the seconds per epoch once running, the rest is the stage's

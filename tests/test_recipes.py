@@ -56,17 +56,21 @@ def test_kws_recipe_smoke(tmp_path, catalogue):
     assert all(t.dtype == torch.float16 for t in half["state_dict"].values() if t.is_floating_point())
 
 
-def test_ru_phonemes_recipe_smoke(tmp_path, catalogue, capsys):
+@pytest.mark.parametrize("recipe, teacher_sizes", [
+    ("ru_phonemes_ctc_kd.toml", ["stages.teacher.model.subsample_channels=2"]),  # Conformer teacher on log-mel
+    ("ru_phonemes_ctc_kd_wav2vec2.toml", ["stages.teacher.model.conv_dim=8"]),  # wav2vec2 teacher on raw audio
+])
+def test_ru_phonemes_recipe_smoke(recipe, teacher_sizes, tmp_path, catalogue, capsys):
     from tests.data.test_phonemes import make_phoneme_corpus
 
     manifest = make_phoneme_corpus(tmp_path / "corpus")
     overrides = ["defaults.epochs=1", "device=\"cpu\"", f"data.manifest={manifest}", "data.batch_size=3",
                  "plugins.progress.enabled=false", "plugins.per.beam_size=2",
-                 "stages.teacher.epochs=1", "stages.teacher.model.conv_dim=8", "stages.teacher.model.dim=16",
+                 "stages.teacher.epochs=1", *teacher_sizes, "stages.teacher.model.dim=16",
                  "stages.teacher.model.layers=1", "stages.teacher.model.heads=2", "stages.teacher.model.ffn=16",
                  "defaults.model.dim=8", "defaults.model.heads=2", "defaults.model.ffn=8",
                  "defaults.model.subsample_channels=2", "defaults.model.layers=1"]
-    result = run(ROOT / "recipes" / "ru_phonemes_ctc_kd.toml", overrides=overrides, out=tmp_path / "runs",
+    result = run(ROOT / "recipes" / recipe, overrides=overrides, out=tmp_path / "runs",
                  catalogue=catalogue)
     m = result.metrics
     assert list(m) == ["teacher", "student_ctc", "student_posterior_kd", "student_blank_filtered_kd",

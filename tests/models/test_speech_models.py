@@ -6,7 +6,7 @@ import torch
 from kdlab import KdlabError
 from kdlab.engine.recipe import CONVERTER
 from kdlab.engine.types import DataBundle, ModelSpec
-from kdlab.models import conformer_ctc, wav2vec2_ctc
+from kdlab.models import wav2vec2_ctc
 from kdlab.models.conformer_ctc import ConformerCTC, ConformerConfig
 from kdlab.models.wav2vec2_ctc import Wav2Vec2Config, Wav2Vec2CTC, wav2vec2_from_scratch
 from kdlab.data.features import LogMel
@@ -46,16 +46,18 @@ def test_teacher_output_does_not_depend_on_batch_padding():
     assert torch.allclose(alone[0, : n[0]], batched[0, : n[0]], atol=1e-4)
 
 
-def test_default_recipe_student_is_at_least_5x_smaller(catalogue):
+@pytest.mark.parametrize("recipe", ["ru_phonemes_ctc_kd.toml", "ru_phonemes_ctc_kd_wav2vec2.toml"])
+def test_the_phoneme_recipes_teachers_are_at_least_5x_the_student(recipe, catalogue):
     from pathlib import Path
 
     from kdlab.engine.recipe import load_recipe
 
-    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "ru_phonemes_ctc_kd.toml", catalogue)
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / recipe, catalogue)
     data = _data(tuple(["<blank>"] + [str(i) for i in range(48)]))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    teacher = wav2vec2_ctc.build(recipe.stages["teacher"].model.config, data)
-    student = conformer_ctc.build(recipe.stages["student_ctc"].model.config, data)
+    build = lambda spec: catalogue.models[spec.arch].build(spec.config, data)  # noqa: E731
+    teacher = build(recipe.stages["teacher"].model)
+    student = build(recipe.stages["student_ctc"].model)
     assert count(teacher) >= 5 * count(student)
 
 
