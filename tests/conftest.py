@@ -68,6 +68,18 @@ def state_dicts_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def rank_shares(make_data, epoch: int, world_size: int = 2) -> list[list]:
+    """Each rank's training batches of ``epoch``, from a fresh data bundle per rank
+    (``make_data()``), as ``world_size`` processes would load them."""
+    shares = []
+    for rank in range(world_size):
+        data = make_data()
+        data.train.shard(rank, world_size)
+        data.train.set_epoch(epoch)
+        shares.append(list(data.train))
+    return shares
+
+
 def installed_plugin(tmp_path: Path, package: str, code: str, entry: str, env: dict | None = None) -> dict:
     """Install a one-module package the way pip leaves it (the module and a .dist-info naming
     ``entry`` under kdlab.plugins) in ``tmp_path/site``; the environment a subprocess finds it in."""

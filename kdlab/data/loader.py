@@ -12,6 +12,7 @@ A loader is iterable over :class:`~kdlab.engine.types.Batch`, sized, and follows
 
 from __future__ import annotations
 
+import attrs
 import torch
 
 from kdlab.engine.types import Batch
@@ -34,6 +35,12 @@ def shard_slice(n: int, rank: int, world_size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+def batch_settings(config) -> dict:
+    """A data config's settings as they enter cache and stage keys: all but ``num_workers``,
+    since worker processes make the same batches as the main process."""
+    return attrs.asdict(config, filter=lambda a, _: a.name != "num_workers")
+
+
 class BatchLoader:
     """The bookkeeping every in-memory loader shares: the epoch (set by the loop), this rank's
     share of each global batch, and the batch count. Subclasses set ``batch_size`` and define
@@ -53,6 +60,10 @@ class BatchLoader:
     def my_part(self, idx: torch.Tensor) -> torch.Tensor:
         """This rank's part of a global batch's sample indices."""
         return idx[shard_slice(len(idx), self.rank, self.world_size)] if self.world_size > 1 else idx
+
+    def my_first(self, n: int) -> int:
+        """Where this rank's part of a global batch of ``n`` samples starts in it."""
+        return shard_slice(n, self.rank, self.world_size).start if self.world_size > 1 else 0
 
     @property
     def num_samples(self) -> int:

@@ -31,7 +31,7 @@ from attrs import validators as v
 
 from kdlab.data.audio import read_audio
 from kdlab.data.features import LogMel, spec_augment, utterance_features
-from kdlab.data.loader import WorkerBatches, batch_seed, epoch_seed, shard_slice
+from kdlab.data.loader import WorkerBatches, batch_seed, batch_settings, epoch_seed
 from kdlab.data.manifest import Utterance, read_manifest
 from kdlab.engine import checkpoint
 from kdlab.engine.errors import KdlabError
@@ -200,14 +200,13 @@ class PhonemeLoader(WorkerBatches):
         every = idx.tolist()  # the global batch, before this rank's share is cut
         frames, samples = int(self.lengths[idx].max()), max(len(s["audio"][i]) for i in every)
         labels = max(len(s["ids"][i]) for i in every)
-        first = shard_slice(len(idx), self.rank, self.world_size).start if self.world_size > 1 else 0
         idx = self.my_part(idx)
         ids = idx.tolist()
         feats = _pad([s["features"][i].float() for i in ids], 0.0, frames)
         if self.train and self.config.augment and self.config.masks:
             g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b))
             feats = spec_augment(feats.transpose(1, 2), self.config.freq_mask, self.config.time_mask,
-                                 self.config.masks, generator=g, rows=(len(every), first)).transpose(1, 2)
+                                 self.config.masks, generator=g, rows=(len(every), self.my_first(len(every)))).transpose(1, 2)
         waves = [s["audio"][i] for i in ids]
         return Batch(
             feats, _pad([s["ids"][i] for i in ids], -1, labels), idx,
@@ -229,6 +228,6 @@ def build(config: PhonemesConfig, seed: int) -> DataBundle:
         # clean audio, so its outputs per utterance are fixed (the teacher cache relies on this)
         key={"dataset": "phonemes", "manifest": str(Path(config.manifest).resolve()),
              "manifest_sha": data["key"],
-             **{k: val for k, val in attrs.asdict(config).items() if k not in ("manifest", "cache_dir", "num_workers")}},
+             **{k: val for k, val in batch_settings(config).items() if k not in ("manifest", "cache_dir")}},
         classes=tuple(data["classes"]),
     )

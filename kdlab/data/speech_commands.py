@@ -25,7 +25,7 @@ from attrs import validators as v
 
 from kdlab.data.audio import read_audio
 from kdlab.data.features import LogMel, spec_augment
-from kdlab.data.loader import WorkerBatches, batch_seed, epoch_seed, shard_slice
+from kdlab.data.loader import WorkerBatches, batch_seed, batch_settings, epoch_seed
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import Batch, DataBundle
 
@@ -183,9 +183,8 @@ class KWSLoader(WorkerBatches):
         if self.cached is not None:
             x = self.cached[idx]
         else:
-            first = shard_slice(len(every), self.rank, self.world_size).start if self.world_size > 1 else 0
             g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b))
-            x = self._mel(self.clips.audio[idx], g, (len(every), first))
+            x = self._mel(self.clips.audio[idx], g, (len(every), self.my_first(len(every))))
         return Batch(x, self.clips.labels[idx], idx)
 
 
@@ -202,5 +201,5 @@ def build(config: SpeechCommandsConfig, seed: int) -> DataBundle:
         input_shape=(config.n_mels, frames),
         augmented=config.augment,
         key={"dataset": "speech_commands", "root": str(Path(config.root).resolve()),
-             **attrs.asdict(config, filter=lambda a, _: a.name != "num_workers")},  # workers: same batches
+             **batch_settings(config)},
     )

@@ -19,7 +19,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab.data.augment import CropFlip
-from kdlab.data.loader import DatasetLoader, TensorLoader
+from kdlab.data.loader import DatasetLoader, TensorLoader, batch_settings
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import DataBundle
 
@@ -208,7 +208,7 @@ def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
         train_idx = train_idx[: config.train_limit]
     augmented = name != "mnist" and config.augment
     key = {"dataset": name, "root": str(root.resolve()),
-           **attrs.asdict(config, filter=lambda a, _: a.name != "num_workers")}  # workers: same batches
+           **batch_settings(config)}
     if config.in_memory:
         images, labels = _as_tensors(train_aug)
         test_images, test_labels = _as_tensors(test)

@@ -200,12 +200,13 @@ class Distributed:
     def kdlab_stage_start(self, stage):
         if stage.world_size == 1:
             # nothing to do in one process: leave the stage's hooks (its per-step backward wrapper
-            # costs about 10 us a step through pluggy, 1 % of a short CPU epoch)
+            # costs about 10 us a step through pluggy, 1 % of a short CPU epoch). The hooks below
+            # therefore run only with several processes.
             stage.pm.unregister(self)
 
     @hookimpl
     def kdlab_epoch_start(self, stage, epoch):
-        if stage.world_size > 1 and not self.started:  # once; the extra modules exist by now
+        if not self.started:  # once; the extra modules exist by now
             self.started = True
             for module in [*stage.student.modules(), *stage.extra.modules()]:
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -214,13 +215,10 @@ class Distributed:
         # Every rank starts from the same seed (identical initial weights); during training each
         # rank draws its own dropout masks and augmentation. Re-seeding at every epoch start, a
         # function of (seed, epoch, rank), keeps resume exact: checkpoints are taken between epochs.
-        if stage.world_size > 1:
-            torch.manual_seed(rank_seed(stage.recipe.seed, epoch, stage.rank))
+        torch.manual_seed(rank_seed(stage.recipe.seed, epoch, stage.rank))
 
     @hookimpl(wrapper=True)
     def kdlab_backward(self, stage, loss):
-        if stage.world_size == 1:
-            return (yield)
         local = len(stage.batch.index)
         self.weight[0] = local / sum(stage.shard_sizes)
         result = yield
@@ -251,6 +249,5 @@ class Distributed:
 
     @hookimpl
     def kdlab_after_optimizer_step(self, stage):
-        if stage.world_size > 1:
-            broadcast_buffers(stage.student)
-            broadcast_buffers(stage.extra)
+        broadcast_buffers(stage.student)
+        broadcast_buffers(stage.extra)

@@ -12,6 +12,7 @@ import torch
 from kdlab import KdlabError
 from kdlab.data.phonemes import PhonemesConfig, build as build_phonemes, ctc_min_frames
 from kdlab.data.manifest import Utterance, write_manifest
+from tests.conftest import rank_shares
 
 INVENTORY = ["a", "b", "i", "k", "o"]
 
@@ -148,12 +149,7 @@ def test_spec_augment_is_drawn_per_batch_for_the_global_batch_and_workers_make_t
     clean = build(manifest, batch_size=5, augment=False)
     clean.train.set_epoch(1)
     assert not all(torch.equal(a.inputs, b.inputs) for a, b in zip(whole, clean.train))  # masked
-    shares = []
-    for rank in (0, 1):
-        data = build(manifest, batch_size=5)
-        data.train.shard(rank, 2)
-        data.train.set_epoch(1)
-        shares.append(list(data.train))
+    shares = rank_shares(lambda: build(manifest, batch_size=5), epoch=1)
     for one, a, b in zip(whole, *shares):
         assert torch.equal(torch.cat([a.inputs, b.inputs]), one.inputs)
     workers = build(manifest, batch_size=5, num_workers=2)

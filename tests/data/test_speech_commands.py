@@ -9,6 +9,7 @@ import torch
 
 from kdlab import KdlabError
 from kdlab.data.speech_commands import SpeechCommandsConfig, build as build_speech_commands
+from tests.conftest import rank_shares
 
 WORDS = {"sheila": 6, "yes": 6, "marvin": 6}
 
@@ -116,12 +117,7 @@ def test_worker_processes_and_two_ranks_make_the_batches_of_the_main_process(tmp
         assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.index, b.index) for a, b in zip(mine, theirs))
     main.train.set_epoch(1)
     whole = list(main.train)
-    shares = []
-    for rank in (0, 1):
-        data = build(root, batch_size=5)
-        data.train.shard(rank, 2)
-        data.train.set_epoch(1)
-        shares.append(list(data.train))
+    shares = rank_shares(lambda: build(root, batch_size=5), epoch=1)
     assert len(whole[0].index) == 5 and len(shares[0][0].index) == 3  # uneven shares
     for one, a, b in zip(whole, *shares):
         assert torch.equal(torch.cat([a.inputs, b.inputs]), one.inputs)

@@ -21,6 +21,11 @@ RECIPE = TINY.replace('model = { arch = "cnn", channels = [4, 8] }',
 ATOL = 1e-4
 
 
+def _worst(a: dict, b: dict) -> float:
+    """The largest absolute difference between two state dicts' tensors."""
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
 def _one_and_two(recipe, tmp_path, env=None, nproc=2) -> tuple[dict, dict]:
     """The student's last checkpoint of ``recipe`` trained in one process and in ``nproc``."""
     env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
@@ -46,7 +51,7 @@ def test_two_processes_match_one(write_recipe, tmp_path):
     for stage in ("teacher", "student"):
         a = torch.load(tmp_path / "one/tiny/r/models" / f"{stage}.pt", weights_only=True)["state_dict"]
         b = torch.load(tmp_path / "two/tiny/r/models" / f"{stage}.pt", weights_only=True)["state_dict"]
-        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        worst = _worst(a, b)
         assert worst < ATOL, (stage, worst)
 
 
@@ -103,7 +108,7 @@ def test_uneven_gradients_and_an_empty_share_match_one_process(write_recipe, tmp
     for stage in ("teacher", "student"):
         a = torch.load(tmp_path / "one/tiny/r/models" / f"{stage}.pt", weights_only=True)["state_dict"]
         b = torch.load(tmp_path / "two/tiny/r/models" / f"{stage}.pt", weights_only=True)["state_dict"]
-        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        worst = _worst(a, b)
         assert worst < ATOL, (stage, worst)
     gate = [torch.load(tmp_path / d / "tiny/r/checkpoints/student/last.pt", weights_only=True)["extra"]["gate.weight"]
             for d in ("one", "two")]
@@ -129,7 +134,7 @@ def test_teacher_cache_under_two_processes_holds_every_sample(write_recipe, tmp_
     assert two.returncode == 0, two.stderr[-3000:]
     a = torch.load(tmp_path / "one/tiny/r/models/student.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "two/tiny/r/models/student.pt", weights_only=True)["state_dict"]
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < ATOL
+    assert _worst(a, b) < ATOL
     train = [np.load(d / "t0__logits.npy") for d in cache.iterdir() if (d / "done").is_file()]
     assert train and all(len(x) > 0 for x in train)
     largest = max(train, key=len)  # the training split
@@ -196,7 +201,7 @@ def test_in_batch_losses_over_two_processes_match_one(write_recipe, tmp_path):
         'methods.geometry = { student = "emb", teacher = "emb" }')
     a, b = _one_and_two(write_recipe(text), tmp_path)
     for part in ("student", "extra"):
-        worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
+        worst = _worst(a[part], b[part])
         assert worst < ATOL, (part, worst)
 
 
@@ -213,7 +218,7 @@ def test_the_anchor_methods_over_two_processes_match_one(write_recipe, tmp_path)
         "methods.attention = {}\nmethods.sp = {}\nmethods.rkd = {}\nmethods.pkt = {}\n"
         "methods.cc = {}\nmethods.crd = { negatives = 64, feat_dim = 16 }")
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < ATOL, worst
 
 
@@ -225,7 +230,7 @@ def test_augmented_views_and_the_view_cache_over_two_processes_match_one(write_r
         "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
         "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.teacher_cache = { views = 2 }")
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < ATOL, worst
 
 
@@ -245,7 +250,7 @@ def test_language_model_methods_over_two_processes_match_one(write_recipe, tmp_p
     text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus", n=50), methods="\n".join(lines))
     text = text.replace("batch_size = 16 ", "batch_size = 15 ").replace('name = "conformance_text"', 'name = "tiny"')
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < ATOL, worst
 
 
@@ -262,14 +267,14 @@ def test_triplet_ae_pruning_and_amp_over_two_processes_match_one(write_recipe, t
         "methods.triplet_ae = { latent_dim = 8 }\n"
         'methods.pruning = { sparsity = 0.5, schedule = "gradual", start_epoch = 0, end_epoch = 1 }')
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < ATOL, worst
     masks = [k for k in a if k.endswith("weight_mask")]
     assert masks and all(torch.equal(a[k], b[k]) for k in masks)  # the same weights pruned on both
     amp = RECIPE.replace("methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
                          "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.amp = { dtype = \"bf16\" }")
     a, b = (c["student"] for c in _one_and_two(write_recipe(amp, "amp.toml"), tmp_path / "amp"))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < 2e-2, worst
 
 
@@ -289,11 +294,11 @@ def test_ctc_and_ctc_kd_over_two_processes_match_one(write_recipe, tmp_path):
     text = text.replace("subsample_channels = 2 }", "subsample_channels = 2, dropout = 0.0 }").replace(
         "heads = 2, ffn = 16 }", "heads = 2, ffn = 16, dropout = 0.0 }")
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < ATOL, worst
     teachers = [torch.load(tmp_path / f"{n}/tiny/r/checkpoints/teacher/last.pt", weights_only=True)["student"]
                 for n in ("one", "two")]
-    assert max(float((teachers[0][k] - teachers[1][k]).abs().max()) for k in teachers[0]) < ATOL
+    assert _worst(teachers[0], teachers[1]) < ATOL
 
 
 def test_batch_norm_over_two_processes_matches_one(write_recipe, tmp_path):
@@ -304,7 +309,7 @@ def test_batch_norm_over_two_processes_matches_one(write_recipe, tmp_path):
     a, b = _one_and_two(write_recipe(text), tmp_path)
     stats = [k for k in a["student"] if "running_" in k]
     assert stats
-    worst = max(float((a["student"][k] - b["student"][k]).abs().max()) for k in a["student"])
+    worst = _worst(a["student"], b["student"])
     assert worst < ATOL, worst
 
 
@@ -322,7 +327,7 @@ def test_reviewkd_with_batch_norm_in_its_fusion_modules_over_two_processes_match
     a, b = _one_and_two(write_recipe(text), tmp_path)
     assert any("running_mean" in k for k in a["extra"])
     for part in ("student", "extra"):
-        worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
+        worst = _worst(a[part], b[part])
         assert worst < ATOL, (part, worst)
 
 
@@ -392,7 +397,7 @@ def test_a_plugin_that_calls_the_student_directly_still_trains_like_one_process(
         "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.bypass = {}")
     env = installed_plugin(tmp_path, "kdlab_bypass", BYPASS, "bypass = kdlab_bypass:Bypass")
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path, env=env))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < ATOL, worst
 
 
@@ -407,7 +412,7 @@ def test_a_stage_whose_loss_leaves_the_head_without_gradients_stays_averaged_by_
     env = installed_plugin(tmp_path, "kdlab_probe", GRAD_PROBE, "probe = kdlab_probe:Probe",
                            {**os.environ, "PROBE_DIR": str(tmp_path)})
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path, env=env))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < ATOL, worst
     assert torch.equal(a["head.weight"], b["head.weight"])
     lines = (tmp_path / "rank1.txt").read_text().splitlines()
@@ -426,7 +431,7 @@ def test_in_batch_losses_and_batch_norm_over_three_processes_with_a_tiny_last_ba
     text = text.replace('optimizer = { name = "adam", lr = 0.01 }', 'optimizer = { name = "sgd", lr = 0.05 }')
     a, b = _one_and_two(write_recipe(text), tmp_path, nproc=3)
     for part in ("student", "extra"):
-        worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
+        worst = _worst(a[part], b[part])
         assert worst < ATOL, (part, worst)
 
 
@@ -443,7 +448,7 @@ def test_vid_channels_last_feature_metrics_and_fp16_export_over_two_processes_ma
         "methods.fp16_export = {}")
     a, b = _one_and_two(write_recipe(text), tmp_path)
     for part in ("student", "extra"):
-        worst = max(float((a[part][k] - b[part][k]).abs().max()) for k in a[part])
+        worst = _worst(a[part], b[part])
         assert worst < ATOL, (part, worst)
     exports = {d: sorted((tmp_path / d / "tiny/r/models").iterdir()) for d in ("one", "two")}
     assert [p.name for p in exports["one"]] == [p.name for p in exports["two"]]
@@ -452,7 +457,7 @@ def test_vid_channels_last_feature_metrics_and_fp16_export_over_two_processes_ma
     for p in half:
         x = torch.load(p, weights_only=True)["state_dict"]
         y = torch.load(tmp_path / "two/tiny/r/models" / p.name, weights_only=True)["state_dict"]
-        assert max(float((x[k].float() - y[k].float()).abs().max()) for k in x) < 1e-3  # fp16 rounding
+        assert _worst(x, y) < 1e-3  # fp16 rounding
 
 
 def test_compiled_models_over_two_processes_match_one(write_recipe, tmp_path):
@@ -462,5 +467,5 @@ def test_compiled_models_over_two_processes_match_one(write_recipe, tmp_path):
     text = RECIPE.replace("methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
                           "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.compile = {}")
     a, b = (c["student"] for c in _one_and_two(write_recipe(text), tmp_path))
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = _worst(a, b)
     assert worst < ATOL, worst
