@@ -5,7 +5,8 @@ same work (same data tensors, model, batch order, optimizer, epochs, final val/t
 
 Both sides start from loaded digits tensors' construction and end after the test evaluation; the
 kdlab side also computes model statistics and writes the run directory (metrics, export). Prints
-the median wall time of each and their ratio, with kdlab's default logging off and on.
+the median wall time of each and their ratio, with kdlab's default logging off and on
+(``--logging-parts``: also with each logging plugin alone).
 
     python -m benchmarks.overhead --breakdown --epochs 20 --repeats 9
 
@@ -42,11 +43,11 @@ device = "cpu"
 dataset = "digits"
 batch_size = {batch}
 [plugins.progress]
-enabled = {logging}
+enabled = {progress}
 [plugins.tensorboard]
-enabled = {logging}
+enabled = {tensorboard}
 [plugins.checkpoint]
-enabled = {logging}
+enabled = {checkpoint}
 [stages.student]
 epochs = {epochs}
 eval_every = {epochs}
@@ -88,12 +89,20 @@ def kdlab_run(recipe: Path, out: str) -> float:
     return run(recipe, out=out).metrics["student"]["test/accuracy"]
 
 
+LOGGING = ("progress", "tensorboard", "checkpoint")  # the default logging plugins
+
+
+def write_recipe(path: Path, args, logging_on: tuple[str, ...]) -> Path:
+    """The benchmark's recipe with only the logging plugins named in ``logging_on`` enabled."""
+    flags = {name: str(name in logging_on).lower() for name in LOGGING}
+    path.write_text(textwrap.dedent(RECIPE.format(batch=args.batch, epochs=args.epochs, channels=args.channels, **flags)))
+    return path
+
+
 def breakdown(args, channels: tuple[int, ...], tmp: str) -> None:
     """Training epochs only, logging off: hand-written, kdlab's loop, and the plain loop over
     kdlab's objects (see the module docstring)."""
-    recipe = Path(tmp) / "breakdown.toml"
-    recipe.write_text(textwrap.dedent(RECIPE.format(batch=args.batch, logging="false", epochs=args.epochs,
-                                                    channels=args.channels)))
+    recipe = write_recipe(Path(tmp) / "breakdown.toml", args, ())
     kdlab_loop = kdlab.engine.loop._train
     timings: dict[str, float] = {}
 
@@ -142,22 +151,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings steadier)")
     parser.add_argument("--breakdown", action="store_true",
                         help="time the training epochs alone: hand-written, kdlab's loop, a plain loop over kdlab's objects")
+    parser.add_argument("--logging-parts", action="store_true",
+                        help="also time kdlab with each default logging plugin enabled alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     channels = tuple(int(c) for c in args.channels.split(","))
-    times: dict[str, list[float]] = {"hand-written loop": [], "kdlab, logging off": [], "kdlab, default logging": []}
-    accuracy = {}
     if args.breakdown:
         with tempfile.TemporaryDirectory() as tmp:
             breakdown(args, channels, tmp)
         return
+    variants = {"kdlab, logging off": (), "kdlab, default logging": LOGGING}
+    if args.logging_parts:
+        variants = {"kdlab, logging off": (), **{f"kdlab, {name} only": (name,) for name in LOGGING},
+                    "kdlab, default logging": LOGGING}
+    times: dict[str, list[float]] = {"hand-written loop": [], **{key: [] for key in variants}}
+    accuracy = {}
     with tempfile.TemporaryDirectory() as tmp:
-        recipes = {}
-        for key, flag in (("kdlab, logging off", "false"), ("kdlab, default logging", "true")):
-            recipes[key] = Path(tmp) / f"{flag}.toml"
-            recipes[key].write_text(textwrap.dedent(RECIPE.format(batch=args.batch, logging=flag, epochs=args.epochs,
-                                                                   channels=args.channels)))
+        recipes = {key: write_recipe(Path(tmp) / f"{i}.toml", args, on) for i, (key, on) in enumerate(variants.items())}
         hand_written(1, args.batch, channels)  # warm-up: imports, allocator, thread pool
         for _ in range(args.repeats):  # interleaved, so that drifts in machine load hit all sides alike
             for key in times:
@@ -168,13 +179,15 @@ def main() -> None:
                     accuracy[key] = kdlab_run(recipes[key], tmp)
                 times[key].append(time.perf_counter() - start)
     base = statistics.median(times["hand-written loop"])
+    off = statistics.median(times["kdlab, logging off"])
     print(f"digits, cnn [{args.channels}], batch {args.batch}, {args.epochs} epochs, median of {args.repeats}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| loop | median s | ratio to hand-written | test accuracy |")
-    print("|---|---|---|---|")
+    print("| loop | median s | ratio to hand-written | logging's cost, % of hand-written | test accuracy |")
+    print("|---|---|---|---|---|")
     for key, values in times.items():
         med = statistics.median(values)
-        print(f"| {key} | {med:.3f} | {med / base:.3f} | {accuracy[key]:.4f} |")
+        cost = f"{(med - off) / base * 100:.1f}" if key != "hand-written loop" else ""
+        print(f"| {key} | {med:.3f} | {med / base:.3f} | {cost} | {accuracy[key]:.4f} |")
 
 
 if __name__ == "__main__":
