@@ -346,8 +346,13 @@ def cmd_plugins(args) -> int:
         print(f"{name}  (BROKEN, skipped)\n  {why}\n")
     for title, registry in (("data sets", catalogue.datasets), ("model architectures", catalogue.models)):
         print(f"{title}:")
-        for key, entry in sorted(registry.items()):
-            print(f"  {key} (plugin {entry.plugin}): " + "; ".join(_fields(entry.config_class)))
+        for key in sorted(registry):
+            try:  # imports the module: a broken one is listed with its reason, the others still
+                entry = registry[key]
+            except KdlabError as exc:
+                print(f"  {key} (BROKEN): {exc}")
+                continue
+            print(f"  {key} (from {entry.plugin}): " + "; ".join(_fields(entry.config_class)))
     return 0
 
 

@@ -45,7 +45,7 @@ def test_plugins_lists_fields(capsys):
     out = capsys.readouterr().out
     assert "logit_kd  (method, table [stages.<s>.methods.logit_kd])" in out
     assert "- temperature: float (default 4.0)" in out
-    assert "cnn (plugin models): channels:" in out
+    assert "cnn (from kdlab.models.cnn:ARCH (kdlab 0.1.0)): channels:" in out
 
 
 def test_missing_data_files_exit_2(write_recipe, tmp_path, capsys):

@@ -231,3 +231,6 @@ def build(config: PhonemesConfig, seed: int) -> DataBundle:
              **{k: val for k, val in batch_settings(config).items() if k not in ("manifest", "cache_dir")}},
         classes=tuple(data["classes"]),
     )
+
+
+DATASET = (PhonemesConfig, build)  # the `kdlab.datasets` entry point: config class, builder

@@ -203,3 +203,6 @@ def build(config: SpeechCommandsConfig, seed: int) -> DataBundle:
         key={"dataset": "speech_commands", "root": str(Path(config.root).resolve()),
              **batch_settings(config)},
     )
+
+
+DATASET = (SpeechCommandsConfig, build)  # the `kdlab.datasets` entry point: config class, builder

@@ -261,3 +261,6 @@ def build(cfg: TextConfig, seed: int) -> DataBundle:
              "train_sizes": [len(tensors[s][0]) for s in SPLITS]},
         extra={"text": TextData(tokenizer=tok, pad_id=ids[PAD], agent_id=ids[AGENT], end_id=ids[END], splits=splits)},
     )
+
+
+DATASET = (TextConfig, build)  # the `kdlab.datasets` entry point: config class, builder

@@ -257,3 +257,12 @@ def build_digits(config: DigitsConfig, seed: int) -> DataBundle:
 def builder(name: str):
     """The build function of one torchvision data set (``mnist``, ``cifar10``, ``cifar100``)."""
     return lambda config, seed: build_vision(name, config, seed)
+
+
+# the `kdlab.datasets` entry points: config class, builder
+DIGITS = (DigitsConfig, build_digits)
+
+
+def torchvision_dataset(name: str):
+    """The entry point of ``mnist``, ``cifar10`` and ``cifar100``."""
+    return TorchvisionConfig, builder(name)

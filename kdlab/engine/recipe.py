@@ -34,7 +34,7 @@ from attrs import Factory, field
 from attrs import validators as v
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from kdlab.engine.errors import RecipeError
+from kdlab.engine.errors import KdlabError, RecipeError
 from kdlab.engine.registry import Catalogue
 from kdlab.engine.types import DataSpec, ModelSpec
 
@@ -518,7 +518,12 @@ def _structure_named(problems: Problems, raw: Any, selector: str, registry: dict
     if name not in registry:
         problems.add(where + (selector,), f"unknown {what} '{name}' (available: {', '.join(sorted(registry))})")
         return None
-    config = problems.structure(raw, registry[name].config_class, where)
+    try:
+        entry = registry[name]  # imports its module (built-in models and data sets load when used)
+    except KdlabError as exc:
+        problems.add(where + (selector,), str(exc))
+        return None
+    config = problems.structure(raw, entry.config_class, where)
     if config is None:
         return None
     return DataSpec(name=name, config=config) if selector == "dataset" else ModelSpec(arch=name, config=config)

@@ -20,6 +20,8 @@ from kdlab.engine import hookspecs
 from kdlab.engine.errors import KdlabError
 
 ENTRY_POINT_GROUP = "kdlab.plugins"
+MODEL_GROUP = "kdlab.models"  # name -> (config class, build(config, data))
+DATASET_GROUP = "kdlab.datasets"  # name -> (config class, build(config, seed))
 log = logging.getLogger("kdlab")
 
 
@@ -39,7 +41,8 @@ class PluginInfo:
 @attrs.frozen(kw_only=True)
 class Registered:
     """One data set or model architecture: its recipe name, the attrs class its table is
-    structured into, the function that builds it, and the plugin that registered it."""
+    structured into, the function that builds it, and where it came from (an entry point, or the
+    plugin whose ``kdlab_register_*`` hook added it)."""
 
     name: str
     config_class: type
@@ -50,45 +53,90 @@ class Registered:
 
 
 class Registry:
-    """Names -> (config class, builder), in one place: what ``kdlab_register_models`` and
-    ``kdlab_register_datasets`` fill (in the spirit of tox's ``tox_register_tox_env``). A name
-    registered twice is an error naming both plugins. Read-only as a mapping of names to
+    """Names -> (config class, builder), in one place. Two ways in:
+
+    - an entry point of the registry's own group (``kdlab.models``, ``kdlab.datasets``): its name
+      is the recipe's name, its value a ``(config_class, build)`` pair, or a function that takes
+      the name and returns one (for families such as the CIFAR table). It is imported only when a
+      recipe uses the name, so a broken optional module (a speech model whose torchaudio does not
+      load) stops only the recipes that use it, with one line naming the module, the error and
+      the fix;
+    - a plugin's ``kdlab_register_models`` / ``kdlab_register_datasets`` hook calling :meth:`add`
+      (in the spirit of tox's ``tox_register_tox_env``).
+
+    A name registered twice is an error naming both. Read-only as a mapping of names to
     :class:`Registered`."""
 
     def __init__(self, what: str):
         self.what = what
         self._entries: dict[str, Registered] = {}
+        self._pending: dict[str, tuple[Any, str]] = {}  # name -> (entry point, "value (dist)")
         self._plugin = "?"  # the plugin whose hook is running (set by discover)
 
     def add(self, name: str, config_class: type, build: Callable[..., Any] | None = None) -> None:
         """Register ``name``: recipes select it (``arch = name`` / ``dataset = name``), its table
         is structured into ``config_class`` (a frozen attrs class), and ``build`` makes it."""
-        where = f"plugin '{self._plugin}': {self.what} '{name}'"
         if not isinstance(name, str) or not name:
             raise KdlabError(f"plugin '{self._plugin}': a {self.what} name must be a non-empty string, got {name!r}")
-        if name in self._entries:
-            raise KdlabError(f"{self.what} '{name}' is declared by two plugins: {self._entries[name].plugin} "
+        if name in self:
+            raise KdlabError(f"{self.what} '{name}' is declared by two plugins: {self._origin(name)} "
                              f"and {self._plugin}")
+        self._entries[name] = self._checked(name, config_class, build, self._plugin, f"plugin '{self._plugin}'")
+
+    def add_entry_point(self, ep, origin: str) -> None:
+        """Register ``ep`` (an entry point of this registry's group) under its name, unloaded."""
+        if ep.name in self:
+            raise KdlabError(f"{self.what} '{ep.name}' is declared twice: {self._origin(ep.name)} and {origin}")
+        self._pending[ep.name] = (ep, origin)
+
+    def _origin(self, name: str) -> str:
+        return self._pending[name][1] if name in self._pending else self._entries[name].plugin
+
+    def _checked(self, name, config_class, build, plugin: str, who: str) -> Registered:
+        where = f"{who}: {self.what} '{name}'"
         if not (inspect.isclass(config_class) and attrs.has(config_class)):
             raise KdlabError(f"{where}: the config class must be an attrs class, got {config_class!r}")
         if build is not None and not callable(build):
             raise KdlabError(f"{where}: the builder must be callable, got {build!r}")
-        self._entries[name] = Registered(name=name, config_class=config_class, build=build, plugin=self._plugin)
+        return Registered(name=name, config_class=config_class, build=build, plugin=plugin)
+
+    def _load(self, name: str) -> Registered:
+        ep, origin = self._pending[name]
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure of an optional module
+            raise KdlabError(
+                f"{self.what} '{name}' ({origin}) failed to import: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}; fix: reinstall with the tested set "
+                "(pip install -c constraints.txt -e .) or pip install the missing package") from exc
+        try:
+            pair = obj if isinstance(obj, tuple) else obj(name)
+            config_class, build = pair
+        except Exception as exc:  # noqa: BLE001 - a wrong entry-point value is its author's mistake
+            raise KdlabError(f"{self.what} '{name}' ({origin}): the entry point must name a (config_class, build) "
+                             f"pair or a function of the name returning one ({type(exc).__name__}: {exc})") from exc
+        entry = self._checked(name, config_class, build, origin, f"entry point {origin}")
+        del self._pending[name]
+        self._entries[name] = entry
+        return entry
 
     def __getitem__(self, name: str) -> Registered:
+        if name in self._pending:
+            return self._load(name)
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._pending
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter([*self._entries, *self._pending])
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._pending)
 
     def items(self):
-        return self._entries.items()
+        """Every entry, loaded (``kdlab plugins``); one that fails to import raises its error."""
+        return [(name, self[name]) for name in list(self)]
 
 
 @attrs.frozen(kw_only=True)
@@ -164,10 +212,7 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
     broken: dict[str, str] = {}
     labels: dict[object, str] = {}  # distribution -> "name version": its metadata parsed once, not per plugin
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.dist is not None and ep.dist not in labels:
-            meta = ep.dist.metadata
-            labels[ep.dist] = f"{meta['Name']} {meta['Version']}"
-        dist = labels[ep.dist] if ep.dist is not None else "unknown distribution"
+        dist = _dist_label(ep, labels)
         if ep.name in found and found[ep.name][1] != f"{ep.value} ({dist})":
             raise KdlabError(
                 f"plugin name '{ep.name}' is declared twice: {found[ep.name][1]} and {ep.value} ({dist})"
@@ -221,8 +266,10 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
         )
     return Catalogue(
         plugins=plugins,
-        datasets=_registry(pm.hook.kdlab_register_datasets, pm.hook.kdlab_dataset_configs, "data set"),
-        models=_registry(pm.hook.kdlab_register_models, pm.hook.kdlab_model_configs, "model architecture"),
+        datasets=_registry(DATASET_GROUP, labels, pm.hook.kdlab_register_datasets, pm.hook.kdlab_dataset_configs,
+                           "data set"),
+        models=_registry(MODEL_GROUP, labels, pm.hook.kdlab_register_models, pm.hook.kdlab_model_configs,
+                         "model architecture"),
         broken=broken,
     )
 
@@ -245,10 +292,23 @@ def _undecorated(obj: object) -> str | None:
     return None
 
 
-def _registry(register_hook, declare_hook, what: str) -> Registry:
-    """Fill a registry from every plugin's ``kdlab_register_*`` hook, then from the older
-    ``kdlab_*_configs`` declarations (names only; those plugins build through ``kdlab_build_*``)."""
+def _dist_label(ep, labels: dict) -> str:
+    """``"name version"`` of an entry point's distribution, its metadata parsed once."""
+    if ep.dist is None:
+        return "unknown distribution"
+    if ep.dist not in labels:
+        meta = ep.dist.metadata
+        labels[ep.dist] = f"{meta['Name']} {meta['Version']}"
+    return labels[ep.dist]
+
+
+def _registry(group: str, labels: dict, register_hook, declare_hook, what: str) -> Registry:
+    """Fill a registry from the entry points of ``group`` (imported when used), every plugin's
+    ``kdlab_register_*`` hook, then the older ``kdlab_*_configs`` declarations (names only;
+    those plugins build through ``kdlab_build_*``)."""
     registry = Registry(what)
+    for ep in entry_points(group=group):
+        registry.add_entry_point(ep, f"{ep.value} ({_dist_label(ep, labels)})")
     for impl in register_hook.get_hookimpls():
         registry._plugin = impl.plugin_name
         impl.function(*[registry for _ in impl.argnames])  # the one argument, if taken

@@ -217,3 +217,14 @@ TABLE.update({  # the mobile students (kdlab/models/cifar_mobile.py)
 def table_builder(name: str):
     build, settings = TABLE[name]
     return lambda _config, data: build(settings, data)
+
+
+# the `kdlab.models` entry points: config class, builder
+CIFAR_RESNET = (CifarResNetConfig, build_cifar_resnet)
+WRN = (WRNConfig, build_wrn)
+VGG_BN = (VGGConfig, build_vgg)
+
+
+def table(name: str):
+    """The entry point of every architecture of :data:`TABLE` (resnet8x4, wrn_40_2, ...)."""
+    return TableModelConfig, table_builder(name)

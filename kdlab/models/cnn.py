@@ -75,3 +75,6 @@ class CompactCNN(nn.Module):
 
 def build(config: CompactCNNConfig, data) -> CompactCNN:
     return CompactCNN(config, data.input_shape[0], min(data.input_shape[1:]), data.num_classes)
+
+
+ARCH = (CompactCNNConfig, build)  # the `kdlab.models` entry point: config class, builder

@@ -110,3 +110,6 @@ def build(config: ConformerConfig, data) -> ConformerCTC:
     if config.dim % config.heads:
         raise KdlabError(f"model.dim {config.dim} must be divisible by model.heads {config.heads}")
     return ConformerCTC(config, data.input_shape[-1], data.num_classes)
+
+
+ARCH = (ConformerConfig, build)  # the `kdlab.models` entry point: config class, builder

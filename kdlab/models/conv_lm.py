@@ -79,3 +79,6 @@ class ConvLM(nn.Module):
 
 def build(config: ConvLMConfig, data) -> ConvLM:
     return ConvLM(data.num_classes, data.input_shape[0], config)
+
+
+ARCH = (ConvLMConfig, build)  # the `kdlab.models` entry point: config class, builder

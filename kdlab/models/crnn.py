@@ -69,3 +69,6 @@ def build(config: CRNNConfig, data) -> CRNN:
     if len(data.input_shape) != 2:
         raise KdlabError(f"model.arch crnn needs log-mel input (bands, frames); the data gives {data.input_shape}")
     return CRNN(config, data.input_shape[0], data.num_classes)
+
+
+ARCH = (CRNNConfig, build)  # the `kdlab.models` entry point: config class, builder

@@ -31,3 +31,8 @@ def build_resnet18(config: ResNetConfig, data) -> nn.Module:
 
 def build_resnet50(config: ResNetConfig, data) -> nn.Module:
     return resnet(50, config, data.input_shape[0], data.num_classes)
+
+
+# the `kdlab.models` entry points: config class, builder
+RESNET18 = (ResNetConfig, build_resnet18)
+RESNET50 = (ResNetConfig, build_resnet50)

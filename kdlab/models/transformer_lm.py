@@ -99,3 +99,6 @@ def build(config: TransformerLMConfig, data) -> TransformerLM:
         if hf.get_input_embeddings().num_embeddings < vocab:
             hf.resize_token_embeddings(vocab)
     return TransformerLM(hf, vocab, context)
+
+
+ARCH = (TransformerLMConfig, build)  # the `kdlab.models` entry point: config class, builder

@@ -43,3 +43,6 @@ def vit(config: ViTConfig, in_channels: int, size: int, num_classes: int) -> nn.
 
 def build(config: ViTConfig, data) -> nn.Module:
     return vit(config, data.input_shape[0], min(data.input_shape[1:]), data.num_classes)
+
+
+ARCH = (ViTConfig, build)  # the `kdlab.models` entry point: config class, builder

@@ -124,3 +124,6 @@ def build(config: Wav2Vec2Config, data) -> Wav2Vec2CTC:
     if config.hf_dir:
         return Wav2Vec2CTC(wav2vec2_from_hf(config.hf_dir, data.classes))
     return Wav2Vec2CTC(wav2vec2_from_scratch(config, data.num_classes))
+
+
+ARCH = (Wav2Vec2Config, build)  # the `kdlab.models` entry point: config class, builder

@@ -271,7 +271,7 @@ def test_triplet_ae_pruning_and_amp_over_two_processes_match_one(write_recipe, t
     masks = [k for k in a if k.endswith("weight_mask")]
     assert masks and all(torch.equal(a[k], b[k]) for k in masks)  # the same weights pruned on both
     amp = _student_methods(RECIPE, LOGIT_KD, 'methods.amp = { dtype = "bf16" }')
-    _assert_trained_alike(*_one_and_two(write_recipe(amp, "amp.toml"), tmp_path / "amp"), parts=("student",), atol=2e-2)
+    _assert_trained_alike(*_one_and_two(write_recipe(amp, "amp.toml"), tmp_path / "amp"), parts=("student",), atol=6e-2)
 
 
 def test_ctc_and_ctc_kd_over_two_processes_match_one(write_recipe, tmp_path):
