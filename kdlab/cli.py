@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
                    help="train with N processes on this machine (data parallel; gloo on the CPU, nccl on CUDA)")
     p.add_argument("--run-id", metavar="ID", help="name the run directory OUT/<recipe name>/ID; if it exists, "
                    "continue it (a finished run is not trained again)")
@@ -215,7 +215,9 @@ def cmd_run(args) -> int:
     rows = [{"stage": s, **m} for s, m in result.metrics.items()]
     print(report.markdown(rows, with_run=False, preferred_only=True))
     print(f"\nall metrics: {result.run_dir / 'metrics.json'} (or kdlab report {result.run_dir} --per-run)")
-    print(f"run directory: {result.run_dir}\ntensorboard --logdir {result.run_dir / 'tb'}")
+    print(f"run directory: {result.run_dir}")
+    if (result.run_dir / "tb").is_dir():  # not when TensorBoard was switched off
+        print(f"tensorboard --logdir {result.run_dir / 'tb'}")
     return 0
 
 
@@ -439,9 +441,26 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         else:
             print(f"kdlab: interrupted ({args.command})", file=sys.stderr)
-        return 130
+        return EXIT_SIGTERM if _terminated else EXIT_SIGINT
+
+
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as a shell reports them
+_terminated = False
 
 
 def _terminate(signum, _frame):
-    """SIGTERM (a scheduler's stop, `kill`) ends a command the way Ctrl-C does."""
+    """SIGTERM (a scheduler's stop, `kill`) ends a command the way Ctrl-C does (the last
+    checkpoint is kept), but exits 143, so that a scheduler sees which signal stopped it."""
+    global _terminated
+    _terminated = True
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

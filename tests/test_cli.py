@@ -94,3 +94,21 @@ def test_kws_stream_prints_probabilities_plots_and_exports(tmp_path, capsys):
     # transcribe needs a CTC model
     assert main(["transcribe", str(tmp_path / "m.pt"), str(tmp_path / "a.wav")]) == 2
     assert "a 'crnn' model; transcribe needs wav2vec2_ctc or conformer_ctc" in capsys.readouterr().err
+
+
+def test_nproc_below_one_is_refused(write_recipe, capsys):
+    import pytest
+
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", str(write_recipe()), "--nproc", bad])
+        assert exit_info.value.code == 2
+        assert "--nproc: must be" in capsys.readouterr().err
+
+
+def test_tensorboard_hint_only_when_tensorboard_wrote(write_recipe, tmp_path, capsys):
+    recipe = str(write_recipe())
+    assert main(["run", recipe, "--out", str(tmp_path / "on")]) == 0
+    assert "tensorboard --logdir" in capsys.readouterr().out
+    assert main(["run", recipe, "--out", str(tmp_path / "off"), "--set", "plugins.tensorboard.enabled=false"]) == 0
+    assert "tensorboard --logdir" not in capsys.readouterr().out

@@ -20,7 +20,7 @@ the size. The size is estimated, logged, and checked against ``max_gb`` before a
 Sequence teachers (CTC: per-frame outputs with lengths) are stored ragged: each utterance's valid
 frames, concatenated, with offsets and lengths; lookups pad a batch back
 together. ``topk = k`` stores only the k most probable classes per frame (values fp16, indices
-int16) and spreads the remaining probability mass evenly over the other classes on lookup:
+int32, for vocabularies past 32,767) and spreads the remaining probability mass evenly over the other classes on lookup:
 4 bytes per kept class, V / k times smaller than float32 for V classes. BENCHMARKS.md measures the effect on PER.
 """
 
@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import shutil
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
@@ -71,6 +72,7 @@ def cache_key(stage, split: str, teacher_hashes: list[str]) -> str:
     cfg = stage.config
     data_key = {k: val for k, val in stage.data.key.items() if k not in SIZE_KEYS}
     parts = {
+        "format": 2,  # file names percent-encoded, int32 indices: a cache of the older layout is rebuilt
         "data": data_key,
         "split": split,
         "teachers": teacher_hashes,
@@ -154,7 +156,7 @@ def _compact_sequences(per_index: dict[int, torch.Tensor], dtype: torch.dtype, t
     out = {f"t{k}/lengths": lengths, f"t{k}/offsets": offsets}
     if topk is not None:
         values, index = frames.topk(topk, dim=-1)
-        out.update({f"t{k}/topk_values": values.half(), f"t{k}/topk_index": index.to(torch.int16),
+        out.update({f"t{k}/topk_values": values.half(), f"t{k}/topk_index": index.to(torch.int32),
                     f"t{k}/classes": torch.tensor([frames.shape[-1]])})
     else:
         out[f"t{k}/logits"] = frames.to(dtype)
@@ -339,11 +341,12 @@ def _read(target: Path, stage, split: str, views: int | None = None) -> Store:
 
 
 def _encode(name: str) -> str:
-    return name.replace("/", "__")
+    """A tensor's name as a file name, reversibly (tap aliases may hold "__" or "%")."""
+    return urllib.parse.quote(name, safe="")
 
 
 def _decode(stem: str) -> str:
-    return stem.replace("__", "/")
+    return urllib.parse.unquote(stem)
 
 
 def _write(tensors: dict[str, torch.Tensor], target: Path) -> None:

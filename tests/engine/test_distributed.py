@@ -150,7 +150,7 @@ def test_teacher_cache_under_two_processes_holds_every_sample(write_recipe, tmp_
     a = torch.load(tmp_path / "one/tiny/r/models/student.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "two/tiny/r/models/student.pt", weights_only=True)["state_dict"]
     assert _worst(a, b) < ATOL
-    train = [np.load(d / "t0__logits.npy") for d in cache.iterdir() if (d / "done").is_file()]
+    train = [np.load(d / "t0%2Flogits.npy") for d in cache.iterdir() if (d / "done").is_file()]
     assert train and all(len(x) > 0 for x in train)
     largest = max(train, key=len)  # the training split
     assert (np.abs(largest).sum(axis=1) > 0).all()  # no zero rows

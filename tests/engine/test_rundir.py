@@ -39,7 +39,7 @@ def test_second_writer_refused_and_sigterm_prints_the_resume_command(write_recip
         _, err = first.communicate(timeout=60)
     finally:
         first.kill()
-    assert first.returncode == 130
+    assert first.returncode == 143  # SIGTERM: 128 + 15
     assert "Traceback" not in err
     assert f"continue with: kdlab run {recipe} --set=seed=0 --resume {run_dir}" in err
     assert (run_dir / "checkpoints" / "teacher" / "last.pt").is_file()
@@ -77,3 +77,20 @@ def test_sweep_children_die_with_their_parent(tmp_path):
             return True
 
     assert _wait_for(gone, timeout=10)
+
+
+def test_sigterm_exits_143_and_sigint_130(write_recipe, tmp_path):
+    """A scheduler's stop (SIGTERM) exits with its own code, 128 + 15; Ctrl-C keeps 130."""
+    recipe = write_recipe(TINY.replace("epochs = 2", "epochs = 2000"))
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        run_dir = tmp_path / "tiny" / sig.name
+        cmd = [sys.executable, "-m", "kdlab", "run", str(recipe), "--out", str(tmp_path), "--run-id", sig.name]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert _wait_for(lambda: (run_dir / "history" / "teacher.jsonl").is_file()), "no epoch finished"
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == code, err
+        assert "Traceback" not in err and "continue with:" in err

@@ -73,8 +73,8 @@ def test_a_damaged_cache_file_is_one_clear_error(write_recipe, tmp_path, catalog
 
     recipe = write_recipe(CACHED.replace("CACHE", str(tmp_path / "cache")))
     run(recipe, out=tmp_path / "a", run_id="r", catalogue=catalogue)
-    train = max((tmp_path / "cache").iterdir(), key=lambda d: len(np.load(d / "t0__logits.npy")))
-    logits = train / "t0__logits.npy"
+    train = max((tmp_path / "cache").iterdir(), key=lambda d: len(np.load(d / "t0%2Flogits.npy")))
+    logits = train / "t0%2Flogits.npy"
     if damage == "truncate":
         logits.write_bytes(logits.read_bytes()[:200])
     else:
@@ -131,7 +131,7 @@ def test_view_cache_trains_like_the_live_teacher_on_the_same_views(write_recipe,
     assert state_dicts_equal(_student(live), _student(cached))
     n = len(load_digits_tensors(DigitsConfig())[0][0])
     assert CountTeacherCalls.calls == math.ceil(3 * n / 64)  # one labelling pass; evaluation needs no teacher
-    train = [d for d in (tmp_path / "cache").iterdir() if len(np.load(d / "t0__logits.npy")) == 3 * n]
+    train = [d for d in (tmp_path / "cache").iterdir() if len(np.load(d / "t0%2Flogits.npy")) == 3 * n]
     assert len(train) == 1
     # the data set is shared by the stages: the views end with the cached stage
     free = run(write_recipe(AUGMENTED), out=tmp_path / "c", catalogue=discover())
@@ -187,7 +187,7 @@ methods.teacher_cache = {{ dir = "{tmp_path / 'cache'}" }}
     result = run(tmp_path / "r.toml", out=tmp_path / "runs", catalogue=catalogue)
     models = {s: checkpoint.load_model_file(result.run_dir / "models" / f"{s}.pt")["state_dict"] for s in ("live", "cached")}
     assert all(torch.equal(models["live"][k], models["cached"][k]) for k in models["live"])
-    assert any((tmp_path / "cache").glob("*/t0__offsets.npy"))
+    assert any((tmp_path / "cache").glob("*/t0%2Foffsets.npy"))
     # top-k keeps the k largest log-probabilities exactly and the total mass at 1
     logp = torch.log_softmax(torch.randn(5, 7), -1)
     values, index = logp.topk(3, -1)
@@ -236,3 +236,30 @@ def test_language_model_teacher_cache_top_k(write_recipe, tmp_path, catalogue):
     w = {s: checkpoint.load_model_file(result.run_dir / "models" / f"{s}.pt")["state_dict"] for s in ("live", "full", "top_all", "top2")}
     gap = {s: max(float((w["live"][k] - w[s][k]).abs().max()) for k in w["live"]) for s in ("full", "top_all", "top2")}
     assert gap["full"] < 1e-6 and gap["top_all"] < 5e-3 and gap["top2"] > 1.5 * gap["top_all"], gap
+
+
+def test_a_tap_alias_with_double_underscores_is_read_back_from_the_disk_cache(write_recipe, tmp_path, catalogue):
+    """Tensor names were file names with "/" as "__": an alias "my__emb" came back as "my/emb"
+    and the second run (reading the disk cache) failed with a KeyError."""
+    text = CACHED.replace("CACHE", str(tmp_path / "cache")).replace(
+        'teacher = { emb = "embed" }', 'teacher = { emb = "embed", my__emb = "embed" }')
+    first = run(write_recipe(text), out=tmp_path / "a", catalogue=catalogue)
+    second = run(write_recipe(text, name="again.toml"), out=tmp_path / "b", catalogue=catalogue)
+    assert state_dicts_equal(_student(first), _student(second))
+    assert second.metrics["student"]["test/cka"] == pytest.approx(first.metrics["student"]["test/cka"], abs=1e-6)
+    assert any((tmp_path / "cache").glob("*/t0%2Fmy__emb.npy"))
+
+
+def test_sequence_top_k_indices_fit_a_gpt2_sized_vocabulary():
+    """Top-k indices were int16: past 32,767 (GPT-2's 50,257 tokens) they came back negative."""
+    from kdlab.infra.teacher_cache import _compact_sequences, expand_topk
+
+    vocab = 50_257
+    frames = torch.full((3, vocab), -20.0)
+    frames[0, 50_000], frames[1, 40_000], frames[2, 7] = 0.0, -0.1, -0.2  # the most probable classes
+    frames = torch.log_softmax(frames, -1)
+    out = _compact_sequences({0: frames[:2], 1: frames[2:]}, torch.float32, 2, 0)
+    index = out["t0/topk_index"]
+    assert int(index.min()) >= 0 and int(index[0, 0]) == 50_000 and int(index[1, 0]) == 40_000
+    full = expand_topk(out["t0/topk_values"][:2], index[:2], vocab)
+    assert full.argmax(-1).tolist() == [50_000, 40_000]
