@@ -494,8 +494,9 @@ def structure_recipe(
 
 
 def _check_name(value: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
-        raise ValueError(f"may contain only letters, digits and _ . - (it names the run directory), got {value!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or set(value) == {"."}:
+        raise ValueError("may contain only letters, digits and _ . - and must not be . or .. (it names the run "
+                         f"directory), got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

@@ -168,8 +168,9 @@ def _share(obj):
 
 def _open_run_dir(recipe, catalogue, out, resume, run_id) -> Path:
     if run_id is not None and resume is None:
-        if not re.fullmatch(r"[A-Za-z0-9_.=-]+", run_id):
-            raise KdlabError(f"--run-id {run_id!r}: use letters, digits and _ . = - only")
+        if not re.fullmatch(r"[A-Za-z0-9_.=-]+", run_id) or set(run_id) == {"."}:
+            # one path component inside OUT/<recipe>: "." or ".." would put the run elsewhere
+            raise KdlabError(f"--run-id {run_id!r}: use letters, digits and _ . = - only, and not . or ..")
         if (Path(out) / recipe.name / run_id / "recipe.toml").is_file():
             resume = Path(out) / recipe.name / run_id
         else:

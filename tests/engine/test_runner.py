@@ -161,3 +161,17 @@ def test_history_has_one_line_per_epoch_after_a_resume(write_recipe, tmp_path):
     lines = [json.loads(x) for x in (result.run_dir / "history" / "student.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3, 4]
     assert all("val/accuracy" in x and "lr" in x for x in lines)
+
+
+def test_run_id_and_recipe_name_of_dots_are_refused(write_recipe, tmp_path, catalogue):
+    """"." or ".." as a run id or a recipe name would make OUT/<recipe> (or OUT) the run directory."""
+    import pytest
+
+    from kdlab.engine.errors import KdlabError, RecipeError
+
+    for bad in (".", ".."):
+        with pytest.raises(KdlabError, match=r"--run-id '\.+': .*not \. or \.\."):
+            run(write_recipe(), out=tmp_path / "out", run_id=bad, catalogue=catalogue)
+        with pytest.raises(RecipeError, match=r"must not be \. or \.\."):
+            run(write_recipe(), out=tmp_path / "out", overrides=[f'name="{bad}"'], catalogue=catalogue)
+    assert not (tmp_path / "out" / "tiny" / "recipe.toml").exists() and not (tmp_path / "out" / "recipe.toml").exists()
