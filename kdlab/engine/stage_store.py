@@ -11,6 +11,10 @@ version, and the keys of the stages it reads (teachers, ``init``) -- or the byte
 file it reads. Data files are identified by their settings (paths), not their contents: a
 data set rewritten in place under the same path needs a new store.
 
+An entry is checked before it is restored: ``files.json`` lists its files with their SHA-256,
+every path inside the entry (an absolute path or ``..`` is refused), and ``stage.json`` must be a
+table of metrics. A damaged entry is one warning line, and the stage is trained and filed again.
+
 Safe under concurrent workers: a process about to train a stage holds an exclusive lock on
 ``<store>/<key>.lock`` (``fcntl.flock``) until the stage is filed, so a second process that
 needs the same stage waits and then reuses it instead of training it twice; a process that
@@ -91,18 +95,49 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 class Claim:
-    """A held lock on one key: ``metrics`` is the filed stage's metrics (None: not filed yet,
-    train it and ``publish``)."""
+    """A held lock on one key: ``metrics`` is the filed stage's metrics (None: not filed yet, or
+    the entry is damaged; train it and ``publish``)."""
 
     def __init__(self, store: StageStore, key: str):
         self.store, self.key = store, key
         self.entry = store.root / key
-        path = self.entry / "stage.json"
-        self.metrics: dict | None = json.loads(path.read_text()) if path.is_file() else None
+        self.files: dict[str, str] = {}  # relative path -> sha256
+        self.metrics: dict | None = None
+        if (self.entry / "stage.json").is_file():
+            problem = self._check()
+            if problem is None:
+                return
+            log.warning("stage store entry %s is damaged (%s); the stage is trained again", self.entry, problem)
+            self.metrics, self.files = None, {}
+
+    def _check(self) -> str | None:
+        """Load the entry and check it before anything is restored: stage.json a table of
+        metrics; files.json a table of paths inside the entry (no absolute path, no ..) with
+        their SHA-256, each file present with that digest."""
+        try:
+            metrics = json.loads((self.entry / "stage.json").read_text(encoding="utf-8"))
+            files = json.loads((self.entry / "files.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"unreadable: {exc}"
+        if not isinstance(metrics, dict):
+            return "stage.json is not a table of metrics"
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(d, str) for k, d in files.items()):
+            return "files.json is not a table of file -> sha256 (an entry of an older kdlab?)"
+        root = self.entry.resolve()
+        for rel, digest in files.items():
+            path = (self.entry / rel).resolve()
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or not path.is_relative_to(root):
+                return f"files.json names {rel!r}, outside the entry"
+            if not path.is_file():
+                return f"{rel} is missing"
+            if _file_digest(path) != digest:
+                return f"{rel} does not match its checksum"
+        self.metrics, self.files = metrics, files
+        return None
 
     def restore(self, run_dir: Path, stage: str) -> dict:
-        """Copy the filed stage into ``run_dir``; returns its metrics."""
-        for rel in json.loads((self.entry / "files.json").read_text()):
+        """Copy the filed (and checked) stage into ``run_dir``; returns its metrics."""
+        for rel in self.files:
             _link_or_copy(self.entry / rel, run_dir / rel)
         marker = run_dir / "history" / f"{stage}.reused"  # what it trained itself: kdlab.studies.search
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -116,10 +151,11 @@ class Claim:
         files = _stage_files(run_dir, stage)
         for rel in files:
             _link_or_copy(run_dir / rel, tmp / rel)
-        (tmp / "files.json").write_text(json.dumps([str(r) for r in files]))
+        self.files = {str(r): _file_digest(tmp / r) for r in files}
+        (tmp / "files.json").write_text(json.dumps(self.files, indent=1))
         (tmp / "stage.json").write_text(json.dumps(metrics, indent=1))
         (tmp / "source.txt").write_text(f"{run_dir}\n")
-        shutil.rmtree(self.entry, ignore_errors=True)  # a damaged entry without stage.json
+        shutil.rmtree(self.entry, ignore_errors=True)  # a damaged entry
         os.rename(tmp, self.entry)
         self.metrics = metrics
 

@@ -79,3 +79,48 @@ def test_sweep_shares_stages_and_can_be_told_not_to(write_recipe, tmp_path):
     assert main(["sweep", str(recipe), "--out", str(tmp_path / "own"), "--no-shared-stages"]) == 0
     dirs = sorted((tmp_path / "own" / "tiny").glob("*/metrics.json"))
     assert sum(_trained(d.parent, "teacher") for d in dirs) == 2 and not (tmp_path / "own" / ".kdlab-stages").exists()
+
+
+def _damage_cases(entry, outside):
+    """(name, how to damage one filed entry) for the store-entry tests."""
+    model = next(rel for rel in json.loads((entry / "files.json").read_text()) if rel.endswith(".pt"))
+
+    def escape():
+        files = json.loads((entry / "files.json").read_text())
+        files[str(outside)] = files[model]  # an absolute path outside the store
+        files["../../victim.txt"] = files[model]
+        (entry / "files.json").write_text(json.dumps(files))
+
+    def cut():
+        data = (entry / model).read_bytes()
+        (entry / model).unlink()  # a new file, not the run's hard link
+        (entry / model).write_bytes(data[: len(data) // 2])
+
+    def garbage():
+        (entry / "stage.json").write_text("{not json")
+
+    def old_format():
+        (entry / "files.json").write_text(json.dumps(list(json.loads((entry / "files.json").read_text()))))
+
+    return {"escape": escape, "cut": cut, "garbage": garbage, "old_format": old_format}
+
+
+def test_a_damaged_store_entry_is_retrained_and_never_touches_files_outside(write_recipe, tmp_path, catalogue,
+                                                                             caplog):
+    recipe = write_recipe()
+    outside = tmp_path / "victim.txt"
+    outside.write_text("keep me")
+    for n, case in enumerate(("escape", "cut", "garbage", "old_format")):
+        store = tmp_path / f"store{n}"
+        first = run(recipe, out=tmp_path / f"a{n}", catalogue=catalogue, stage_store=store)
+        key = stage_keys(load_recipe(recipe, catalogue))["teacher"]
+        _damage_cases(store / key, outside)[case]()
+        caplog.clear()
+        second = run(recipe, out=tmp_path / f"b{n}", catalogue=catalogue, stage_store=store)
+        assert _trained(second.run_dir, "teacher"), case  # not restored from the damaged entry
+        assert any("is damaged" in r.getMessage() and key in r.getMessage() for r in caplog.records), case
+        assert outside.read_text() == "keep me"
+        assert (second.run_dir / "models" / "teacher.pt").read_bytes() == (first.run_dir / "models" / "teacher.pt").read_bytes()
+        # the entry was filed again, whole: a third run reuses it
+        third = run(recipe, out=tmp_path / f"c{n}", catalogue=catalogue, stage_store=store)
+        assert not _trained(third.run_dir, "teacher"), case
