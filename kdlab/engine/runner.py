@@ -242,7 +242,7 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
     # rank 0's view, taken before anyone writes: another rank looking later could see a stage
     # that rank 0 has just finished and skip it, leaving rank 0 alone in the stage's barrier
     metrics, done = _share((metrics, done))
-    keys = stage_keys(recipe) if store is not None else {}
+    keys = stage_keys(recipe, catalogue) if store is not None else {}
     for index, (name, config) in enumerate(recipe.stages.items()):
         if name in done:
             log.info("stage %s: already complete, skipped", name)

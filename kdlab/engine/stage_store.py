@@ -6,9 +6,11 @@ sweep`` and ``kdlab search`` use ``<out>/.kdlab-stages``), a stage whose key is 
 store is not trained again: its exported model, metrics and history are copied into the run.
 
 The key hashes the stage's resolved table (model, methods, optimizer, epochs, ...), its name,
-the recipe's seed, device, determinism, data table and default-on plugin tables, the kdlab
-version, and the keys of the stages it reads (teachers, ``init``) -- or the bytes of a model
-file it reads. Data files are identified by their settings (paths), not their contents: a
+the recipe's seed, device (and the kind it resolves to), determinism, data table and default-on
+plugin tables, the kdlab version, the torch version, a digest of the source of every package whose
+code the stage runs (kdlab's, and each plugin's, model's and data set's package: an edited loss
+retrains, also in an editable install), and the keys of the stages it reads (teachers, ``init``)
+-- or the bytes of a model file it reads. Data files are identified by their settings (paths), not their contents: a
 data set rewritten in place under the same path needs a new store.
 
 An entry is checked before it is restored: ``files.json`` lists its files with their SHA-256,
@@ -25,15 +27,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import importlib
+import inspect
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import torch
 
 from kdlab.engine.recipe import Recipe, recipe_to_dict
 
@@ -55,10 +63,53 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def stage_keys(recipe: Recipe) -> dict[str, str]:
-    """Stage name -> content key, for every stage of the recipe (in order)."""
+@functools.lru_cache(maxsize=None)
+def _source_digest(top: str) -> str:
+    """SHA-256 of the Python source of one top-level package (every .py file under it, by path
+    and content) or module: an edited loss, model or loader changes it, also in an editable
+    install whose version never changes. Computed once per process."""
+    module = sys.modules.get(top) or importlib.import_module(top)
+    path = Path(getattr(module, "__file__", None) or "")
+    if not path.is_file():
+        return f"no-source:{top}"
+    files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path.parent)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def code_digest(objects) -> dict[str, str]:
+    """Top-level package -> source digest, for the packages that define ``objects`` (plugin
+    classes, model and data-set builders) and for kdlab itself, with the torch version."""
+    tops = {"kdlab"}
+    for obj in objects:
+        module = inspect.getmodule(obj)
+        if module is not None:
+            tops.add(module.__name__.split(".")[0])
+    return {**{top: _source_digest(top) for top in sorted(tops)}, "torch": torch.__version__}
+
+
+def _stage_code(recipe: Recipe, catalogue, name: str) -> dict[str, str]:
+    """The code a stage runs: its methods, the default-on plugins, its model, the data set."""
+    stage = recipe.stages[name]
+    if catalogue is None:
+        return code_digest([])
+    used = [*stage.methods, *(n for n, p in catalogue.plugins.items() if p.default_enabled and n not in recipe.disabled)]
+    objects = [catalogue.plugins[n].factory for n in used if n in catalogue.plugins]
+    for registry, key in ((catalogue.models, getattr(stage.model, "arch", None)), (catalogue.datasets, recipe.data.name)):
+        if key in registry and registry[key].build is not None:
+            objects.append(registry[key].build)
+    return code_digest(objects)
+
+
+def stage_keys(recipe: Recipe, catalogue=None) -> dict[str, str]:
+    """Stage name -> content key, for every stage of the recipe (in order). With ``catalogue``,
+    the key also holds the source of every package whose code the stage runs."""
     plain = recipe_to_dict(recipe)
     common = {k: plain[k] for k in ("seed", "device", "deterministic", "data", "plugins")}
+    # "auto" trains on CUDA where there is one: the same recipe on another kind of device is another stage
+    common["device_kind"] = "cuda" if recipe.device == "cuda" or (recipe.device == "auto" and torch.cuda.is_available()) else "cpu"
     keys: dict[str, str] = {}
     for name, stage in recipe.stages.items():
         inputs = {}
@@ -68,7 +119,8 @@ def stage_keys(recipe: Recipe) -> dict[str, str]:
             else:  # a model file: by its bytes (a missing file fails later, with the loop's error)
                 path = Path(ref)
                 inputs[ref] = _file_digest(path) if path.is_file() else f"missing:{ref}"
-        content = {"kdlab": _kdlab_version(), "stage": name, "table": plain["stages"][name],
+        content = {"kdlab": _kdlab_version(), "code": _stage_code(recipe, catalogue, name),
+                   "stage": name, "table": plain["stages"][name],
                    "inputs": inputs, **common}
         keys[name] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
     return keys

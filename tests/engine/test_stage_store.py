@@ -124,3 +124,28 @@ def test_a_damaged_store_entry_is_retrained_and_never_touches_files_outside(writ
         # the entry was filed again, whole: a third run reuses it
         third = run(recipe, out=tmp_path / f"c{n}", catalogue=catalogue, stage_store=store)
         assert not _trained(third.run_dir, "teacher"), case
+
+
+def test_an_edited_plugin_retrains_the_stage_under_the_same_version(write_recipe, tmp_path):
+    """The key held the version (always 0.1) and the settings, not the code: a plugin whose loss
+    changed between two runs had its stage reused. Now its source is in the key."""
+    from tests.conftest import installed_plugin
+    from tests.engine.test_registry import THIRD_PARTY
+
+    env = installed_plugin(tmp_path, "kdlab_logit_l2", THIRD_PARTY, "logit_l2 = kdlab_logit_l2:LogitL2")
+    recipe = write_recipe(TINY.replace("methods.supervised = {}", "methods.supervised = {}\nmethods.logit_l2 = {}", 1))
+    cmd = [sys.executable, "-m", "kdlab", "run", str(recipe), "--stage-store", str(tmp_path / "store"),
+           "--set", "plugins.tensorboard.enabled=false"]
+
+    def run_once(n):
+        done = subprocess.run([*cmd, "--out", str(tmp_path / f"r{n}")], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return next((tmp_path / f"r{n}" / "tiny").iterdir())
+
+    first, same = run_once(0), run_once(1)
+    assert _trained(first, "teacher") and not _trained(same, "teacher")  # unchanged code: reused
+    module = tmp_path / "site" / "kdlab_logit_l2" / "__init__.py"
+    module.write_text(module.read_text().replace("logits.pow(2).mean()", "logits.abs().mean()"))
+    edited = run_once(2)
+    assert _trained(edited, "teacher")  # the edited loss runs in the teacher stage: trained again
+    assert (edited / "models" / "teacher.pt").read_bytes() != (first / "models" / "teacher.pt").read_bytes()
