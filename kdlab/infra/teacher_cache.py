@@ -43,6 +43,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import KdlabError, ModelOutput, hookimpl
+from kdlab.engine.stage_store import code_digest
 from kdlab.methods.amp import autocast_dtype
 
 log = logging.getLogger("kdlab")
@@ -72,7 +73,7 @@ def cache_key(stage, split: str, teacher_hashes: list[str]) -> str:
     cfg = stage.config
     data_key = {k: val for k, val in stage.data.key.items() if k not in SIZE_KEYS}
     parts = {
-        "format": 2,  # file names percent-encoded, int32 indices: a cache of the older layout is rebuilt
+        "format": 2,  # file names percent-encoded, int32 indices, manifest.json: a cache of the older layout is rebuilt
         "data": data_key,
         "split": split,
         "teachers": teacher_hashes,
@@ -80,12 +81,21 @@ def cache_key(stage, split: str, teacher_hashes: list[str]) -> str:
         # what the teachers actually ran in: the resolved autocast dtype, on which device type
         "amp": str(autocast_dtype(cfg.methods["amp"], stage.device)) if "amp" in cfg.methods else None,
         "device": stage.device.type,
+        # the code that computes the outputs: the teachers' model classes and the data set's
+        # loader (an edited model or loader under the same version makes a new cache)
+        "code": code_digest([type(t) for t in stage.teachers] + _dataset_builder(stage)),
         "store": [getattr(cfg.methods.get(NAME), "dtype", None), getattr(cfg.methods.get(NAME), "topk", None)],
     }
     views = getattr(cfg.methods.get(NAME), "views", None)
     if views is not None and split == "train":  # the draws are a function of the recipe seed
         parts["views"] = [views, stage.recipe.seed]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _dataset_builder(stage) -> list:
+    datasets = stage.catalogue.datasets
+    name = stage.recipe.data.name
+    return [datasets[name].build] if name in datasets and datasets[name].build is not None else []
 
 
 class Store:
@@ -322,12 +332,24 @@ def _split_size(loader) -> int:
 
 
 def _read(target: Path, stage, split: str, views: int | None = None) -> Store:
-    """A finished cache directory, checked: every file readable, one row per sample."""
+    """A finished cache directory, checked against its manifest (each file's SHA-256, shape and
+    dtype, written with it): a flipped bit, other data in place of the logits, another dtype or
+    shape is one error line, never used. Then one row per sample."""
+    rebuild = "delete the directory to rebuild it"
     try:
-        tensors = {_decode(p.stem): torch.from_numpy(np.load(p, mmap_mode="c", allow_pickle=False))
-                   for p in sorted(target.glob("*.npy"))}
-    except (ValueError, OSError, EOFError) as exc:
-        raise KdlabError(f"{target}: a cached file is unreadable ({exc}); delete the directory to rebuild it") from exc
+        manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+        tensors = {}
+        for file, meta in manifest.items():
+            path = target / file
+            if Path(file).name != file or file_sha256(path) != meta["sha256"]:
+                raise KdlabError(f"{path}: does not match its checksum in manifest.json; {rebuild}")
+            array = np.load(path, mmap_mode="c", allow_pickle=False)
+            if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
+                raise KdlabError(f"{path}: shape {list(array.shape)} / dtype {array.dtype}, the manifest says "
+                                 f"{meta['shape']} / {meta['dtype']}; {rebuild}")
+            tensors[meta["name"]] = torch.from_numpy(array)
+    except (ValueError, OSError, EOFError, KeyError, TypeError, AttributeError) as exc:
+        raise KdlabError(f"{target}: the cache is unreadable ({type(exc).__name__}: {exc}); {rebuild}") from exc
     n = getattr(getattr(stage.data, split), "num_samples", None)
     n = None if n is None else n * (views or 1)
     # one row per sample (and view): a classifier teacher's logits (or top-k values), a sequence teacher's lengths
@@ -354,8 +376,14 @@ def _write(tensors: dict[str, torch.Tensor], target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    manifest = {}
     for name, t in tensors.items():
-        np.save(tmp / f"{_encode(name)}.npy", t.numpy())
+        file = f"{_encode(name)}.npy"
+        array = t.numpy()
+        np.save(tmp / file, array)
+        manifest[file] = {"name": name, "shape": list(array.shape), "dtype": str(array.dtype),
+                          "sha256": file_sha256(tmp / file)}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     (tmp / "done").write_text("complete\n")
     try:
         tmp.rename(target)

@@ -206,9 +206,7 @@ def test_cache_key_follows_the_resolved_autocast_dtype_and_the_device():
     def key(amp, device):
         methods = {"amp": amp} if amp is not None else {}
         config = SimpleNamespace(taps=TapsConfig(), teachers=("t",), methods=methods)
-        stage = SimpleNamespace(config=config, data=SimpleNamespace(key={"dataset": "digits"}),
-                                device=torch.device(device))
-        return cache_key(stage, "train", ["abc"])
+        return cache_key(_fake_stage(config, device), "train", ["abc"])
 
     # "auto" is bf16 on the CPU: the same outputs as asking for bf16, others than fp16 or none
     assert key(AmpConfig(dtype="auto"), "cpu") == key(AmpConfig(dtype="bf16"), "cpu")
@@ -263,3 +261,55 @@ def test_sequence_top_k_indices_fit_a_gpt2_sized_vocabulary():
     assert int(index.min()) >= 0 and int(index[0, 0]) == 50_000 and int(index[1, 0]) == 40_000
     full = expand_topk(out["t0/topk_values"][:2], index[:2], vocab)
     assert full.argmax(-1).tolist() == [50_000, 40_000]
+
+
+@pytest.mark.parametrize("damage", ["bitflip", "noise", "int_dtype", "fewer_classes"])
+def test_damaged_cache_data_is_never_used(write_recipe, tmp_path, catalogue, damage):
+    """A flipped bit, noise in place of the logits, an int dtype or 5 classes instead of 10 were
+    used silently (or gave a traceback): now one error naming the file."""
+    recipe = write_recipe(CACHED.replace("CACHE", str(tmp_path / "cache")))
+    run(recipe, out=tmp_path / "a", run_id="r", catalogue=catalogue)
+    train = max((tmp_path / "cache").iterdir(), key=lambda d: len(np.load(d / "t0%2Flogits.npy")))
+    logits = train / "t0%2Flogits.npy"
+    original = np.load(logits)
+    if damage == "bitflip":
+        data = bytearray(logits.read_bytes())
+        data[-7] ^= 0x10
+        logits.write_bytes(bytes(data))
+    elif damage == "noise":
+        np.save(logits, np.random.default_rng(0).standard_normal(original.shape).astype(original.dtype))
+    elif damage == "int_dtype":
+        np.save(logits, original.astype(np.int32))
+    else:
+        np.save(logits, original[:, :5])
+    import shutil
+
+    (tmp_path / "a/tiny/r/models/student.pt").unlink()
+    shutil.rmtree(tmp_path / "a/tiny/r/checkpoints/student")
+    with pytest.raises(KdlabError, match=r"t0%2Flogits\.npy.*delete the directory to rebuild it"):
+        run(recipe, out=tmp_path / "a", run_id="r", catalogue=catalogue)
+
+
+def _fake_stage(config, device="cpu"):
+    """The parts of a stage that the cache key reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=config, data=SimpleNamespace(key={"dataset": "digits"}), device=torch.device(device),
+                           teachers=[torch.nn.Linear(2, 2)], catalogue=discover(),
+                           recipe=SimpleNamespace(data=SimpleNamespace(name="digits"), seed=0))
+
+
+def test_the_cache_key_follows_the_teacher_model_code(monkeypatch):
+    from types import SimpleNamespace
+
+    from kdlab.engine import stage_store
+    from kdlab.engine.recipe import TapsConfig
+    from kdlab.infra.teacher_cache import cache_key
+
+    stage = _fake_stage(SimpleNamespace(taps=TapsConfig(), teachers=("t",), methods={}))
+    monkeypatch.setattr(stage_store, "_source_digest", lambda top: "same")
+    before = cache_key(stage, "train", ["abc"])
+    monkeypatch.setattr(stage_store, "_source_digest", lambda top: "edited" if top == "torch" else "same")
+    assert cache_key(stage, "train", ["abc"]) != before  # the teacher's class is torch's: its source is in the key
+    monkeypatch.setattr(stage_store, "_source_digest", lambda top: "edited" if top == "numpy" else "same")
+    assert cache_key(stage, "train", ["abc"]) == before  # a package the outputs do not depend on
