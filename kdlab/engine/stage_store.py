@@ -38,7 +38,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 
 import torch
@@ -63,6 +63,9 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+_distributions = functools.lru_cache(maxsize=1)(packages_distributions)  # top-level name -> distributions
+
+
 @functools.lru_cache(maxsize=None)
 def _source_digest(top: str) -> str:
     """SHA-256 of the Python source of one top-level package (every .py file under it, by path
@@ -72,6 +75,13 @@ def _source_digest(top: str) -> str:
     path = Path(getattr(module, "__file__", None) or "")
     if not path.is_file():
         return f"no-source:{top}"
+    if {"site-packages", "dist-packages"} & set(path.parts):
+        # installed from a release (torch, torchvision, transformers): its version names its code,
+        # and hashing thousands of files would cost seconds per run. Editable installs and source
+        # trees (kdlab's own, a plugin being written) are hashed.
+        dists = _distributions().get(top, [])
+        if dists:
+            return "release:" + ",".join(f"{d} {version(d)}" for d in sorted(set(dists)))
     files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
     h = hashlib.sha256()
     for f in files:
@@ -87,7 +97,7 @@ def code_digest(objects) -> dict[str, str]:
         module = inspect.getmodule(obj)
         if module is not None:
             tops.add(module.__name__.split(".")[0])
-    return {**{top: _source_digest(top) for top in sorted(tops)}, "torch": torch.__version__}
+    return {**{top: _source_digest(top) for top in sorted(tops)}, "torch version": torch.__version__}
 
 
 def _stage_code(recipe: Recipe, catalogue, name: str) -> dict[str, str]:
