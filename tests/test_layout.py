@@ -8,7 +8,7 @@ from pathlib import Path
 import kdlab
 
 PACKAGE = Path(kdlab.__file__).resolve().parent
-PLUGIN_ROOMS = {"methods", "metrics", "infra", "builtins"}
+PLUGIN_ROOMS = {"methods", "metrics", "infra"}
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
