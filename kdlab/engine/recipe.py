@@ -590,6 +590,11 @@ def _structure_stage(problems: Problems, raw: dict, catalogue: Catalogue, where:
             why = f"'{name}' is on by default: configure it under [plugins.{name}]" if info else f"unknown method '{name}'"
             problems.add(where + ("methods", name), f"{why} (methods: {', '.join(catalogue.methods)})")
             continue
+        if isinstance(table, dict) and not isinstance(table.get("enabled", True), bool):
+            # "no" or 0 used to be taken as on: only TOML's true and false mean anything here
+            problems.add(where + ("methods", name, "enabled"),
+                         f"enabled must be true or false, got {table['enabled']!r}")
+            continue
         if isinstance(table, dict) and table.get("enabled", True) is False:
             continue
         methods[name] = _structure_plugin_table(problems, table, info, where + ("methods", name))
