@@ -257,7 +257,9 @@ def build(cfg: TextConfig, seed: int) -> DataBundle:
         test=loader("test", False),
         num_classes=tok.get_vocab_size(with_added_tokens=True),
         input_shape=(cfg.seq_len,),
-        key={"files": digest, "tokenizer": hashlib.sha256(tok.to_str().encode()).hexdigest()[:16],
+        # every setting (seq_len, loss_on, ...) besides the files' bytes: caches keyed by it
+        # (the teacher cache) must not mix sequences of another length or other targets
+        key={"dataset": "text", **attrs.asdict(cfg), "files": digest, "tokenizer": hashlib.sha256(tok.to_str().encode()).hexdigest()[:16],
              "train_sizes": [len(tensors[s][0]) for s in SPLITS]},
         extra={"text": TextData(tokenizer=tok, pad_id=ids[PAD], agent_id=ids[AGENT], end_id=ids[END], splits=splits)},
     )

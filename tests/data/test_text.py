@@ -119,3 +119,14 @@ def test_bpe_is_deterministic_and_a_saved_tokenizer_loads_back(tmp_path):
     assert torch.equal(a.train.x, c.train.x) and torch.equal(a.train.y, c.train.y)
     with pytest.raises(KdlabError, match="no tokenizer.json there"):
         text.build(text.TextConfig(dir=str(root), tokenizer=str(tmp_path / "nowhere")), seed=0)
+
+
+def test_the_data_key_follows_seq_len_and_loss_on(tmp_path):
+    """The key lacked the settings: a teacher cache built at one seq_len was read at another
+    (a shape-mismatch traceback)."""
+    line = json.dumps(DIALOGUE, ensure_ascii=False)
+    root = write_split_files(tmp_path / "d", {s: [line] * 3 for s in ("train", "val", "test")})
+    keys = [text.build(text.TextConfig(dir=str(root), seq_len=n, vocab_size=300, loss_on=on), seed=0).key
+            for n, on in ((64, "responses"), (32, "responses"), (64, "all"))]
+    assert keys[0] != keys[1] and keys[0] != keys[2]
+    assert keys[0] == text.build(text.TextConfig(dir=str(root), seq_len=64, vocab_size=300, loss_on="responses"), seed=0).key
