@@ -71,8 +71,14 @@ def prune_to(targets: list[tuple[nn.Module, str]], goal: float) -> None:
     masked = sum(int((m.get_buffer(f"{n}_mask") == 0).sum()) if hasattr(m, f"{n}_mask") else 0 for m, n in targets)
     extra = round(goal * total) - masked
     if extra > 0:
-        # an integer amount prunes that many of the still-unmasked weights, globally by |w|
-        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=extra)
+        # an integer amount prunes that many of the still-unmasked weights, globally by |w|.
+        # The magnitudes are the current ones (weight_orig * mask): by default torch reads the
+        # module's `weight` attribute, which the pre-forward hook last set -- before the last
+        # optimizer step, or, after a resume, from the freshly built model -- so a resumed run
+        # pruned other weights than an uninterrupted one.
+        scores = {(m, n): getattr(m, f"{n}_orig") * m.get_buffer(f"{n}_mask") if hasattr(m, f"{n}_mask")
+                  else getattr(m, n) for m, n in targets}
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=extra, importance_scores=scores)
 
 
 class Pruning:

@@ -66,3 +66,38 @@ def test_every_zero_seconds_writes_each_epoch(write_recipe, tmp_path, catalogue)
     run(write_recipe(RECIPE.replace("every_s = 3600", "every_s = 0")), out=tmp_path,
         catalogue=discover(extra={"watch": Watch}))
     assert seen == [None, 1, 2, 3] * 2
+
+
+class InterruptAtEpochEnd:
+    """Ctrl-C right after the student's epoch ``at`` ends (its state saved, the next not begun)."""
+
+    default_enabled = True
+    at: int | None = None
+
+    @hookimpl(trylast=True)
+    def kdlab_epoch_end(self, stage, epoch, metrics):
+        if stage.name == "student" and InterruptAtEpochEnd.at == epoch:
+            InterruptAtEpochEnd.at = None
+            raise KeyboardInterrupt
+
+
+def test_gradual_pruning_resumes_exactly_after_every_epoch(write_recipe, tmp_path):
+    """Gradual pruning read stale magnitudes (the weight the last forward pass computed; after a
+    resume, the freshly built model's): a run continued after epoch 2 or 3 pruned other weights
+    and ended with other metrics."""
+    cat = discover(extra={"interrupt": InterruptAtEpochEnd})
+    recipe = write_recipe(RECIPE.replace(
+        "methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+        'methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\n'
+        'methods.pruning = { sparsity = 0.5, schedule = "gradual", start_epoch = 0, end_epoch = 3 }'))
+    reference = run(recipe, out=tmp_path / "ref", catalogue=cat)
+    want = torch.load(reference.run_dir / "models/student.pt", weights_only=True)["state_dict"]
+    for at in (0, 1, 2):
+        InterruptAtEpochEnd.at = at
+        with pytest.raises(KeyboardInterrupt):
+            run(recipe, out=tmp_path / f"k{at}", run_id="r", catalogue=cat)
+        resumed = run(recipe, out=tmp_path / f"k{at}", run_id="r", catalogue=cat)
+        got = torch.load(resumed.run_dir / "models/student.pt", weights_only=True)["state_dict"]
+        assert state_dicts_equal(want, got), at
+        assert resumed.metrics["student"] == {**reference.metrics["student"],
+                                              "latency_ms": resumed.metrics["student"]["latency_ms"]}, at
