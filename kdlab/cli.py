@@ -7,6 +7,7 @@ User errors (a bad recipe, a missing file) print one message per problem and exi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import signal
@@ -85,6 +86,21 @@ def _parser() -> argparse.ArgumentParser:
                    "and the same as TensorBoard images to DIR")
     p.add_argument("--published", metavar="FILE", help="the runs as a published table (rows: teacher -> student "
                    "pairs, columns: methods) with the published values beside (e.g. docs/published/cifar100.toml)")
+    p = sub.add_parser("store", help="the stage store: list its entries, verify their checksums, remove entries")
+    common(p, recipe=False)
+    store = p.add_subparsers(dest="action", required=True)
+    q = store.add_parser("list", help="every entry: key, stage, size, age, the run that filed it and what made it")
+    q.add_argument("dir", help="the store (kdlab sweep / search: OUT/.kdlab-stages)")
+    q.add_argument("--verbose", "-v", action="store_true", help="also what the key hashes (code, settings, data)")
+    q = store.add_parser("verify", help="check every entry's files against their checksums (exit 1 if one is damaged)")
+    q.add_argument("dir")
+    q.add_argument("--remove-damaged", action="store_true", help="delete the damaged entries")
+    q = store.add_parser("remove", help="delete entries: by key, all, or those filed before a date")
+    q.add_argument("dir")
+    q.add_argument("keys", nargs="*", metavar="KEY", help="entries to delete (a unique prefix is enough)")
+    q.add_argument("--all", action="store_true", help="every entry")
+    q.add_argument("--older-than", metavar="DATE", help="entries filed before DATE (YYYY-MM-DD or an ISO time)")
+
     p = sub.add_parser("data", help="generate a synthetic corpus (speech data sets cannot be downloaded here)")
     common(p, recipe=False)
     data = p.add_subparsers(dest="corpus", required=True)
@@ -398,13 +414,87 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def cmd_store(args) -> int:
+    import datetime
+    import shutil
+    import time
+    from pathlib import Path
+
+    from kdlab.engine.stage_store import StageStore, check_entry
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise KdlabError(f"{root}: no such stage store (a folder that kdlab run --stage-store, sweep or search filled)")
+    store = StageStore(root)
+    entries = store.entries()
+    if args.action == "list":
+        now = time.time()
+        print(f"{len(entries)} entries, {sum(e.size for e in entries) / 1e6:.1f} MB in {root}")
+        for e in entries:
+            code = e.about.get("code", {})
+            made = ", ".join(f"{k} {str(v)[:12]}" for k, v in sorted(code.items())) if isinstance(code, dict) else "?"
+            print(f"{e.key}  {e.stage:<12} {e.size / 1e6:8.2f} MB  {_age(now - e.filed):>7} ago  from {e.run_dir}")
+            print(f"    made by: {made or '?'}")
+            if args.verbose:
+                for k in ("table", "inputs", "data", "data_key", "seed", "device_kind"):
+                    if k in e.about:
+                        print(f"    {k}: {json.dumps(e.about[k], sort_keys=True, default=str)}")
+        return 0
+    if args.action == "verify":
+        damaged = 0
+        for e in entries:
+            problem, _, _ = check_entry(e.path)
+            print(f"{e.key}  {e.stage:<12} {'ok' if problem is None else 'DAMAGED: ' + problem}")
+            if problem is not None:
+                damaged += 1
+                if args.remove_damaged:
+                    store.remove(e.key)
+                    print(f"    removed (the stage trains again when a run needs it)")
+        print(f"{len(entries) - damaged} ok, {damaged} damaged" + (" (removed)" if damaged and args.remove_damaged else ""))
+        return 1 if damaged and not args.remove_damaged else 0
+    # remove
+    chosen = []
+    if args.all:
+        chosen = entries
+    elif args.older_than:
+        try:
+            when = datetime.datetime.fromisoformat(args.older_than)
+        except ValueError:
+            raise KdlabError(f"--older-than: {args.older_than!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+        cut = when.timestamp()
+        chosen = [e for e in entries if e.filed < cut]
+    for prefix in args.keys:
+        hits = [e for e in entries if e.key.startswith(prefix)]
+        if len(hits) != 1:
+            raise KdlabError(f"{prefix}: {'no entry' if not hits else f'{len(hits)} entries'} in {root} "
+                             f"start{'s' if len(hits) == 1 else ''} with it (kdlab store list {root})")
+        chosen.append(hits[0])
+    if not (args.all or args.older_than or args.keys):
+        raise KdlabError("kdlab store remove: name entries, or give --all or --older-than DATE")
+    for e in {e.key: e for e in chosen}.values():
+        store.remove(e.key)
+        print(f"removed {e.key} ({e.stage}, {e.size / 1e6:.2f} MB)")
+    for junk in root.glob(".*.*"):  # folders of publishes that a killed process left half-written
+        if junk.is_dir() and time.time() - junk.stat().st_mtime > 3600:
+            shutil.rmtree(junk, ignore_errors=True)
+    print(f"{len({e.key for e in chosen})} entries removed, {len(entries) - len({e.key for e in chosen})} left")
+    return 0
+
+
 def cmd_kws_stream(args) -> int:
     from kdlab.speech import streaming
 
     return streaming.cli(args)
 
 
-COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "sweep": cmd_sweep, "search": cmd_search, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report}
+COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "sweep": cmd_sweep, "search": cmd_search, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report, "store": cmd_store}
 
 
 def main(argv: list[str] | None = None) -> int:

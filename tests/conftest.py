@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from kdlab.engine.registry import discover
 # Where the recipes of the tests train: the CPU, or KDLAB_TEST_DEVICE=cuda on a GPU machine
 # (the same tests then check the CUDA paths; see CONTRIBUTING.md).
 TEST_DEVICE = os.environ.get("KDLAB_TEST_DEVICE", "cpu")
+
+# the data-file digest memo (kdlab.data.fingerprint) of the tests' processes, not the user's
+os.environ.setdefault("KDLAB_CACHE_DIR", tempfile.mkdtemp(prefix="kdlab-test-cache-"))
 
 # A recipe small enough that a stage trains in well under a second on the CPU.
 TINY = """

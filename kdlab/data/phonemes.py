@@ -31,6 +31,7 @@ from attrs import validators as v
 
 from kdlab.data.audio import read_audio
 from kdlab.data.features import LogMel, spec_augment, utterance_features
+from kdlab.data.fingerprint import files_digest, modules_digest
 from kdlab.data.loader import WorkerBatches, batch_seed, batch_settings, epoch_seed
 from kdlab.data.manifest import Utterance, read_manifest
 from kdlab.engine import checkpoint
@@ -65,18 +66,20 @@ def ctc_min_frames(ids: list[int]) -> int:
     return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
 
 
+def feature_code_digest() -> str:
+    """The code that computes and checks the cached features."""
+    return modules_digest("kdlab.data.features", "kdlab.data.audio", "kdlab.data.phonemes", "dist:torchaudio",
+                          "dist:soundfile", "dist:torch")
+
+
 def _cache_key(manifest: Path, utterances: list[Utterance], inventory: list[str], config: PhonemesConfig) -> str:
-    """The manifest, the settings that change the features or which utterances are kept, and each
-    clip's size and modification time (a replaced clip gets a new key; hashing every clip's
-    contents would cost as much as featurising it)."""
+    """The manifest, the settings that change the features or which utterances are kept, the
+    contents of every clip (a clip replaced in place, even with the same size and modification
+    time, gets a new key: :mod:`kdlab.data.fingerprint`) and the source of the feature code."""
     h = hashlib.sha256(manifest.read_bytes())
-    h.update(json.dumps([inventory, config.sample_rate, config.n_mels, config.on_bad, "logmel-400-160-uttnorm"]).encode())
-    for u in utterances:
-        try:
-            st = (manifest.parent / u.audio).stat()
-            h.update(f"{u.audio}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{u.audio}\0missing\n".encode())
+    h.update(json.dumps([inventory, config.sample_rate, config.n_mels, config.on_bad, "logmel-400-160-uttnorm",
+                         feature_code_digest()]).encode())
+    h.update(files_digest([manifest.parent / u.audio for u in utterances], root=manifest.parent).encode())
     return h.hexdigest()[:20]
 
 

@@ -25,6 +25,7 @@ from attrs import validators as v
 
 from kdlab.data.audio import read_audio
 from kdlab.data.features import LogMel, spec_augment
+from kdlab.data.fingerprint import files_digest
 from kdlab.data.loader import WorkerBatches, batch_seed, batch_settings, epoch_seed
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import Batch, DataBundle
@@ -200,8 +201,9 @@ def build(config: SpeechCommandsConfig, seed: int) -> DataBundle:
         num_classes=2,
         input_shape=(config.n_mels, frames),
         augmented=config.augment,
+        # the clips' contents, not only their paths: a clip rewritten in place is other data
         key={"dataset": "speech_commands", "root": str(Path(config.root).resolve()),
-             **batch_settings(config)},
+             "files": files_digest([Path(config.root)]), **batch_settings(config)},
     )
 
 

@@ -19,6 +19,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab.data.augment import CropFlip
+from kdlab.data.fingerprint import files_digest
 from kdlab.data.loader import DatasetLoader, TensorLoader, batch_settings
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import DataBundle
@@ -57,6 +58,13 @@ class TorchvisionConfig(LoaderSettings):
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # quick runs
     split_seed: int = field(default=0, validator=v.ge(0))
     verify: bool = True  # CIFAR: check each file's published md5 before reading it
+
+
+def digits_file_digest() -> str:
+    """The digits data file that scikit-learn ships (its contents name the data, not the version)."""
+    from importlib.resources import files
+
+    return files_digest([Path(str(files("sklearn.datasets") / "data" / "digits.csv.gz"))])
 
 
 def load_digits_tensors(config: DigitsConfig):
@@ -207,8 +215,8 @@ def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
     if config.train_limit is not None:
         train_idx = train_idx[: config.train_limit]
     augmented = name != "mnist" and config.augment
-    key = {"dataset": name, "root": str(root.resolve()),
-           **batch_settings(config)}
+    key = {"dataset": name, "root": str(root.resolve()),  # and the files' contents
+           "files": files_digest(sorted({root / Path(f).parent for f in files}), root=root), **batch_settings(config)}
     if config.in_memory:
         images, labels = _as_tensors(train_aug)
         test_images, test_labels = _as_tensors(test)
@@ -250,7 +258,7 @@ def build_digits(config: DigitsConfig, seed: int) -> DataBundle:
         num_classes=10,
         input_shape=(1, 8, 8),
         augmented=config.augment,
-        key={"dataset": "digits", **attrs.asdict(config)},
+        key={"dataset": "digits", **attrs.asdict(config), "files": digits_file_digest()},
     )
 
 

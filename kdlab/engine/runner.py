@@ -31,7 +31,7 @@ from kdlab.engine.loop import fit
 from kdlab.engine.preflight import check_taps
 from kdlab.engine.recipe import Recipe, load_recipe, recipe_to_dict
 from kdlab.engine.registry import Catalogue, discover
-from kdlab.engine.stage_store import StageStore, stage_keys
+from kdlab.engine.stage_store import StageStore, stage_key_contents
 from kdlab.engine.types import Stage
 
 log = logging.getLogger("kdlab")
@@ -242,13 +242,13 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
     # rank 0's view, taken before anyone writes: another rank looking later could see a stage
     # that rank 0 has just finished and skip it, leaving rank 0 alone in the stage's barrier
     metrics, done = _share((metrics, done))
-    keys = stage_keys(recipe, catalogue) if store is not None else {}
+    keys = stage_key_contents(recipe, catalogue, data.key) if store is not None else {}
     for index, (name, config) in enumerate(recipe.stages.items()):
         if name in done:
             log.info("stage %s: already complete, skipped", name)
             continue
         # rank 0 alone holds the store's lock on the stage; every rank follows its decision
-        with store.claim(keys[name], name) if store is not None and rank == 0 else contextlib.nullcontext() as claim:
+        with store.claim(keys[name][0], name, keys[name][1]) if store is not None and rank == 0 else contextlib.nullcontext() as claim:
             if _share(claim is not None and claim.metrics is not None):
                 if rank == 0:
                     metrics[name] = claim.restore(run_dir, name)

@@ -156,3 +156,33 @@ def test_spec_augment_is_drawn_per_batch_for_the_global_batch_and_workers_make_t
     workers.train.set_epoch(1)
     assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
                for a, b in zip(whole, workers.train))
+
+
+def test_a_clip_replaced_with_the_same_size_and_mtime_rebuilds_its_features(tmp_path):
+    """The feature cache was keyed by each clip's size and mtime: a clip rewritten and given its
+    old mtime back was served its old features."""
+    import os
+
+    manifest = make_phoneme_corpus(tmp_path / "c")
+    first = build(manifest)
+    row = json.loads(manifest.read_text(encoding="utf-8").splitlines()[-1])
+    clip = manifest.parent / row["audio"]
+    stat = clip.stat()
+    wave, rate = soundfile.read(clip, dtype="float32")
+    soundfile.write(clip, np.ascontiguousarray(wave[::-1]), rate, subtype="PCM_16")
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert clip.stat().st_size == stat.st_size
+    again = build(manifest)
+    assert again.key != first.key
+    assert not torch.equal(torch.cat([b.inputs.flatten() for b in first.test]),
+                           torch.cat([b.inputs.flatten() for b in again.test]))
+
+
+def test_an_edit_of_the_feature_code_rebuilds_the_features(tmp_path, monkeypatch):
+    from kdlab.data import phonemes
+
+    manifest = make_phoneme_corpus(tmp_path / "c")
+    first = build(manifest)
+    monkeypatch.setattr(phonemes, "feature_code_digest", lambda: "edited")
+    assert build(manifest).key != first.key
+    assert len(list((manifest.parent / ".kdlab_features").glob("*.pt"))) == 2

@@ -4,13 +4,14 @@ follows everything that determines the stage, and concurrent runs wait instead o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from kdlab.cli import main
 from kdlab.engine.recipe import load_recipe
 from kdlab.engine.runner import run
-from kdlab.engine.stage_store import stage_keys
+from kdlab.engine.stage_store import StageStore, stage_keys
 from tests.conftest import TINY
 
 
@@ -113,7 +114,7 @@ def test_a_damaged_store_entry_is_retrained_and_never_touches_files_outside(writ
     for n, case in enumerate(("escape", "cut", "garbage", "old_format")):
         store = tmp_path / f"store{n}"
         first = run(recipe, out=tmp_path / f"a{n}", catalogue=catalogue, stage_store=store)
-        key = stage_keys(load_recipe(recipe, catalogue))["teacher"]
+        key = next(e.key for e in StageStore(store).entries() if e.stage == "teacher")
         _damage_cases(store / key, outside)[case]()
         caplog.clear()
         second = run(recipe, out=tmp_path / f"b{n}", catalogue=catalogue, stage_store=store)
@@ -149,3 +150,73 @@ def test_an_edited_plugin_retrains_the_stage_under_the_same_version(write_recipe
     edited = run_once(2)
     assert _trained(edited, "teacher")  # the edited loss runs in the teacher stage: trained again
     assert (edited / "models" / "teacher.pt").read_bytes() != (first / "models" / "teacher.pt").read_bytes()
+
+
+def test_kdlab_store_lists_verifies_and_removes(write_recipe, tmp_path, catalogue, capsys):
+    recipe = write_recipe()
+    store = tmp_path / "store"
+    run(recipe, out=tmp_path / "a", catalogue=catalogue, stage_store=store)
+    entries = StageStore(store).entries()
+    assert sorted(e.stage for e in entries) == ["student", "teacher"]
+    teacher = next(e for e in entries if e.stage == "teacher")
+    assert teacher.size > 0 and "kdlab" in teacher.about["code"] and teacher.about["table"]["epochs"] == 2
+    capsys.readouterr()
+    assert main(["store", "list", str(store), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "2 entries" in out and teacher.key in out and "made by: kdlab" in out and '"epochs": 2' in out
+    assert main(["store", "verify", str(store)]) == 0
+    assert "2 ok, 0 damaged" in capsys.readouterr().out
+    (teacher.path / "models" / "teacher.pt").unlink()
+    (teacher.path / "models" / "teacher.pt").write_bytes(b"not a model")
+    assert main(["store", "verify", str(store)]) == 1
+    out = capsys.readouterr().out
+    assert f"{teacher.key}  teacher      DAMAGED: models/teacher.pt does not match its checksum" in out
+    assert main(["store", "verify", str(store), "--remove-damaged"]) == 0
+    assert [e.stage for e in StageStore(store).entries()] == ["student"]
+    assert main(["store", "remove", str(store), "--older-than", "2000-01-01"]) == 0
+    assert len(StageStore(store).entries()) == 1  # filed today: kept
+    assert main(["store", "remove", str(store), "zzz"]) == 2
+    assert "zzz: no entry" in capsys.readouterr().err
+    assert main(["store", "remove", str(store), "--older-than", "2999-01-01"]) == 0
+    assert StageStore(store).entries() == []
+    assert main(["store", "list", str(tmp_path / "none")]) == 2
+
+
+def test_a_data_file_rewritten_in_place_retrains_the_stage(write_recipe, tmp_path, catalogue):
+    """The key held the data's settings (paths), not its contents: text data rewritten under the
+    same path had its stages reused."""
+    from tests.data.test_text import make_dialogues
+
+    corpus = make_dialogues(tmp_path / "corpus", n=20)
+    recipe = write_recipe(f"""
+name = "lm"
+device = "cpu"
+[data]
+dataset = "text"
+dir = "{corpus}"
+seq_len = 32
+vocab_size = 300
+batch_size = 8
+[plugins.progress]
+enabled = false
+[plugins.tensorboard]
+enabled = false
+[plugins.lm_metrics]
+enabled = false
+[stages.lm]
+epochs = 1
+model = {{ arch = "transformer_lm", layers = 1, width = 16, heads = 2 }}
+methods.lm = {{}}
+""")
+    store = tmp_path / "store"
+    first = run(recipe, out=tmp_path / "a", catalogue=catalogue, stage_store=store)
+    same = run(recipe, out=tmp_path / "b", catalogue=catalogue, stage_store=store)
+    assert _trained(first.run_dir, "lm") and not _trained(same.run_dir, "lm")
+    train = next(corpus.glob("train.*"))
+    text = train.read_text(encoding="utf-8")
+    stat = train.stat()
+    assert "Моя" in text
+    train.write_text(text.replace("Моя", "Мой"), encoding="utf-8")  # other data under the same path, same size and mtime
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    edited = run(recipe, out=tmp_path / "c", catalogue=catalogue, stage_store=store)
+    assert _trained(edited.run_dir, "lm")
