@@ -367,6 +367,8 @@ def objective_fn(p: SearchPlan, out: Path, catalogue: Catalogue):
                 per_seed.append([_metric(result.metrics, o, r.run_id) for o in p.objectives])
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # tried again when the study is continued
+            _interrupted_trials.add(trial.number)
+            log.warning("trial %d interrupted; it is tried again when the study is continued", trial.number)
             raise
         columns = list(zip(*per_seed))
         trial.set_user_attr("per_seed", per_seed)
@@ -438,11 +440,28 @@ def execute(p: SearchPlan, *, out: Path, storage_url: str | None = None, study_n
             study.stop()
 
     log.info("search %s: storage %s", study.study_name, storage_url or study_dir / "study.db")
-    study.optimize(objective, n_trials=None, timeout=c.timeout_min * 60 if c.timeout_min else None, catch=catch,
-                   callbacks=[stop_when_done], gc_after_trial=True, show_progress_bar=False)
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    optuna_log.addFilter(_quiet_interrupt)
+    try:
+        study.optimize(objective, n_trials=None, timeout=c.timeout_min * 60 if c.timeout_min else None, catch=catch,
+                       callbacks=[stop_when_done], gc_after_trial=True, show_progress_bar=False)
+    finally:
+        optuna_log.removeFilter(_quiet_interrupt)
     if len(failures) >= max_failures:
         raise KdlabError(f"search {study.study_name}: {max_failures} trials in a row failed; the last: {failures[-1]}")
     return study
+
+
+_interrupted_trials: set[int] = set()
+
+
+def _quiet_interrupt(record: logging.LogRecord) -> bool:
+    """Optuna logs a trial stopped by Ctrl-C or SIGTERM as failed, with the interrupt's
+    traceback; kdlab says it was interrupted (one line) and retries it when the study continues."""
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        return False
+    message = record.getMessage()
+    return not any(message.startswith(f"Trial {n} failed") for n in _interrupted_trials)
 
 
 def spawn_workers(argv: list[str], workers: int, study_dir: Path) -> int:

@@ -4,6 +4,7 @@ pruning, continuing an interrupted study, several workers on one study, and the 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -150,11 +151,21 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
-def test_an_interrupted_study_continues_with_the_same_values_and_resumes_the_runs(write_recipe, tmp_path, catalogue):
+def test_an_interrupted_study_continues_with_the_same_values_and_resumes_the_runs(write_recipe, tmp_path, catalogue,
+                                                                                  monkeypatch):
     recipe = write_recipe(SEARCH.replace("trials = 3", "trials = 1").replace("seeds = [0, 1]", "seeds = [0]"))
     p = search.plan(recipe, catalogue)
-    with pytest.raises(KeyboardInterrupt):
-        search.execute(p, out=tmp_path, catalogue=discover(extra={"interrupt": _Interrupt}))
+    seen = []  # what Optuna's own handler (on its "optuna" logger, which does not propagate) is given
+    collect = logging.Handler()
+    collect.emit = seen.append
+    logging.getLogger("optuna").addHandler(collect)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search.execute(p, out=tmp_path, catalogue=discover(extra={"interrupt": _Interrupt}))
+    finally:
+        logging.getLogger("optuna").removeHandler(collect)
+    # Optuna's "trial failed" warning printed the interrupt's traceback
+    assert not [r.getMessage() for r in seen if r.exc_info or "failed" in r.getMessage()]
     first = _study(tmp_path).get_trials()[0]
     assert first.state == optuna.trial.TrialState.FAIL and first.user_attrs["interrupted"]
     search.execute(p, out=tmp_path, catalogue=catalogue)
@@ -229,7 +240,7 @@ def test_journal_storage_and_a_named_study(write_recipe, tmp_path):
 def test_a_misspelt_objective_metric_stops_the_search(write_recipe, tmp_path, capsys):
     recipe = write_recipe(SEARCH.replace('"test/accuracy"', '"test/acuracy"'))
     assert main(["search", str(recipe), "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "objective metric 'test/acuracy' is not among stage student's final metrics" in err
     assert "Traceback" not in err
 
