@@ -15,6 +15,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from kdlab.engine.limits import torch_seed
 from kdlab.engine.types import Batch
 
 
@@ -25,7 +26,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
     """The seed of one batch's random augmentation within an epoch."""
-    return epoch_seed(seed, epoch) * 100_003 + batch
+    return torch_seed(epoch_seed(seed, epoch) * 100_003 + batch)
 
 
 def shard_slice(n: int, rank: int, world_size: int) -> slice:

@@ -35,6 +35,7 @@ from kdlab.data.fingerprint import files_digest, modules_digest
 from kdlab.data.loader import WorkerBatches, batch_seed, batch_settings, epoch_seed
 from kdlab.data.manifest import Utterance, read_manifest
 from kdlab.engine import checkpoint
+from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import Batch, DataBundle
 
@@ -47,8 +48,8 @@ class PhonemesConfig:
     manifest: str
     sample_rate: int = field(default=16000, validator=v.ge(8000))
     n_mels: int = field(default=80, validator=v.ge(8))
-    batch_size: int = field(default=16, validator=v.ge(1))
-    eval_batch_size: int = field(default=32, validator=v.ge(1))
+    batch_size: int = field(default=16, validator=limits.batch_size)
+    eval_batch_size: int = field(default=32, validator=limits.batch_size)
     augment: bool = True  # SpecAugment on the student's training features
     freq_mask: int = field(default=15, validator=v.ge(0))
     time_mask: int = field(default=25, validator=v.ge(0))

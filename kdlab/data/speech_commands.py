@@ -27,6 +27,7 @@ from kdlab.data.audio import read_audio
 from kdlab.data.features import LogMel, spec_augment
 from kdlab.data.fingerprint import files_digest
 from kdlab.data.loader import WorkerBatches, batch_seed, batch_settings, epoch_seed
+from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import Batch, DataBundle
 
@@ -40,8 +41,8 @@ class SpeechCommandsConfig:
     sample_rate: int = field(default=16000, validator=v.ge(1000))
     clip_seconds: float = field(default=1.0, validator=v.gt(0))
     n_mels: int = field(default=40, validator=v.ge(8))
-    batch_size: int = field(default=128, validator=v.ge(1))
-    eval_batch_size: int = field(default=1024, validator=v.ge(1))
+    batch_size: int = field(default=128, validator=limits.batch_size)
+    eval_batch_size: int = field(default=1024, validator=limits.batch_size)
     augment: bool = True
     noise_prob: float = field(default=0.8, validator=[v.ge(0), v.le(1)])  # chance a clip gets noise
     noise_gain: tuple[float, float] = (0.0, 0.3)  # noise amplitude, uniform in this range

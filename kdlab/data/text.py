@@ -40,6 +40,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab.data.loader import TensorLoader
+from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import DataBundle
 
@@ -56,8 +57,8 @@ class TextConfig:
     tokenizer: str = "bpe"  # "bpe" (trained on the training split) or a tokenizer.json / HF model directory
     vocab_size: int = field(default=1024, validator=v.ge(300))  # for "bpe": 256 bytes + merges + specials
     loss_on: Literal["responses", "all"] | None = None  # None: responses for dialogues, all for plain text
-    batch_size: int = field(default=32, validator=v.ge(1))
-    eval_batch_size: int = field(default=64, validator=v.ge(1))
+    batch_size: int = field(default=32, validator=limits.batch_size)
+    eval_batch_size: int = field(default=64, validator=limits.batch_size)
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # first N training sequences
 
 

@@ -21,14 +21,15 @@ from attrs import validators as v
 from kdlab.data.augment import CropFlip
 from kdlab.data.fingerprint import files_digest
 from kdlab.data.loader import DatasetLoader, TensorLoader, batch_settings
+from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import DataBundle
 
 
 @attrs.frozen(kw_only=True)
 class LoaderSettings:
-    batch_size: int = field(default=64, validator=v.ge(1))
-    eval_batch_size: int = field(default=512, validator=v.ge(1))
+    batch_size: int = field(default=64, validator=limits.batch_size)
+    eval_batch_size: int = field(default=512, validator=limits.batch_size)
 
 
 @attrs.frozen(kw_only=True)
@@ -37,7 +38,7 @@ class DigitsConfig(LoaderSettings):
 
     val_fraction: float = field(default=0.15, validator=[v.gt(0), v.lt(0.5)])
     test_fraction: float = field(default=0.25, validator=[v.gt(0), v.lt(0.5)])
-    split_seed: int = field(default=0, validator=v.ge(0))
+    split_seed: int = field(default=0, validator=limits.seed)
     augment: bool = False  # random shifts of up to one pixel (pad 1 + crop) on the training split
 
 
@@ -56,7 +57,7 @@ class TorchvisionConfig(LoaderSettings):
     in_memory: bool = True
     num_workers: int = field(default=0, validator=v.ge(0))
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # quick runs
-    split_seed: int = field(default=0, validator=v.ge(0))
+    split_seed: int = field(default=0, validator=limits.seed)
     verify: bool = True  # CIFAR: check each file's published md5 before reading it
 
 

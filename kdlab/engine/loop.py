@@ -141,7 +141,13 @@ def _train(stage: Stage, train_teachers: bool) -> None:
             stage.optimizer.zero_grad(set_to_none=True)
             hook.kdlab_backward(stage=stage, loss=loss)
             hook.kdlab_before_optimizer_step(stage=stage)
-            hook.kdlab_optimizer_step(stage=stage)
+            try:
+                hook.kdlab_optimizer_step(stage=stage)
+            except RuntimeError as exc:  # a finite lr so large that the update leaves float range
+                if "overflow" not in str(exc):
+                    raise
+                raise KdlabError(f"stage {stage.name}: the optimizer step overflowed in epoch {epoch + 1} ({exc}); "
+                                 "lower the learning rate; the last checkpoint is from before") from exc
             hook.kdlab_after_optimizer_step(stage=stage)
             stage.step += 1
             hook.kdlab_step_end(stage=stage, loss=loss.detach(), terms={k: t.detach() for k, t in terms.items()})

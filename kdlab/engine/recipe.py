@@ -34,6 +34,7 @@ from attrs import Factory, field
 from attrs import validators as v
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError, RecipeError
 from kdlab.engine.registry import Catalogue
 from kdlab.engine.types import DataSpec, ModelSpec
@@ -480,6 +481,15 @@ def structure_recipe(
             stages[name] = stage
         else:
             stages[name] = None  # keep the name so later references to it are not also reported
+    model = defaults.get("model")
+    arch = model.get("arch") if isinstance(model, dict) else None
+    inherited = any(not isinstance(s, dict) or not isinstance(s.get("model"), dict) or "arch" not in s["model"]
+                    for s in raw_stages.values())
+    if isinstance(arch, str) and arch not in catalogue.models and not inherited:
+        # every stage names its own arch, so no stage reports the misspelt default
+        problems.add(("defaults", "model", "arch"),
+                     f"unknown model '{arch}' (available: {', '.join(sorted(catalogue.models))})")
+    _check_forward(problems, stages, catalogue, disabled)
     problems.raise_if_any()
     return Recipe(
         name=top.name,
@@ -502,7 +512,7 @@ def _check_name(value: str) -> None:
 @attrs.frozen(kw_only=True)
 class _TopLevel:
     name: str = field(validator=lambda _i, _a, value: _check_name(value))
-    seed: int = field(default=0, validator=v.ge(0))
+    seed: int = field(default=0, validator=limits.seed)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
 
@@ -617,6 +627,21 @@ _StageRest = attrs.make_class(
     frozen=True,
 )
 _HAND_STRUCTURED = {_StageRest: ["methods", "model"]}
+
+
+def _check_forward(problems: Problems, stages: dict, catalogue: Catalogue, disabled) -> None:
+    """Every stage needs a plugin that computes the student's outputs (the default ``forward``):
+    switching it off without a replacement used to end in a traceback in the first step."""
+    on = [n for n, p in catalogue.plugins.items() if p.default_enabled and n not in disabled]
+    for name, stage in stages.items():
+        if stage is None:
+            continue
+        used = [*on, *stage.methods]
+        if not any("kdlab_student_forward" in catalogue.plugins[n].hooks for n in used if n in catalogue.plugins):
+            where = ("plugins", "forward", "enabled") if "forward" in disabled else ("stages", name)
+            problems.add(where, f"stage '{name}': no enabled plugin computes the student's outputs "
+                                "(kdlab_student_forward); keep the default 'forward' plugin on or add a method "
+                                "that implements it")
 
 
 def _check_refs(problems: Problems, name: str, stage: StageConfig, earlier: list[str], where: tuple) -> None:

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kdlab import hookimpl
 from kdlab.engine import collective
+from kdlab.engine.limits import torch_seed
 from kdlab.engine.types import run_model
 
 
@@ -184,7 +185,7 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
 def rank_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one rank's random stream in one epoch."""
-    return (seed * 1_000_003 + epoch) * 1009 + rank + 1
+    return torch_seed((seed * 1_000_003 + epoch) * 1009 + rank + 1)
 
 
 class Distributed:

@@ -52,7 +52,7 @@ import attrs
 from attrs import Factory, field
 from attrs import validators as v
 
-from kdlab.engine import checkpoint
+from kdlab.engine import checkpoint, limits
 from kdlab.engine.errors import KdlabError, RecipeError, missing_extra
 from kdlab.engine.recipe import Problems, load_recipe, locate, parse_override, set_key, sweep_line
 from kdlab.engine.registry import Catalogue, discover
@@ -107,12 +107,12 @@ class PrunerConfig:
 class SearchConfig:
     params: dict[str, ParamSpace]
     objectives: list[Objective]
-    seeds: list[int] = field(factory=lambda: [0], validator=v.deep_iterable(v.ge(0)))
+    seeds: list[int] = field(factory=lambda: [0], validator=v.deep_iterable(limits.seed))
     trials: int | None = field(default=None, validator=v.optional(v.ge(1)))
     timeout_min: float | None = field(default=None, validator=v.optional(v.gt(0)))
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
     startup_trials: int = field(default=10, validator=v.ge(0))  # tpe: random trials first
-    seed: int = field(default=0, validator=v.ge(0))  # the sampler's
+    seed: int = field(default=0, validator=limits.seed)  # the sampler's
     pruner: PrunerConfig = Factory(PrunerConfig)
 
 

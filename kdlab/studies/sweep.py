@@ -34,6 +34,7 @@ from typing import Any
 
 import attrs
 
+from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError, RecipeError
 from kdlab.engine.recipe import load_recipe, locate, sweep_line
 from kdlab.engine.registry import Catalogue, discover
@@ -108,8 +109,9 @@ def expand(table: dict, file: str = "<recipe>") -> list[SweepRun]:
         if key not in ("seeds", "grid", "zip"):
             problems.append(f"{at(key)}: unknown key '{key}' (allowed: grid, seeds, zip) @ $.sweep.{key}")
     seeds = table.get("seeds", [None])
-    if not isinstance(seeds, list) or not seeds or not all(s is None or isinstance(s, int) and s >= 0 for s in seeds):
-        problems.append(f"{at('seeds')}: seeds must be a non-empty list of integers >= 0 @ $.sweep.seeds")
+    if not isinstance(seeds, list) or not seeds or not all(
+            s is None or isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= limits.SEED_MAX for s in seeds):
+        problems.append(f"{at('seeds')}: seeds must be a non-empty list of integers in 0..{limits.SEED_MAX} @ $.sweep.seeds")
         seeds = [None]
     grid, zipped = table.get("grid", {}), table.get("zip", {})
     for name, part in (("grid", grid), ("zip", zipped)):

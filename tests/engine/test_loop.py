@@ -144,6 +144,12 @@ def test_non_finite_loss_stops_before_the_checkpoint(write_recipe, tmp_path):
     assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["student"].values() if v.is_floating_point())
 
 
+def test_a_learning_rate_that_overflows_the_update_is_one_line(write_recipe, tmp_path, catalogue):
+    """lr = 1e38 is finite, but Adam's first update leaves float range: a traceback from torch."""
+    with pytest.raises(KdlabError, match=r"stage teacher: the optimizer step overflowed in epoch 1 .* lower the learning rate"):
+        run(write_recipe(ONE_STAGE.replace("lr = 0.01", "lr = 1e38")), out=tmp_path, catalogue=catalogue)
+
+
 def test_zero_epochs_exports_the_starting_model(write_recipe, tmp_path, catalogue):
     from kdlab.engine import checkpoint
     from kdlab.engine.runner import run

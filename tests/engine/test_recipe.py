@@ -36,6 +36,13 @@ MALFORMED = [
     ("temperature = 4.0", "temperature = 4.0, enabled = 0", "enabled must be true or false, got 0",
      "$.stages.student.methods.logit_kd.enabled"),
     ("seed = 0", "seed = -3", "seed must be >= 0, got -3", "$.seed"),
+    # seeds and batch sizes the libraries cannot take passed validate and ended in a traceback
+    ("seed = 0", "seed = 4294967296", "seed must be <= 4294967295, got 4294967296", "$.seed"),
+    ("batch_size = 64", "batch_size = 9223372036854775807", "batch_size must be <= 2147483647", "$.data.batch_size"),
+    ("methods.supervised = {}", "methods.supervised = 3", "must be a table (or true), got 3",
+     "$.stages.teacher.methods.supervised"),
+    ("[plugins.progress]", "[plugins.forward]\nenabled = false\n[plugins.progress]",
+     "stage 'teacher': no enabled plugin computes the student's outputs", "$.plugins.forward.enabled"),
     ('device = "cpu"', 'device = "tpu"', "device must be one of 'auto', 'cpu', 'cuda'", "$.device"),
     ("[plugins.progress]", "[plugins.logit_kd]", "unknown default plugin 'logit_kd' (it is a method", "$.plugins.logit_kd"),
 ]
@@ -52,6 +59,14 @@ def test_malformed_recipe_gives_message_and_exit_2(write_recipe, capsys, old, ne
     assert f"@ {path}" in err
     assert "Traceback" not in err
     assert err.startswith(f"kdlab: error: {recipe}:")
+
+
+def test_a_misspelt_default_arch_that_every_stage_overrides_is_an_error(write_recipe, capsys):
+    text = TINY.replace('model = { arch = "cnn", channels = [4, 8] }', 'model = { arch = "cnnn", channels = [4, 8] }')
+    text = text.replace("[stages.student]", '[stages.student]\nmodel = { arch = "cnn", channels = [4, 8] }')
+    assert main(["validate", str(write_recipe(text))]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'cnnn'" in err and "@ $.defaults.model.arch" in err and err.count("cnnn") == 1
 
 
 def test_error_names_the_line(write_recipe, catalogue):

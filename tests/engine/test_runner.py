@@ -175,3 +175,13 @@ def test_run_id_and_recipe_name_of_dots_are_refused(write_recipe, tmp_path, cata
         with pytest.raises(RecipeError, match=r"must not be \. or \.\."):
             run(write_recipe(), out=tmp_path / "out", overrides=[f'name="{bad}"'], catalogue=catalogue)
     assert not (tmp_path / "out" / "tiny" / "recipe.toml").exists() and not (tmp_path / "out" / "recipe.toml").exists()
+
+
+def test_the_largest_seed_trains(write_recipe, tmp_path, catalogue):
+    """Seeds near 2^32 passed validate and ended in a traceback (a derived augmentation seed
+    outside torch's range); every seed validate accepts trains."""
+    from tests.conftest import TINY
+
+    text = TINY.replace("seed = 0", "seed = 4294967295").replace("batch_size = 64", "batch_size = 64\naugment = true")
+    result = run(write_recipe(text), out=tmp_path, catalogue=catalogue)
+    assert result.metrics["student"]["test/accuracy"] > 0
