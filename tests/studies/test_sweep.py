@@ -49,7 +49,8 @@ def test_grid_times_zip_times_seeds():
     ({"zip": {"a": [1, 2], "b": [1]}}, "zip lists must have the same length (a: 2, b: 1) @ $.sweep.zip"),
     ({"grid": {"a": 3}}, "grid.a must be a non-empty list of values @ $.sweep.grid.a"),
     ({"grid": {"seed": [1, 2]}}, "sweep seeds with `seeds = [...]`"),
-    ({"seeds": [-1]}, "seeds must be a non-empty list of integers >= 0"),
+    ({"seeds": [-1]}, "seeds must be a non-empty list of integers in 0..4294967295"),
+    ({"seeds": [2**32]}, "seeds must be a non-empty list of integers in 0..4294967295"),
     ({"grd": {}}, "unknown key 'grd' (allowed: grid, seeds, zip) @ $.sweep.grd"),
 ])
 def test_bad_sweep_tables(table, message):
