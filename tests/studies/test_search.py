@@ -237,7 +237,7 @@ def test_journal_storage_and_a_named_study(write_recipe, tmp_path):
     assert main(["report", str(tmp_path / "srch")]) == 0  # the study directory names the journal
 
 
-def test_a_misspelt_objective_metric_stops_the_search(write_recipe, tmp_path, capsys):
+def test_a_misspelt_objective_metric_stops_the_search(write_recipe, tmp_path, capfd):
     recipe = write_recipe(SEARCH.replace('"test/accuracy"', '"test/acuracy"'))
     assert main(["search", str(recipe), "--out", str(tmp_path)]) == 2
     err = capfd.readouterr().err
