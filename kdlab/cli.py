@@ -301,9 +301,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from pathlib import Path
-
-    from kdlab.engine.recipe import load_recipe, recipe_to_dict
+    from kdlab.engine.recipe import load_recipe, read_toml, recipe_to_dict
     from kdlab.engine.registry import call_order, discover
     from kdlab.engine.runner import stage_plugins
 
@@ -318,9 +316,7 @@ def cmd_validate(args) -> int:
 
     if sweep.read_sweep(args.recipe):
         print(f"# sweep: {len(sweep.plan(args.recipe, catalogue, args.overrides).runs)} runs, every one valid\n")
-    import tomllib
-
-    if "search" in tomllib.loads(Path(args.recipe).read_text(encoding="utf-8")):
+    if "search" in read_toml(args.recipe)[1]:
         from kdlab.studies import search
 
         found = search.plan(args.recipe, catalogue, args.overrides)

@@ -365,6 +365,8 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
         raise RecipeError([f"--set {text}: empty key in '{key}'"])
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
+    except RecursionError as exc:
+        raise RecipeError([f"--set {key.strip()}: value nested too deep"]) from exc
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word: take it as a string (--set data.root=/data/cifar)
     return path, value
@@ -397,11 +399,21 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = (),
-                sweep_overrides: list[str] = (), table: str = "sweep") -> Recipe:
-    """Read, override, validate and structure a recipe file. Raises RecipeError listing all
-    problems. ``sweep_overrides`` come from the file's [sweep] (or ``table``) table (errors point at its
-    lines)."""
+# Recipes are a few tables deep; a file nested deeper is a mistake (or an attack on the parser,
+# whose recursion would end in a RecursionError traceback).
+MAX_TOML_DEPTH = 32
+
+
+def _depth(value, level: int = 0) -> int:
+    if level > MAX_TOML_DEPTH:
+        return level
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return max((_depth(v, level + 1) for v in children), default=level)
+
+
+def read_toml(path: str | Path) -> tuple[str, dict]:
+    """A TOML file's text and table; any problem is a RecipeError naming the file (and the line
+    where the parser gives one)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -416,6 +428,20 @@ def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = (
         m = re.match(r"^(.*) \(at line (\d+), column \d+\)$", str(exc))
         message, where = (m.group(1), f"{path}:{m.group(2)}") if m else (str(exc), str(path))
         raise RecipeError([f"{where}: not valid TOML: {message}"]) from exc
+    except RecursionError as exc:
+        raise RecipeError([f"{path}: not valid TOML: arrays or tables nested too deep"]) from exc
+    if _depth(raw) > MAX_TOML_DEPTH:
+        raise RecipeError([f"{path}: arrays or tables nested more than {MAX_TOML_DEPTH} deep; a recipe needs a few"])
+    return text, raw
+
+
+def load_recipe(path: str | Path, catalogue: Catalogue, overrides: list[str] = (),
+                sweep_overrides: list[str] = (), table: str = "sweep") -> Recipe:
+    """Read, override, validate and structure a recipe file. Raises RecipeError listing all
+    problems. ``sweep_overrides`` come from the file's [sweep] (or ``table``) table (errors point at its
+    lines)."""
+    path = Path(path)
+    text, raw = read_toml(path)
     return structure_recipe(raw, catalogue, file=str(path), text=text, overrides=[*overrides, *sweep_overrides],
                             default_name=path.stem, sweep_count=len(sweep_overrides), table=table)
 

@@ -22,7 +22,7 @@ from kdlab.studies.aggregate import Run
 def load_table(path: str | Path) -> dict:
     try:
         table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise KdlabError(f"{path}: cannot read the published table ({exc})") from exc
     for key in ("source", "metric", "columns", "rows"):
         if key not in table:

@@ -43,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import time
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -54,7 +53,7 @@ from attrs import validators as v
 
 from kdlab.engine import checkpoint, limits
 from kdlab.engine.errors import KdlabError, RecipeError, missing_extra
-from kdlab.engine.recipe import Problems, load_recipe, locate, parse_override, set_key, sweep_line
+from kdlab.engine.recipe import Problems, load_recipe, locate, parse_override, read_toml, set_key, sweep_line
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
 from kdlab.studies.sweep import STORE_DIR, SweepRun, die_with_parent
@@ -140,11 +139,8 @@ def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (
     """Read and validate the ``[search]`` table, and the recipe at the ends of every range."""
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path, catalogue, overrides)  # the base recipe's own errors first
-    try:
-        text = recipe_path.read_text(encoding="utf-8")
-        raw = tomllib.loads(text).get("search")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RecipeError([f"{recipe_path}: cannot read the recipe ({exc})"]) from exc
+    text, table = read_toml(recipe_path)
+    raw = table.get("search")
     if raw is None:
         raise KdlabError(f"{recipe_path}: no [search] table (see `kdlab search --help`)")
     for item in overrides:  # --set search.trials=30 and the like

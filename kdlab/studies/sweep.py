@@ -28,7 +28,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import attrs
 
 from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError, RecipeError
-from kdlab.engine.recipe import load_recipe, locate, sweep_line
+from kdlab.engine.recipe import load_recipe, locate, read_toml, sweep_line
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
 
@@ -84,10 +83,7 @@ def _slug(values: dict[str, Any]) -> str:
 
 
 def read_sweep(path: str | Path) -> dict:
-    try:
-        table = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("sweep", {})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RecipeError([f"{path}: cannot read the recipe ({exc})"]) from exc
+    table = read_toml(path)[1].get("sweep", {})
     if not isinstance(table, dict):
         raise RecipeError([f"{locate(path, ('sweep',))}: sweep must be a table ([sweep] with grid, zip, seeds), "
                            f"got {table!r} @ $.sweep"])

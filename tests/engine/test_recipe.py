@@ -93,6 +93,20 @@ def test_invalid_toml_reports_line(write_recipe, capsys):
     assert f"{recipe}:2: not valid TOML" in err
 
 
+@pytest.mark.parametrize("depth, message", [(3000, "nested too deep"), (40, "nested more than 32 deep")])
+@pytest.mark.parametrize("command", ["validate", "sweep", "search"])
+def test_deeply_nested_toml_is_one_line(write_recipe, capsys, depth, message, command):
+    """3,000 nested arrays overflow the TOML parser's recursion; 40 parse but no recipe needs them."""
+    recipe = write_recipe(TINY + "\n[extra]\nv = " + "[" * depth + "]" * depth + "\n")
+    assert main([command, str(recipe), "--out", str(recipe.parent)] if command != "validate"
+                else [command, str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kdlab: error: {recipe}: " + (
+        "not valid TOML: arrays or tables nested too deep\n" if depth == 3000
+        else "arrays or tables nested more than 32 deep; a recipe needs a few\n")
+    assert message in err
+
+
 def test_missing_recipe_file(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nope.toml")]) == 2
     assert "cannot read recipe" in capsys.readouterr().err
