@@ -167,6 +167,12 @@ class SweepPlan:
         return ["kdlab", "run", str(self.recipe_path), *sets, "--out", str(out), "--run-id", r.run_id, *store]
 
 
+def _which_runs(ids: list[str], total: int) -> str:
+    if len(ids) == 1:
+        return f"sweep run {ids[0]}"
+    return f"{'every one' if len(ids) == total else len(ids)} of {total} sweep runs, e.g. {ids[0]}"
+
+
 def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (), shared_stages: bool = True) -> SweepPlan:
     """Expand the sweep and validate every run's recipe before anything trains."""
     recipe_path = Path(recipe_path)
@@ -174,14 +180,16 @@ def plan(recipe_path: str | Path, catalogue: Catalogue, overrides: list[str] = (
     if not table:
         raise KdlabError(f"{recipe_path}: no [sweep] table")
     runs = expand(table, str(recipe_path))
-    messages, recipe = [], None
+    failing: dict[str, list[str]] = {}  # message -> the runs it holds for: one line per mistake
+    recipe = None
     for r in runs:
         try:
             recipe = load_recipe(recipe_path, catalogue, overrides, sweep_overrides=r.overrides)
         except RecipeError as exc:
-            messages += [f"{m} (sweep run {r.run_id})" for m in exc.messages]
-    if messages:
-        raise RecipeError(list(dict.fromkeys(messages)))
+            for m in exc.messages:
+                failing.setdefault(m, []).append(r.run_id)
+    if failing:
+        raise RecipeError([f"{m} ({_which_runs(ids, len(runs))})" for m, ids in failing.items()])
     return SweepPlan(recipe_path, recipe.name, list(recipe.stages), runs, list(overrides), shared_stages)
 
 

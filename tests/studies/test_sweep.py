@@ -69,8 +69,20 @@ def test_every_run_is_validated_before_training(write_recipe, catalogue):
     with pytest.raises(RecipeError) as info:
         sweep.plan(write_recipe(bad), catalogue)
     line = next(n for n, text in enumerate(bad.splitlines(), 1) if "-1.0" in text)
+    # the runs with lr = -1.0: 2 seeds x 2 channel settings
+    assert len(info.value.messages) == 1
     assert info.value.messages[0].endswith(".toml:%d: lr must be > 0, got -1.0 @ $.stages.s.optimizer.lr (from [sweep]) "
-                                           "(sweep run " % line + info.value.messages[0].split("(sweep run ")[1])
+                                           "(4 of 8 sweep runs, e.g. " % line + info.value.messages[0].split(", e.g. ")[1])
+
+
+def test_a_mistake_in_every_sweep_run_is_one_line(write_recipe, capsys):
+    """A misspelt grid key fails all 8 runs the same way: one line saying so, not 8."""
+    bad = SWEEP.replace('zip."stages.s.optimizer.lr"', 'zip."stages.s.optimizer.lrr"')
+    assert bad != SWEEP
+    assert main(["sweep", str(write_recipe(bad)), "--out", "unused"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "unknown key 'lrr'" in lines[0], lines
+    assert "(every one of 8 sweep runs, e.g. " in lines[0]
 
 
 def test_sweep_runs_skips_finished_and_continues_interrupted(write_recipe, tmp_path, catalogue, capsys):
