@@ -343,8 +343,9 @@ def _deepest(text: str | None, path: tuple) -> tuple[int | None, int]:
             keys = table + tuple(_key_parts(s.split("=", 1)[0]))
         else:
             continue
-        n = len(keys)
-        if want[:n] == keys and n > best_len:
+        # a line that sets the key itself, a table above it or (dotted keys) a key below it
+        n = min(len(keys), len(want))
+        if want[:n] == keys[:n] and n > best_len:
             best, best_len = number, n
         elif table == want[: len(table)] and len(table) > best_len:
             best, best_len = number, len(table)

@@ -115,7 +115,10 @@ def expand(table: dict, file: str = "<recipe>") -> list[SweepRun]:
             problems.append(f"{at(name)}: {name} must be a table of KEY.PATH = [values] @ $.sweep.{name}")
             continue
         for key, values in part.items():
-            if not isinstance(values, list) or not values:
+            if isinstance(values, dict):  # grid.stages.s.lr = [...]: TOML made tables of the dots
+                problems.append(f"{locate(file, ('sweep', name, key))}: {name}.{key} is a table: quote the key path, "
+                                f'{name}."{key}.…" = [values] @ $.sweep.{name}.{key}')
+            elif not isinstance(values, list) or not values:
                 problems.append(f"{at(name, key)}: {name}.{key} must be a non-empty list of values @ $.sweep.{name}.{key}")
             if key == "seed":
                 problems.append(f"{at(name, key)}: sweep seeds with `seeds = [...]`, not {name}.seed @ $.sweep.{name}.seed")

@@ -86,6 +86,20 @@ def test_all_errors_are_reported_together(write_recipe, catalogue):
     assert "$.stages.teacher.epochs" in joined and "$.stages.student.epochs" in joined
 
 
+@pytest.mark.parametrize("text, wanted", [
+    # a misspelt method given as a dotted key: the line of the dotted key, not the table's header
+    (TINY.replace("methods.logit_kd = { temperature = 4.0, alpha = 0.5 }",
+                  "methods.supervised = {}\nmethods.logit_kdd.temperature = 4.0"), "methods.logit_kdd.temperature"),
+    # a key deep in a table of its own
+    (TINY + "\n[stages.student.optimizer]\nname = 'adam'\nlrr = 0.1\n", "lrr = 0.1"),
+])
+def test_a_dotted_or_deep_key_is_named_at_its_own_line(write_recipe, capsys, text, wanted):
+    recipe = write_recipe(text)
+    assert main(["validate", str(recipe)]) == 2
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if t.startswith(wanted))
+    assert capsys.readouterr().err.startswith(f"kdlab: error: {recipe}:{line}: ")
+
+
 def test_invalid_toml_reports_line(write_recipe, capsys):
     recipe = write_recipe("name = 'x'\n[data\n")
     assert main(["validate", str(recipe)]) == 2

@@ -85,6 +85,15 @@ def test_a_mistake_in_every_sweep_run_is_one_line(write_recipe, capsys):
     assert "(every one of 8 sweep runs, e.g. " in lines[0]
 
 
+def test_an_unquoted_dotted_grid_key_says_to_quote_it_at_its_line(write_recipe, capsys):
+    bad = SWEEP.replace('grid."stages.s.model.channels"', "grid.stages.s.model.channels")
+    recipe = write_recipe(bad)
+    assert main(["sweep", str(recipe), "--out", "unused"]) == 2
+    line = next(n for n, t in enumerate(bad.splitlines(), 1) if t.startswith("grid.stages"))
+    assert capsys.readouterr().err == (f"kdlab: error: {recipe}:{line}: grid.stages is a table: quote the key path, "
+                                       'grid."stages.…" = [values] @ $.sweep.grid.stages\n')
+
+
 def test_sweep_runs_skips_finished_and_continues_interrupted(write_recipe, tmp_path, catalogue, capsys):
     recipe = write_recipe(SWEEP)
     plan = sweep.plan(recipe, catalogue)
