@@ -1,5 +1,6 @@
 """Checks ``kdlab validate`` makes beyond the recipe's own keys, by building what a run would
-build without training: every tap path names a module of the model it taps.
+build without training: every tap path names a module of the model it taps, and every class a
+method is restricted to (``classes``, e.g. supervised's) is one of the data set's classes.
 
 The models are built on the meta device (shapes, no memory, no initialisation cost); the data
 is built as a run would build it (its shapes size the models), and only when a stage has taps.
@@ -30,16 +31,25 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
 
     tapped = {name: cfg for name, cfg in recipe.stages.items()
               if cfg.taps.student or cfg.taps.teacher or cfg.taps.teachers}
-    if not tapped:
+    restricted = {(name, method): tuple(table.classes) for name, cfg in recipe.stages.items()
+                  for method, table in cfg.methods.items() if getattr(table, "classes", None)}
+    if not tapped and not restricted:
         return
     if data is None:
         defaults = [n for n, p in catalogue.plugins.items() if p.default_enabled and n not in recipe.disabled]
         try:
             data = build_data(catalogue.manager(defaults), catalogue, recipe)
         except KdlabError as exc:  # e.g. validating on a machine without the data files
-            log.warning("tap paths not checked: the data cannot be built here (%s)", exc)
+            log.warning("tap paths and classes not checked: the data cannot be built here (%s)", exc)
             return
     problems = []
+    for (name, method), classes in restricted.items():
+        outside = sorted({c for c in classes if c >= data.num_classes})
+        if outside:
+            key_path = ("stages", name, "methods", method, "classes")
+            problems.append(f"{locate(recipe_file, key_path)}: class{'es' if len(outside) > 1 else ''} "
+                            f"{', '.join(map(str, outside))} not in the data set (it has {data.num_classes} "
+                            f"classes, 0 to {data.num_classes - 1}) @ $.{'.'.join(key_path)}")
     for name, cfg in tapped.items():
         pm = catalogue.manager(stage_plugins(recipe, catalogue, name))
         models = [("student", cfg.model, cfg.taps.student)]

@@ -53,3 +53,17 @@ def test_a_tap_set_in_defaults_points_at_the_defaults_line(write_recipe, catalog
     assert str(info.value).count("no module 'nowhere'") == 1  # the teacher stage overrides it
     line = next(n for n, text in enumerate(recipe.read_text().splitlines(), 1) if "nowhere" in text)
     assert f"{recipe}:{line}: no module 'nowhere'" in str(info.value)
+
+
+def test_supervised_classes_outside_the_data_set_are_refused_before_training(write_recipe, tmp_path, catalogue):
+    recipe = write_recipe(TINY.replace("methods.supervised = {}", "methods.supervised = { classes = [0, 3, 10, 12] }"))
+    result = subprocess.run([sys.executable, "-m", "kdlab", "validate", str(recipe)], capture_output=True, text=True)
+    line = next(n for n, text in enumerate(recipe.read_text().splitlines(), 1) if "classes =" in text)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (f"{recipe}:{line}: classes 10, 12 not in the data set (it has 10 classes, 0 to 9) "
+            "@ $.stages.teacher.methods.supervised.classes") in result.stderr, result.stderr
+    with pytest.raises(RecipeError, match="classes 10, 12 not in the data set"):
+        run(recipe, out=tmp_path, run_id="r", catalogue=catalogue)
+    assert not (tmp_path / "tiny/r/models/teacher.pt").exists()
+    within = write_recipe(TINY.replace("methods.supervised = {}", "methods.supervised = { classes = [0, 9] }"))
+    assert subprocess.run([sys.executable, "-m", "kdlab", "validate", str(within)], capture_output=True).returncode == 0
