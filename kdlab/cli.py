@@ -223,7 +223,10 @@ def cmd_run(args) -> int:
                 argv.append(a)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "kdlab", *argv]
-        return subprocess.run(cmd).returncode
+        from kdlab.studies.sweep import die_with_parent
+
+        # killed (even with SIGKILL), this launcher takes torchrun with it, and torchrun its workers
+        return subprocess.run(cmd, preexec_fn=die_with_parent).returncode
     result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume, run_id=args.run_id,
                  stage_store=args.stage_store)
     if os.environ.get("RANK", "0") != "0":

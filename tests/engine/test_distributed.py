@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import TINY, installed_plugin
@@ -436,3 +437,60 @@ def test_compiled_models_over_two_processes_match_one(write_recipe, tmp_path):
     train like one."""
     text = _student_methods(RECIPE, LOGIT_KD, "methods.compile = {}")
     _assert_trained_alike(*_one_and_two(write_recipe(text), tmp_path), parts=("student",))
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live (not zombie) processes below ``pid``, read from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat[0] != "Z":
+                parents[int(entry)] = int(stat[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkill_of_the_nproc_launcher_leaves_no_process_behind(write_recipe, tmp_path):
+    import signal
+    import time
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("reads the process tree from /proc (Linux)")
+    recipe = write_recipe(TINY.replace("epochs = 2", "epochs = 200"))
+    launcher = subprocess.Popen([sys.executable, "-m", "kdlab", "run", str(recipe), "--out", str(tmp_path), "--nproc", "2"],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(tmp_path.glob("tiny/*/checkpoints/teacher/last.pt")):
+            assert launcher.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        below = _descendants(launcher.pid)
+        assert len(below) >= 3, below  # torchrun and its two workers
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(p) for p in below):
+            time.sleep(0.2)
+        left = [p for p in below if _alive(p)]
+        assert not left, f"still running after the launcher was killed: {left}"
+    finally:
+        for p in _descendants(launcher.pid) | set(locals().get("below", ())):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
