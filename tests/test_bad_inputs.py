@@ -32,6 +32,20 @@ def _model_file_without_weights(tmp_path):
     return ["run", str(_recipe(tmp_path, text)), "--out", str(tmp_path / "runs")], "field 'state_dict' is missing or malformed"
 
 
+def _stored_config(arch, config, command, expected):
+    """A model file whose stored settings this installation's model class cannot take."""
+    def case(tmp_path):
+        torch.save({"format": "kdlab.model/1", "arch": arch, "config": config, "num_classes": 2,
+                    "input_shape": [40, 40], "classes": ["a", "b"], "state_dict": {}}, tmp_path / "m.pt")
+        if command == "run":
+            text = TINY.split("[stages.teacher]")[0] + f'[stages.student]\nepochs = 1\nteachers = ["{tmp_path / "m.pt"}"]\n' \
+                'methods.logit_kd = {}\n'
+            return ["run", str(_recipe(tmp_path, text)), "--out", str(tmp_path / "runs")], f"{tmp_path / 'm.pt'}: {expected}"
+        (tmp_path / "a.wav").write_bytes(b"")
+        return [command, str(tmp_path / "m.pt"), str(tmp_path / "a.wav")], f"{tmp_path / 'm.pt'}: {expected}"
+    return case
+
+
 def _edit(old, new, expected, command="validate"):
     def case(tmp_path):
         assert old in TINY
@@ -63,6 +77,15 @@ CASES = {
     "monitor nobody reports": _edit("methods.supervised = {}", 'methods.supervised = {}\nmonitor = "val/acc"',
                                     "stages.teacher.monitor = 'val/acc': no plugin reports this metric", command="run"),
     "teacher file without weights": _model_file_without_weights,
+    "teacher file with an unknown stored key": _stored_config(
+        "cnn", {"channels": [4, 8], "colour": 1}, "run",
+        "its stored model settings do not fit this installation's CompactCNNConfig: unknown key 'colour'"),
+    "teacher file with a wrongly typed stored key": _stored_config(
+        "cnn", {"channels": "wide"}, "run", "its stored model settings do not fit this installation's CompactCNNConfig: channels must be a list"),
+    "streamed model with an unknown stored key": _stored_config(
+        "crnn", {"bogus": 1}, "kws-stream", "its stored model settings do not fit this installation's CRNNConfig: unknown key 'bogus'"),
+    "transcribed model with an unknown stored key": _stored_config(
+        "conformer_ctc", {"bogus": 1}, "transcribe", "its stored model settings do not fit this installation's ConformerConfig: unknown key"),
     "output under a file": lambda tmp_path: (
         ["run", str(_recipe(tmp_path)), "--out", str(_recipe(tmp_path, "x", "file.txt") / "runs")], "file.txt"),
 }

@@ -43,7 +43,7 @@ import torch
 
 from kdlab.engine import checkpoint, collective
 from kdlab.engine.errors import KdlabError
-from kdlab.engine.recipe import CONVERTER
+from kdlab.engine.recipe import CONVERTER, structure_stored
 from kdlab.engine.stats import model_stats
 from kdlab.engine.types import ModelOutput, ModelSpec, Stage, Taps, cat_padded
 
@@ -223,7 +223,7 @@ def exported_spec(catalogue, data: dict, path) -> ModelSpec:
     registry = catalogue.models
     if data["arch"] not in registry:
         raise KdlabError(f"{path}: model arch '{data['arch']}' is not provided by any installed plugin")
-    return ModelSpec(arch=data["arch"], config=CONVERTER.structure(data["config"], registry[data["arch"]].config_class))
+    return ModelSpec(arch=data["arch"], config=structure_stored(data["config"], registry[data["arch"]].config_class, path))
 
 
 def _probe(stage: Stage) -> tuple[ModelOutput, list[ModelOutput]]:

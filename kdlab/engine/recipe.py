@@ -269,6 +269,18 @@ class Problems:
         raise RecipeError(lines)
 
 
+def structure_stored(raw: Any, cls: type, file: str | Path) -> Any:
+    """``raw``, a config stored in a model file, structured into ``cls``; a mismatch (a key this
+    version does not know, a wrong type) is one KdlabError line naming the file and the keys."""
+    problems = Problems(str(file), None, {})
+    obj = problems.structure(raw, cls, ("config",))
+    if problems.items:
+        what = "; ".join(f"{message} @ {format_path(path)}" for path, message in problems.items)
+        raise KdlabError(f"{file}: its stored model settings do not fit this installation's {cls.__name__}: {what} "
+                         "(written by another version of kdlab or of the model's plugin, or damaged)")
+    return obj
+
+
 def _covers(override: tuple, path: tuple) -> bool:
     """Whether the value at ``path`` came from the override of key ``override`` (a
     ``defaults.X`` override reaches every stage's ``X``)."""

@@ -108,12 +108,12 @@ def offline_window_probs(crnn: CRNN, features: LogMel, audio: torch.Tensor, wind
 
 def load_crnn(path: str | Path) -> CRNN:
     from kdlab.engine.checkpoint import load_model_file, load_weights
-    from kdlab.engine.recipe import CONVERTER
+    from kdlab.engine.recipe import structure_stored
 
     data = load_model_file(path)
     if data["arch"] != "crnn":
         raise KdlabError(f"{path}: a '{data['arch']}' model; kws-stream needs a crnn")
-    model = CRNN(CONVERTER.structure(data["config"], CRNNConfig), data["input_shape"][0], data["num_classes"])
+    model = CRNN(structure_stored(data["config"], CRNNConfig, path), data["input_shape"][0], data["num_classes"])
     load_weights(model, {k: v.float() for k, v in data["state_dict"].items()}, str(path))
     return model.train(False)
 

@@ -18,7 +18,7 @@ from kdlab.engine.errors import KdlabError
 
 def load_ctc_model(path: str | Path):
     from kdlab.engine.checkpoint import load_model_file, load_weights
-    from kdlab.engine.recipe import CONVERTER
+    from kdlab.engine.recipe import structure_stored
     from kdlab.models import conformer_ctc, wav2vec2_ctc
 
     data = load_model_file(path)
@@ -30,7 +30,7 @@ def load_ctc_model(path: str | Path):
     if len(classes) != data["num_classes"]:
         raise KdlabError(f"{path}: the file does not name its phonemes (exported before kdlab stored them)")
     module, cls = modules[data["arch"]]
-    config = CONVERTER.structure(data["config"], cls)
+    config = structure_stored(data["config"], cls, path)
     # the weights below replace everything, a Hugging Face source directory is not needed
     if getattr(config, "hf_dir", None):
         raise KdlabError(f"{path}: a Hugging Face teacher; transcribe with it through its own tools, or with a student")
