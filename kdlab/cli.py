@@ -223,7 +223,7 @@ def cmd_run(args) -> int:
                 argv.append(a)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "kdlab", *argv]
-        from kdlab.studies.sweep import die_with_parent
+        from kdlab.engine.processes import die_with_parent
 
         # killed (even with SIGKILL), this launcher takes torchrun with it, and torchrun its workers
         return subprocess.run(cmd, preexec_fn=die_with_parent).returncode

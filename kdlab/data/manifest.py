@@ -17,6 +17,7 @@ from pathlib import Path
 
 import attrs
 
+from kdlab.data.files import read_utf8
 from kdlab.engine.errors import KdlabError
 
 SPLITS = ("train", "val", "test")
@@ -47,7 +48,7 @@ def read_inventory(manifest: Path) -> list[str]:
     path = manifest.parent / "phonemes.txt"
     if not path.is_file():
         raise KdlabError(f"{path}: missing (the phoneme inventory, one phoneme per line, next to the manifest)")
-    phones = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    phones = [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
     if len(set(phones)) != len(phones):
         raise KdlabError(f"{path}: a phoneme is listed twice")
     return phones
@@ -59,10 +60,7 @@ def read_manifest(path: str | Path) -> tuple[list[Utterance], list[str]]:
     if not path.is_file():
         raise KdlabError(f"data.manifest: {path} does not exist (`kdlab data ru-phonemes --out DIR` writes DIR/manifest.jsonl)")
     inventory = read_inventory(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise KdlabError(f"{path}: not UTF-8 text (byte offset {exc.start})") from exc
+    text = read_utf8(path)
     out = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

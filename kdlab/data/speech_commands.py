@@ -28,6 +28,7 @@ from kdlab.data.features import LogMel, spec_augment
 from kdlab.data.fingerprint import files_digest
 from kdlab.data.loader import WorkerBatches, batch_seed, batch_settings, epoch_seed
 from kdlab.engine import limits
+from kdlab.data.files import read_utf8
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import Batch, DataBundle
 
@@ -69,10 +70,7 @@ def read_split_list(root: Path, name: str) -> set[str]:
     if not path.is_file():
         raise KdlabError(f"data.root: {path} is missing (the Speech Commands layout lists the "
                          f"validation and test clips in validation_list.txt and testing_list.txt)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise KdlabError(f"data.root: {path} is not UTF-8 text (byte offset {exc.start})") from exc
+    text = read_utf8(path, "data.root: ")
     return {line.strip() for line in text.splitlines() if line.strip()}
 
 

@@ -41,6 +41,7 @@ from attrs import validators as v
 
 from kdlab.data.loader import TensorLoader
 from kdlab.engine import limits
+from kdlab.data.files import read_utf8
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import DataBundle
 
@@ -103,7 +104,7 @@ def _split_file(root: Path, split: str) -> Path:
 def read_dialogues(path: Path) -> list[dict]:
     """Dialogues from a JSON-lines file, each checked; a bad line stops with its file and line."""
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -227,7 +228,7 @@ def build(cfg: TextConfig, seed: int) -> DataBundle:
     responses_only = (cfg.loss_on or ("responses" if is_dialogue else "all")) == "responses"
     if responses_only and not is_dialogue:
         raise KdlabError("data.loss_on = 'responses' needs dialogues (.jsonl); plain text has no responses")
-    raw = {s: read_dialogues(p) if is_dialogue else p.read_text(encoding="utf-8") for s, p in files.items()}
+    raw = {s: read_dialogues(p) if is_dialogue else read_utf8(p) for s, p in files.items()}
 
     if cfg.tokenizer == "bpe":
         texts = ([t["text"] for d in raw["train"] for t in d["turns"]] if is_dialogue

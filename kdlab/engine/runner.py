@@ -153,7 +153,7 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
         check_gpus(device, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
-        from kdlab.studies.sweep import die_with_parent
+        from kdlab.engine.processes import die_with_parent
 
         die_with_parent()  # a worker whose torchrun agent was killed stops (SIGTERM: saves, exits 143)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -53,10 +53,11 @@ from attrs import validators as v
 
 from kdlab.engine import checkpoint, limits
 from kdlab.engine.errors import KdlabError, RecipeError, missing_extra
+from kdlab.engine.processes import die_with_parent
 from kdlab.engine.recipe import Problems, load_recipe, locate, parse_override, read_toml, set_key, sweep_line
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
-from kdlab.studies.sweep import STORE_DIR, SweepRun, die_with_parent
+from kdlab.studies.sweep import STORE_DIR, SweepRun
 
 log = logging.getLogger("kdlab")
 META = "search.json"  # in the study directory: what `kdlab report` needs to find the study

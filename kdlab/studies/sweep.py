@@ -35,6 +35,7 @@ import attrs
 
 from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError, RecipeError
+from kdlab.engine.processes import die_with_parent
 from kdlab.engine.recipe import load_recipe, locate, read_toml, sweep_line
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.runner import run
@@ -234,24 +235,6 @@ def execute(p: SweepPlan, *, out: Path, jobs: int = 1, catalogue: Catalogue | No
             results[run_id] = state
             log.info("sweep run %s: %s", run_id, state)
     return results
-
-
-def die_with_parent() -> None:
-    """In a child process (``preexec_fn``, or early in a torchrun worker): have the kernel send it
-    SIGTERM when its parent dies, so that killing ``kdlab sweep`` or a ``--nproc`` launcher alone
-    leaves no orphan runs (Linux; elsewhere a no-op). A parent that died before the call is caught
-    by the check after it."""
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def print_commands(p: SweepPlan, out: Path) -> str:

@@ -78,5 +78,14 @@ def test_a_manifest_that_is_not_utf8_names_the_file(tmp_path):
     write_manifest(tmp_path / "manifest.jsonl", [Utterance("a.wav", ("a",), "s", 1.0, "train")], ["a"])
     with open(tmp_path / "manifest.jsonl", "ab") as f:
         f.write(b'{"audio": "caf\xe9.wav"}\n')
-    with pytest.raises(KdlabError, match=r"manifest.jsonl: not UTF-8 text"):
+    with pytest.raises(KdlabError, match=r"manifest.jsonl:2: not UTF-8 text \(byte 0xe9"):
+        read_manifest(tmp_path / "manifest.jsonl")
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"a\n\xff\xfe\x00b\n", r"phonemes.txt:2: not UTF-8 text"),
+                                                  (b"a\nb\x00\x00\n", r"phonemes.txt:2: a NUL byte; this is a binary file")])
+def test_a_binary_phoneme_inventory_is_one_line_naming_it(tmp_path, content, message):
+    write_manifest(tmp_path / "manifest.jsonl", [Utterance("a.wav", ("a",), "s", 1.0, "train")], ["a"])
+    (tmp_path / "phonemes.txt").write_bytes(content)
+    with pytest.raises(KdlabError, match=message):
         read_manifest(tmp_path / "manifest.jsonl")

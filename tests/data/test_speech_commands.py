@@ -98,7 +98,7 @@ def test_a_split_list_that_is_not_utf8_names_the_file(tmp_path):
     from kdlab.data.speech_commands import read_split_list
 
     (tmp_path / "testing_list.txt").write_bytes(b"yes/caf\xe9_nohash_0.wav\n")
-    with pytest.raises(KdlabError, match=r"testing_list.txt is not UTF-8 text"):
+    with pytest.raises(KdlabError, match=r"testing_list.txt:1: not UTF-8 text"):
         read_split_list(tmp_path, "testing_list.txt")
 
 

@@ -97,6 +97,18 @@ def test_bad_line_is_named_with_file_and_line(tmp_path, line, message):
         text.build(text.TextConfig(dir=str(root)), seed=0)
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+@pytest.mark.parametrize(("bad", "message"), [(b"caf\xe9 au lait\n", r"not UTF-8 text \(byte 0xe9"),
+                                              (b"\x00\x01\x02binary", "a NUL byte; this is a binary file")])
+def test_a_text_file_that_is_not_utf8_text_is_one_line_naming_file_and_line(tmp_path, suffix, bad, message):
+    good = json.dumps(DIALOGUE, ensure_ascii=False) if suffix == ".jsonl" else "a line of text"
+    root = write_split_files(tmp_path / "d", {s: [good] * 4 for s in ("train", "val", "test")}, suffix=suffix)
+    with open(root / f"val{suffix}", "ab") as f:
+        f.write(bad)
+    with pytest.raises(KdlabError, match=rf"val{suffix}:5: {message}"):
+        text.build(text.TextConfig(dir=str(root)), seed=0)
+
+
 def test_missing_split_and_mixed_formats_are_refused(tmp_path):
     good = json.dumps(DIALOGUE, ensure_ascii=False)
     root = write_split_files(tmp_path / "d", {"train": [good], "val": [good]})
