@@ -91,6 +91,12 @@ def test_kws_stream_prints_probabilities_plots_and_exports(tmp_path, capsys):
     soundfile.write(tmp_path / "b.wav", np.zeros(8000, np.float32), 8000)
     assert main(["kws-stream", str(tmp_path / "m.pt"), str(tmp_path / "b.wav")]) == 2
     assert "b.wav: sample rate 8000 Hz, expected 16000 Hz" in capsys.readouterr().err
+    # a clip with a NaN sample is refused naming it, not streamed to NaN probabilities
+    nan_wave = np.zeros(16000, np.float32)
+    nan_wave[10] = np.nan
+    soundfile.write(tmp_path / "n.wav", nan_wave, 16000, subtype="FLOAT")
+    assert main(["kws-stream", str(tmp_path / "m.pt"), str(tmp_path / "n.wav")]) == 2
+    assert "n.wav: 1 samples are NaN or infinite" in capsys.readouterr().err
     # transcribe needs a CTC model
     assert main(["transcribe", str(tmp_path / "m.pt"), str(tmp_path / "a.wav")]) == 2
     assert "a 'crnn' model; transcribe needs wav2vec2_ctc or conformer_ctc" in capsys.readouterr().err

@@ -89,6 +89,14 @@ def test_ru_phonemes_recipe_smoke(recipe, teacher_sizes, tmp_path, catalogue, ca
         assert all(set(ln.split("\t")[1].split()) <= set(INVENTORY) for ln in lines)
     assert main(["transcribe", str(result.run_dir / "models" / "student_ctc.pt"), str(tmp_path / "missing.wav")]) == 2
     assert "missing.wav: no such audio file" in capsys.readouterr().err
+    import numpy as np
+    import soundfile
+
+    nan_wave = np.zeros(16000, np.float32)
+    nan_wave[-1] = np.inf
+    soundfile.write(tmp_path / "inf.wav", nan_wave, 16000, subtype="FLOAT")
+    assert main(["transcribe", str(result.run_dir / "models" / "student_ctc.pt"), str(tmp_path / "inf.wav")]) == 2
+    assert "inf.wav: 1 samples are NaN or infinite" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.toml")))

@@ -19,9 +19,10 @@ log = logging.getLogger("kdlab")
 def read_audio(path: str | Path, sample_rate: int, *, resample_to_rate: bool = False, where: str = "",
                truncated: str = "warn") -> np.ndarray:
     """Mono float32 samples of ``path`` at ``sample_rate``. A file at another rate is resampled
-    when ``resample_to_rate``, an error otherwise; an unreadable or empty file is an error naming
-    the file (and ``where`` it was listed). A file shorter than its header says (a copy cut
-    off) is read as far as it goes with a warning, or is an error with ``truncated = "error"``."""
+    when ``resample_to_rate``, an error otherwise; an unreadable or empty file, or one with a NaN
+    or infinite sample, is an error naming the file (and ``where`` it was listed). A file shorter
+    than its header says (a copy cut off) is read as far as it goes with a warning, or is an
+    error with ``truncated = "error"``."""
     prefix = f"{where}: " if where else ""
     try:
         with soundfile.SoundFile(str(path)) as f:
@@ -38,6 +39,11 @@ def read_audio(path: str | Path, sample_rate: int, *, resample_to_rate: bool = F
         log.warning("%s; reading what is there", message)
     if data.shape[0] == 0:
         raise KdlabError(f"{prefix}{path}: empty audio")
+    bad = ~np.isfinite(data).all(axis=1)
+    if bad.any():  # a float WAV can hold NaN or infinity; every model output would be NaN
+        first = int(np.argmax(bad))
+        raise KdlabError(f"{prefix}{path}: {int(bad.sum())} samples are NaN or infinite (the first at "
+                         f"{first / rate:.3f} s); not audio a model can read")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != sample_rate:
         if not resample_to_rate:

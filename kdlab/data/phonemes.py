@@ -4,8 +4,8 @@ utterance and band, SpecAugment on the training split) and the raw 16 kHz audio 
 that reads waveforms (wav2vec2). Targets are phoneme ids (0 is the CTC blank, the inventory
 follows), padded with -1.
 
-Bad entries are reported with the manifest file and line: unreadable or empty audio, phonemes
-outside the inventory, and transcripts that cannot fit the utterance's 20 ms output frames
+Bad entries are reported with the manifest file and line: unreadable, empty, truncated or
+non-finite (NaN / infinite) audio, phonemes outside the inventory, and transcripts that cannot fit the utterance's 20 ms output frames
 (CTC needs at least one frame per label, two between repeated labels). ``on_bad = "error"``
 (the default) stops with the first; ``"skip"`` logs every one and leaves them out. Nothing bad
 is trained on silently.
@@ -135,7 +135,7 @@ def _check(u: Utterance, manifest: Path, index: dict, config: PhonemesConfig, fe
         # a cut-off clip no longer matches its transcript: a bad utterance (on_bad decides)
         wave = read_audio(path, config.sample_rate, resample_to_rate=True, truncated="error")
     except KdlabError as exc:
-        return f"{u.audio}: unreadable, empty or truncated audio ({exc})", None
+        return f"{u.audio}: unreadable, empty, truncated or non-finite audio ({exc})", None
     ids = [index[p] for p in u.phonemes]
     frames = len(wave) // FRAME_SAMPLES
     if ctc_min_frames(ids) > frames:

@@ -62,10 +62,7 @@ def transcribe(model, classes: tuple[str, ...], files: list[str], beam: int = 0)
     for f in files:
         if not Path(f).is_file():
             raise KdlabError(f"{f}: no such audio file")
-        try:
-            wave = torch.from_numpy(read_audio(Path(f), 16000, resample_to_rate=True))
-        except KdlabError as exc:
-            raise KdlabError(f"{f}: unreadable or empty audio ({exc})") from exc
+        wave = torch.from_numpy(read_audio(Path(f), 16000, resample_to_rate=True))  # its errors name f
         with torch.inference_mode():
             if isinstance(model, ConformerCTC):
                 if len(wave) < features.n_fft:

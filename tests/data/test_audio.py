@@ -39,3 +39,13 @@ def test_other_rates_are_resampled_or_refused(tmp_path):
     assert abs(len(read_audio(path, 16000, resample_to_rate=True)) - 16000) <= 1
     with pytest.raises(KdlabError, match="sample rate 22050 Hz, expected 16000 Hz"):
         read_audio(path, 16000)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_nan_or_infinite_sample_is_refused_naming_the_file(tmp_path, value):
+    wave = np.zeros(16000, np.float32)
+    wave[8000] = value
+    soundfile.write(tmp_path / "f.wav", wave, 16000, subtype="FLOAT")
+    assert not np.isfinite(soundfile.read(tmp_path / "f.wav")[0]).all()  # the format keeps it
+    with pytest.raises(KdlabError, match=r"f.wav: 1 samples are NaN or infinite \(the first at 0.500 s\)"):
+        read_audio(tmp_path / "f.wav", 16000)

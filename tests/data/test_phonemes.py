@@ -82,6 +82,10 @@ def _corrupt(manifest, problem):
         (manifest.parent / row["audio"]).write_bytes(b"RIFF garbage")
     elif problem == "empty":
         soundfile.write(manifest.parent / row["audio"], np.zeros(0, np.float32), 16000)
+    elif problem == "nan":  # a float WAV with one NaN sample
+        wave = np.full(16000, 0.1, np.float32)
+        wave[100] = np.nan
+        soundfile.write(manifest.parent / row["audio"], wave, 16000, subtype="FLOAT")
     elif problem == "truncated":  # a copy cut off half-way: the header still declares the whole clip
         clip = manifest.parent / row["audio"]
         clip.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
@@ -93,10 +97,11 @@ def _corrupt(manifest, problem):
 
 @pytest.mark.parametrize(("problem", "match"), [
     ("unknown", r"manifest.jsonl:3: phonemes not in the inventory \(phonemes.txt\): zz"),
-    ("unreadable", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty or truncated audio"),
-    ("empty", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty or truncated audio"),
+    ("unreadable", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty, truncated or non-finite audio"),
+    ("empty", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty, truncated or non-finite audio"),
     ("long", r"manifest.jsonl:3: clips/train_2.wav: transcript needs 200 CTC frames, the audio has \d+"),
-    ("truncated", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty or truncated audio .*truncated: the header"),
+    ("truncated", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty, truncated or non-finite audio .*truncated: the header"),
+    ("nan", r"manifest.jsonl:3: clips/train_2.wav: unreadable, empty, truncated or non-finite audio .*1 samples are NaN or infinite"),
 ])
 def test_bad_entries_are_rejected_or_skipped_with_file_and_line(tmp_path, problem, match, caplog):
     manifest = make_phoneme_corpus(tmp_path / "c")
