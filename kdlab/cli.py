@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import attrs
 import tomli_w
@@ -515,12 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     except KdlabError as exc:
         if args.debug:
             raise
-        print(f"kdlab: error: {exc}", file=sys.stderr)
+        print(f"kdlab: error: {exc}{_resume_hint(args, exc)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # the environment: a read-only or full disk, a missing permission
-        if args.debug or exc.filename is None:
+        if args.debug:
             raise
-        print(f"kdlab: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename is not None else "a write or read failed: "
+        print(f"kdlab: error: {where}{exc.strerror or exc}{_resume_hint(args, exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
@@ -531,6 +533,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"kdlab: interrupted ({args.command})", file=sys.stderr)
         return EXIT_SIGTERM if _terminated else EXIT_SIGINT
+
+
+def _resume_hint(args, exc) -> str:
+    """After a failed write in a run (a full disk): how to continue it once there is room."""
+    run_dir = getattr(exc, "run_dir", None)
+    if args.command != "run" or run_dir is None or not (Path(run_dir) / "recipe.toml").is_file():
+        return ""
+    again = ["kdlab", "run", args.recipe, *[f"--set={o}" for o in args.overrides], "--resume", str(run_dir)]
+    return f"; make room, then continue with: {shlex.join(again)}"
 
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as a shell reports them

@@ -49,9 +49,13 @@ def _save_memo() -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".file-digests.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_memo, f)
-        os.replace(tmp, path)  # one rename: a concurrent writer loses entries, never the file
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(_memo, f)
+            os.replace(tmp, path)  # one rename: a concurrent writer loses entries, never the file
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         _dirty = False
     except OSError:
         pass  # a read-only home or a full disk: the memo is an optimisation only

@@ -20,28 +20,31 @@ from typing import Any
 
 import torch
 
-from kdlab.engine.errors import KdlabError
+from kdlab.engine.errors import KdlabError, writing
 
 MODEL_FORMAT = "kdlab.model/1"
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    """A failed write (a full disk) is a :class:`WriteError` naming ``path``; the file that was
+    there is kept as it was."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
 
 
 def save(obj: Any, path: str | Path) -> None:
@@ -49,7 +52,13 @@ def save(obj: Any, path: str | Path) -> None:
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
+def save_text(text: str, path: str | Path) -> None:
+    """UTF-8 text to ``path`` atomically."""
+    _atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
 def save_json(obj: Any, path: str | Path) -> None:
+    """JSON to ``path`` atomically."""
     _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 

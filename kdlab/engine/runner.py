@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from kdlab.engine import checkpoint, rundir
-from kdlab.engine.errors import KdlabError
+from kdlab.engine.errors import KdlabError, WriteError
 from kdlab.engine.loop import fit
 from kdlab.engine.preflight import check_taps
 from kdlab.engine.recipe import Recipe, load_recipe, recipe_to_dict
@@ -127,6 +127,9 @@ def run(
             return _run_stages(recipe, catalogue, run_dir, rank, world_size, recipe_path, store)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say where the run can be continued
         raise Interrupted(run_dir) from exc
+    except (WriteError, OSError) as exc:  # a full disk: the same, once there is room
+        exc.run_dir = run_dir
+        raise
     finally:
         lock.release()
 
@@ -184,11 +187,11 @@ def _open_run_dir(recipe, catalogue, out, resume, run_id) -> Path:
         log.info("resuming %s", run_dir)
     elif run_id is not None:
         run_dir = Path(out) / recipe.name / run_id
-        (run_dir / "recipe.toml").write_text(tomli_w.dumps(recipe_to_dict(recipe)), encoding="utf-8")
+        checkpoint.save_text(tomli_w.dumps(recipe_to_dict(recipe)), run_dir / "recipe.toml")
         log.info("run directory: %s", run_dir)
     else:
         run_dir = _new_run_dir(Path(out), recipe)
-        (run_dir / "recipe.toml").write_text(tomli_w.dumps(recipe_to_dict(recipe)), encoding="utf-8")
+        checkpoint.save_text(tomli_w.dumps(recipe_to_dict(recipe)), run_dir / "recipe.toml")
         log.info("run directory: %s", run_dir)
     return run_dir
 

@@ -46,6 +46,7 @@ from pathlib import Path
 import attrs
 import torch
 
+from kdlab.engine.errors import writing
 from kdlab.engine.recipe import Recipe, recipe_to_dict
 
 log = logging.getLogger("kdlab")
@@ -159,12 +160,18 @@ def _stage_files(run_dir: Path, stage: str) -> list[Path]:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)  # no second copy of a large model on the same file system
-    except OSError:
-        shutil.copy2(src, dst)
+    with writing(dst):  # a full disk names the file being written, not the one read
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)  # no second copy of a large model on the same file system
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with writing(path):
+        path.write_text(text, encoding="utf-8")
 
 
 def check_entry(entry: Path) -> tuple[str | None, dict, dict[str, str]]:
@@ -214,7 +221,7 @@ class Claim:
             _link_or_copy(self.entry / rel, run_dir / rel)
         marker = run_dir / "history" / f"{stage}.reused"  # what it trained itself: kdlab.studies.search
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{self.entry}\n")
+        _write_text(marker, f"{self.entry}\n")
         log.info("stage %s: reused from the stage store (%s)", stage, self.entry)
         return dict(self.metrics)
 
@@ -226,12 +233,12 @@ class Claim:
             for rel in files:
                 _link_or_copy(run_dir / rel, tmp / rel)
             self.files = {str(r): _file_digest(tmp / r) for r in files}
-            (tmp / "files.json").write_text(json.dumps(self.files, indent=1))
-            (tmp / "stage.json").write_text(json.dumps(metrics, indent=1))
-            (tmp / "key.json").write_text(json.dumps(
+            _write_text(tmp / "files.json", json.dumps(self.files, indent=1))
+            _write_text(tmp / "stage.json", json.dumps(metrics, indent=1))
+            _write_text(tmp / "key.json", json.dumps(
                 {"stage": stage, "run_dir": str(run_dir), "filed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "key": self.about}, indent=1, sort_keys=True, default=str))
-            (tmp / "source.txt").write_text(f"{run_dir}\n")
+            _write_text(tmp / "source.txt", f"{run_dir}\n")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk: no half-filed entry is left behind
             raise

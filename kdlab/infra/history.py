@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 from kdlab import hookimpl
+from kdlab.engine import checkpoint
+from kdlab.engine.errors import writing
 
 
 class History:
@@ -28,8 +30,8 @@ class History:
         self.checked = True
         path = self._path(stage)
         if path.exists():  # resumed: keep the lines of the epochs completed before the interruption
-            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= epoch]
-            path.write_text("".join(ln + "\n" for ln in lines))
+            lines = [ln for ln in path.read_text().splitlines() if _epoch(ln) <= epoch]
+            checkpoint.save_text("".join(ln + "\n" for ln in lines), path)  # atomic: kept whole on a full disk
 
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
@@ -38,5 +40,14 @@ class History:
         path = self._path(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"epoch": epoch + 1, "lr": stage.optimizer.param_groups[0]["lr"], **metrics}
-        with path.open("a") as f:
+        with writing(path), path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _epoch(line: str) -> float:
+    """The epoch of a history line; a line cut off by a full disk (always the last one, written
+    after the last checkpoint) counts as past every epoch, so a resume drops it."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -43,6 +43,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import KdlabError, ModelOutput, hookimpl
+from kdlab.engine.errors import writing
 from kdlab.engine.stage_store import code_digest
 from kdlab.methods.amp import autocast_dtype
 
@@ -375,16 +376,23 @@ def _write(tensors: dict[str, torch.Tensor], target: Path) -> None:
     """Write to a temporary directory and rename it: a half-written cache is never read."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    manifest = {}
-    for name, t in tensors.items():
-        file = f"{_encode(name)}.npy"
-        array = t.numpy()
-        np.save(tmp / file, array)
-        manifest[file] = {"name": name, "shape": list(array.shape), "dtype": str(array.dtype),
-                          "sha256": file_sha256(tmp / file)}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    (tmp / "done").write_text("complete\n")
+    try:  # a full disk: one error naming the file, and no half-written directory left behind
+        with writing(tmp):
+            tmp.mkdir(parents=True)
+        manifest = {}
+        for name, t in tensors.items():
+            file = f"{_encode(name)}.npy"
+            array = t.numpy()
+            with writing(tmp / file):
+                np.save(tmp / file, array)
+            manifest[file] = {"name": name, "shape": list(array.shape), "dtype": str(array.dtype),
+                              "sha256": file_sha256(tmp / file)}
+        for file, text in (("manifest.json", json.dumps(manifest, indent=1)), ("done", "complete\n")):
+            with writing(tmp / file):
+                (tmp / file).write_text(text, encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(target)
     except OSError:  # another run finished the same cache first: theirs is as good

@@ -6,6 +6,8 @@ compare in the HParams tab.
 
 from __future__ import annotations
 
+import threading
+
 import attrs
 import tomli_w
 import torch
@@ -13,6 +15,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
+from kdlab.engine.errors import writing
 from kdlab.engine.recipe import recipe_to_dict
 
 
@@ -54,9 +57,12 @@ class TensorBoard:
         if self.writer is None and stage.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(stage.run_dir / "tb" / stage.name),
-                                        # a stage restarted from scratch purges everything
-                                        purge_step=stage.step + 1 if stage.step else 0)
+            _quiet_writer_threads()
+            log_dir = stage.run_dir / "tb" / stage.name
+            with writing(log_dir):
+                # a stage restarted from scratch purges everything
+                writer = SummaryWriter(log_dir=str(log_dir), purge_step=stage.step + 1 if stage.step else 0)
+            self.writer = _Guarded(log_dir, writer)
             if stage.step == 0:
                 text = tomli_w.dumps(recipe_to_dict(stage.recipe))
                 self.writer.add_text("recipe", "```\n" + text + "\n```", 0)
@@ -105,3 +111,35 @@ class TensorBoard:
                    **flat_hparams(resolved["stages"][stage.name])}
         writer.add_hparams(hparams, {f"final/{k}": v for k, v in metrics.items()}, run_name=".")
         writer.close()
+
+
+class _Guarded:
+    """A SummaryWriter whose failed writes (a full disk) are one error naming its directory:
+    TensorBoard's own errors carry no file name. A resume purges the steps after the last
+    checkpoint, so nothing logged twice or half is left."""
+
+    def __init__(self, log_dir, writer):
+        self.log_dir, self.writer = log_dir, writer
+
+    def __getattr__(self, name):
+        method = getattr(self.writer, name)
+
+        def call(*args, **kwargs):
+            with writing(self.log_dir):
+                return method(*args, **kwargs)
+        return call
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes in a background thread; a failed write there (a full disk) is raised
+    again by the writer's next call in the main thread, which :class:`_Guarded` turns into one
+    error line. Python would also print the thread's traceback: this hook leaves that out."""
+    previous = threading.excepthook
+    if getattr(previous, "kdlab_quiet", False):
+        return
+
+    def hook(args):
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+    hook.kdlab_quiet = True
+    threading.excepthook = hook
