@@ -222,7 +222,7 @@ def cmd_run(args) -> int:
             skip = a == "--nproc"
             if not skip:
                 argv.append(a)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+        cmd = [sys.executable, "-m", "kdlab.engine.launch", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "kdlab", *argv]
         from kdlab.engine.processes import die_with_parent
 
@@ -510,20 +510,20 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         if args.debug:
             raise
-        for message in exc.messages:
-            print(f"kdlab: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(exc.messages)
     except KdlabError as exc:
         if args.debug:
             raise
-        print(f"kdlab: error: {exc}{_resume_hint(args, exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error([f"{exc}{_resume_hint(args, exc)}"])
     except OSError as exc:  # the environment: a read-only or full disk, a missing permission
         if args.debug:
             raise
         where = f"{exc.filename}: " if exc.filename is not None else "a write or read failed: "
-        print(f"kdlab: error: {where}{exc.strerror or exc}{_resume_hint(args, exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error([f"{where}{exc.strerror or exc}{_resume_hint(args, exc)}"])
+    except RuntimeError as exc:
+        if args.debug or not _peer_stopped(exc):
+            raise
+        return 1  # under --nproc: another process failed first, and the launcher prints its error
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
         if args.command == "run" and run_dir is not None:
@@ -533,6 +533,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"kdlab: interrupted ({args.command})", file=sys.stderr)
         return EXIT_SIGTERM if _terminated else EXIT_SIGINT
+
+
+def _error(messages: list[str]) -> int:
+    """Print the error (under ``--nproc``: hand it to the launcher, which prints the first
+    process's, once)."""
+    from kdlab.engine.launch import hand_over
+
+    lines = [f"kdlab: error: {m}" for m in messages]
+    if not hand_over(lines):
+        for line in lines:
+            print(line, file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _peer_stopped(exc: RuntimeError) -> bool:
+    """A collective that failed because another process of the run exited."""
+    import torch.distributed as dist
+
+    return (isinstance(exc, dist.DistError) or "Connection closed by peer" in str(exc)) and dist.is_initialized()
 
 
 def _resume_hint(args, exc) -> str:

@@ -82,6 +82,42 @@ def _reopen(run_dir: Path, recipe: Recipe, catalogue: Catalogue) -> None:
             f"{run_dir}: the recipe differs from the one this run started with (in: {', '.join(keys)}); "
             "resume with the same recipe and --set options"
         )
+    _check_plugins(run_dir, recipe, catalogue)
+
+
+PLUGINS_FILE = "plugins.json"
+
+
+def _plugins_by_stage(recipe: Recipe, catalogue: Catalogue) -> dict[str, dict[str, str]]:
+    """Stage -> {plugin: where it comes from (module, distribution, version)}."""
+    return {name: {n: catalogue.plugins[n].origin for n in stage_plugins(recipe, catalogue, name) if n in catalogue.plugins}
+            for name in recipe.stages}
+
+
+def _check_plugins(run_dir: Path, recipe: Recipe, catalogue: Catalogue) -> None:
+    """A resumed run's stages that are not finished run the plugins they started with: one that
+    is no longer installed (a default-on one the recipe does not name, too) would change what
+    the rest of the run computes without a word, so the resume stops before writing anything."""
+    try:
+        started = json.loads((run_dir / PLUGINS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # a run directory of an older kdlab: nothing recorded
+    metrics_path = run_dir / "metrics.json"
+    finished = set(json.loads(metrics_path.read_text())) if metrics_path.is_file() else set()
+    now = _plugins_by_stage(recipe, catalogue)
+    for stage, plugins in started.items():
+        if stage in finished or not isinstance(plugins, dict):
+            continue
+        current = now.get(stage, {})
+        for name in sorted(set(plugins) - set(current)):
+            raise KdlabError(f"{run_dir}: stage '{stage}' was started with the plugin '{name}' ({plugins[name]}), "
+                             "which is not installed now; install it again to continue this run, or start a new one")
+        for name in sorted(set(current) - set(plugins)):
+            log.warning("stage %s: plugin '%s' (%s) was installed after the run started; it runs from here on",
+                        stage, name, current[name])
+        for name in sorted(n for n in set(current) & set(plugins) if current[n] != plugins[n]):
+            log.warning("stage %s: plugin '%s' is now %s (the run started with %s)", stage, name, current[name],
+                        plugins[name])
 
 
 def run(
@@ -185,13 +221,10 @@ def _open_run_dir(recipe, catalogue, out, resume, run_id) -> Path:
         run_dir = Path(resume)
         _reopen(run_dir, recipe, catalogue)
         log.info("resuming %s", run_dir)
-    elif run_id is not None:
-        run_dir = Path(out) / recipe.name / run_id
-        checkpoint.save_text(tomli_w.dumps(recipe_to_dict(recipe)), run_dir / "recipe.toml")
-        log.info("run directory: %s", run_dir)
     else:
-        run_dir = _new_run_dir(Path(out), recipe)
-        checkpoint.save_text(tomli_w.dumps(recipe_to_dict(recipe)), run_dir / "recipe.toml")
+        run_dir = Path(out) / recipe.name / run_id if run_id is not None else _new_run_dir(Path(out), recipe)
+        checkpoint.save_json(_plugins_by_stage(recipe, catalogue), run_dir / PLUGINS_FILE)
+        checkpoint.save_text(tomli_w.dumps(recipe_to_dict(recipe)), run_dir / "recipe.toml")  # last: "a run"
         log.info("run directory: %s", run_dir)
     return run_dir
 

@@ -27,6 +27,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab.engine.errors import KdlabError
+from kdlab.models.hf_files import from_pretrained
 
 
 @attrs.frozen(kw_only=True)
@@ -88,11 +89,8 @@ def build(config: TransformerLMConfig, data) -> TransformerLM:
     if config.hf_dir is None:
         hf = tf.AutoModelForCausalLM.from_config(hf_config(config, vocab, context), attn_implementation="sdpa")
     else:
-        try:
-            hf = tf.AutoModelForCausalLM.from_pretrained(config.hf_dir, local_files_only=True, attn_implementation="sdpa")
-        except (OSError, ValueError) as exc:
-            raise KdlabError(f"model hf_dir = '{config.hf_dir}': not a loadable causal LM directory "
-                             f"({str(exc).splitlines()[0]})") from None
+        hf = from_pretrained(tf.AutoModelForCausalLM, config.hf_dir, f"model hf_dir = '{config.hf_dir}'",
+                             attn_implementation="sdpa")
         positions = getattr(hf.config, "max_position_embeddings", None) or getattr(hf.config, "n_positions", None)
         if positions is not None and positions < context:
             raise KdlabError(f"model hf_dir = '{config.hf_dir}': {positions} positions, fewer than data.seq_len = {context}")

@@ -22,6 +22,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab.engine.errors import KdlabError, missing_extra
+from kdlab.models.hf_files import from_pretrained
 
 
 @attrs.frozen(kw_only=True)
@@ -102,10 +103,10 @@ def wav2vec2_from_hf(hf_dir: str, classes: tuple[str, ...]) -> nn.Module:
     try:
         vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
         if not isinstance(vocab, dict):
-            raise ValueError("not a JSON object of token -> id")
-        hf = Wav2Vec2ForCTC.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:  # transformers raises these for a bad folder
-        raise KdlabError(f"model.hf_dir: cannot load a Wav2Vec2ForCTC from {path} ({str(exc).splitlines()[0]})") from exc
+            raise ValueError("another JSON value")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KdlabError(f"model.hf_dir: {vocab_file}: not a JSON object of token -> id ({exc})") from exc
+    hf = from_pretrained(Wav2Vec2ForCTC, path, "model.hf_dir")
     blank = hf.config.pad_token_id
     missing = [c for c in classes[1:] if c not in vocab]
     if missing:

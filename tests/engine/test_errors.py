@@ -94,3 +94,19 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_run_resumes_to_the_same
     assert resumed.returncode == 0, resumed.stderr
     for name in ("models/teacher.pt", "models/student.pt", "history/teacher.jsonl", "history/student.jsonl"):
         assert (tmp_path / "runs/fd/a" / name).read_bytes() == (tmp_path / "reference/fd/a" / name).read_bytes(), name
+
+
+def test_a_full_disk_under_nproc_is_the_same_one_line(tmp_path):
+    """Rank 0 writes and fails; rank 1 then loses its peer. The launcher prints rank 0's line
+    once: no worker traceback, no torchrun failure report."""
+    (tmp_path / "recipe.toml").write_text(RECIPE.replace("CACHE", str(tmp_path / "cache")))
+    run = ["run", "recipe.toml", "--out", "runs", "--run-id", "a", "--nproc", "2"]
+    failed = _kdlab(run, tmp_path, 10000)
+    assert failed.returncode == 2, failed.stderr
+    errors = [ln for ln in failed.stderr.splitlines() if ln.startswith("kdlab: error: ")]
+    assert len(errors) == 1 and "fd/a/checkpoints/teacher/last.pt: could not write" in errors[0], failed.stderr
+    for noise in ("Traceback", "ChildFailedError", "FAILED", "Sending process"):
+        assert noise not in failed.stderr, failed.stderr
+    resumed = _kdlab(run, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "runs/fd/a/models/student.pt").is_file()

@@ -77,6 +77,27 @@ def test_resume_after_crash_gives_identical_weights(write_recipe, tmp_path):
             assert resumed.metrics[stage][key] == reference.metrics[stage][key]
 
 
+def test_resume_after_a_plugin_it_ran_was_uninstalled_is_refused_and_changes_nothing(write_recipe, tmp_path, catalogue):
+    """The crash plugin is default-on and not named in the recipe: without it installed, the
+    resumed student would train differently. The resume stops naming it, writes nothing, and
+    continues once it is back."""
+    cat = discover(extra={"crash": Crash})
+    recipe = write_recipe(RESUME)
+    Crash.armed = True
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(recipe, out=tmp_path / "b", catalogue=cat)
+    Crash.armed = False
+    crashed = next((tmp_path / "b" / "tiny").iterdir())
+    before = {p: p.read_bytes() for p in crashed.rglob("*") if p.is_file()}
+    with pytest.raises(KdlabError, match=r"stage 'student' was started with the plugin 'crash' \(.*\), which is not "
+                                         r"installed now; install it again to continue this run"):
+        run(recipe, resume=crashed, catalogue=catalogue)  # the catalogue without it
+    assert {p: p.read_bytes() for p in crashed.rglob("*") if p.is_file()} == before
+    assert run(recipe, resume=crashed, catalogue=cat).metrics["student"]["test/accuracy"] > 0
+    # a finished run resumes (to nothing) without it: its stages are done
+    assert run(recipe, resume=crashed, catalogue=catalogue).metrics.keys() == {"teacher", "student"}
+
+
 def test_resume_with_a_different_recipe_is_refused(write_recipe, tmp_path, catalogue):
     recipe = write_recipe()
     first = run(recipe, out=tmp_path / "runs", catalogue=catalogue)
