@@ -15,6 +15,8 @@ _PUBLIC = {
     "Batch": "kdlab.engine.types",
     "DataBundle": "kdlab.engine.types",
     "ModelOutput": "kdlab.engine.types",
+    "Requirements": "kdlab.engine.types",
+    "StageView": "kdlab.engine.types",
     "Stage": "kdlab.engine.types",
     "KdlabError": "kdlab.engine.errors",
     "hookimpl": "kdlab.engine.hookspecs",

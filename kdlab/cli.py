@@ -211,8 +211,13 @@ def cmd_run(args) -> int:
         from kdlab.engine.registry import discover
         from kdlab.engine.runner import check_gpus, resolve_device
 
+        from kdlab.engine.preflight import check_requirements
+
         # what would fail in every process fails here once, before any is started
-        check_gpus(resolve_device(load_recipe(args.recipe, discover(), args.overrides)), args.nproc)
+        catalogue = discover()
+        recipe = load_recipe(args.recipe, catalogue, args.overrides)
+        check_requirements(recipe, catalogue, args.recipe)
+        check_gpus(resolve_device(recipe), args.nproc)
         # relaunch through torchrun, which starts N copies of this command with their ranks
         argv, skip = [], False
         for a in args.argv:
@@ -311,8 +316,9 @@ def cmd_validate(args) -> int:
 
     catalogue = discover()
     recipe = load_recipe(args.recipe, catalogue, args.overrides)
-    from kdlab.engine.preflight import check_taps
+    from kdlab.engine.preflight import check_requirements, check_taps
 
+    check_requirements(recipe, catalogue, args.recipe)
     check_taps(recipe, catalogue, args.recipe)
     print(f"# {args.recipe}: valid\n# resolved recipe\n")
     print(tomli_w.dumps(recipe_to_dict(recipe)))

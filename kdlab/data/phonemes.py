@@ -54,12 +54,18 @@ class PhonemesConfig:
     freq_mask: int = field(default=15, validator=v.ge(0))
     time_mask: int = field(default=25, validator=v.ge(0))
     masks: int = field(default=2, validator=v.ge(0))
+
     on_bad: Literal["error", "skip"] = "error"
     cache_dir: str | None = None
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))
     # processes that pad and mask training batches while the main process trains (0: the main
     # process does); the batches are the same either way
     num_workers: int = field(default=0, validator=v.ge(0))
+
+    def augments_inputs(self, dataset: str) -> bool:
+        """Whether the model inputs of the training split differ between epochs (random
+        transforms): what the teacher cache needs to know before anything is built."""
+        return False  # SpecAugment changes only the student's features, not what a teacher reads
 
 
 def ctc_min_frames(ids: list[int]) -> int:

@@ -48,12 +48,18 @@ class SpeechCommandsConfig:
     noise_prob: float = field(default=0.8, validator=[v.ge(0), v.le(1)])  # chance a clip gets noise
     noise_gain: tuple[float, float] = (0.0, 0.3)  # noise amplitude, uniform in this range
     volume: tuple[float, float] = (0.5, 1.5)  # clip gain, uniform in this range
+
     freq_mask: int = field(default=8, validator=v.ge(0))  # widest frequency mask (bands)
     time_mask: int = field(default=15, validator=v.ge(0))  # widest time mask (frames)
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # quick runs
     # processes that compute augmented training features while the main process trains (0: the
     # main process does); the batches are the same either way
     num_workers: int = field(default=0, validator=v.ge(0))
+
+    def augments_inputs(self, dataset: str) -> bool:
+        """Whether the model inputs of the training split differ between epochs (random
+        transforms): what the teacher cache needs to know before anything is built."""
+        return self.augment
 
 
 @attrs.frozen

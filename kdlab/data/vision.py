@@ -41,6 +41,11 @@ class DigitsConfig(LoaderSettings):
     split_seed: int = field(default=0, validator=limits.seed)
     augment: bool = False  # random shifts of up to one pixel (pad 1 + crop) on the training split
 
+    def augments_inputs(self, dataset: str) -> bool:
+        """Whether the model inputs of the training split differ between epochs (random
+        transforms): what the teacher cache needs to know before anything is built."""
+        return self.augment
+
 
 @attrs.frozen(kw_only=True)
 class TorchvisionConfig(LoaderSettings):
@@ -59,6 +64,11 @@ class TorchvisionConfig(LoaderSettings):
     train_limit: int | None = field(default=None, validator=v.optional(v.ge(1)))  # quick runs
     split_seed: int = field(default=0, validator=limits.seed)
     verify: bool = True  # CIFAR: check each file's published md5 before reading it
+
+    def augments_inputs(self, dataset: str) -> bool:
+        """Whether the model inputs of the training split differ between epochs (random
+        transforms): what the teacher cache needs to know before anything is built."""
+        return self.augment and dataset != "mnist"  # MNIST is never augmented
 
 
 def digits_file_digest() -> str:
@@ -215,7 +225,7 @@ def build_vision(name: str, config: TorchvisionConfig, seed: int) -> DataBundle:
     train_idx, val_idx = order[: len(order) - val_size], order[len(order) - val_size :]
     if config.train_limit is not None:
         train_idx = train_idx[: config.train_limit]
-    augmented = name != "mnist" and config.augment
+    augmented = config.augments_inputs(name)
     key = {"dataset": name, "root": str(root.resolve()),  # and the files' contents
            "files": files_digest(sorted({root / Path(f).parent for f in files}), root=root), **batch_settings(config)}
     if config.in_memory:

@@ -1,6 +1,8 @@
 """Checks ``kdlab validate`` makes beyond the recipe's own keys, by building what a run would
-build without training: every tap path names a module of the model it taps, and every class a
-method is restricted to (``classes``, e.g. supervised's) is one of the data set's classes.
+build without training: every tap path names a module of the model it taps, every class a
+method is restricted to (``classes``, e.g. supervised's) is one of the data set's classes, and
+a stage's ``init`` from an earlier stage has weights of the shapes its model needs. And, without
+building anything, what each method declares it needs of its stage (:func:`check_requirements`).
 
 The models are built on the meta device (shapes, no memory, no initialisation cost); the data
 is built as a run would build it (its shapes size the models), and only when a stage has taps.
@@ -19,7 +21,7 @@ from kdlab.engine.errors import KdlabError, RecipeError
 from kdlab.engine.loop import exported_spec
 from kdlab.engine.recipe import Recipe, locate
 from kdlab.engine.registry import Catalogue
-from kdlab.engine.types import ModelSpec
+from kdlab.engine.types import ModelSpec, Requirements, StageView
 
 log = logging.getLogger("kdlab")
 
@@ -33,7 +35,9 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
               if cfg.taps.student or cfg.taps.teacher or cfg.taps.teachers}
     restricted = {(name, method): tuple(table.classes) for name, cfg in recipe.stages.items()
                   for method, table in cfg.methods.items() if getattr(table, "classes", None)}
-    if not tapped and not restricted:
+    inits = {name: cfg.init for name, cfg in recipe.stages.items()
+             if cfg.init in recipe.stages and recipe.stages[cfg.init].model.arch == cfg.model.arch}
+    if not tapped and not restricted and not inits:
         return
     if data is None:
         defaults = [n for n, p in catalogue.plugins.items() if p.default_enabled and n not in recipe.disabled]
@@ -50,6 +54,15 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
             problems.append(f"{locate(recipe_file, key_path)}: class{'es' if len(outside) > 1 else ''} "
                             f"{', '.join(map(str, outside))} not in the data set (it has {data.num_classes} "
                             f"classes, 0 to {data.num_classes - 1}) @ $.{'.'.join(key_path)}")
+    for name, source in inits.items():  # init copies weights: the two models must have the same shapes
+        pm = catalogue.manager(stage_plugins(recipe, catalogue, name))
+        shapes = [_shapes(pm, catalogue, recipe.stages[s].model, data) for s in (name, source)]
+        if shapes[0] != shapes[1]:
+            differ = sorted(k for k in set(shapes[0]) | set(shapes[1]) if shapes[0].get(k) != shapes[1].get(k))
+            key_path = ("stages", name, "init")
+            problems.append(f"{locate(recipe_file, key_path)}: stages.{name}.init = '{source}': its weights do not fit "
+                            f"this stage's model ({len(differ)} tensors differ in shape, e.g. {differ[0]}: "
+                            f"{shapes[1].get(differ[0])} vs {shapes[0].get(differ[0])}) @ $.{'.'.join(key_path)}")
     for name, cfg in tapped.items():
         pm = catalogue.manager(stage_plugins(recipe, catalogue, name))
         models = [("student", cfg.model, cfg.taps.student)]
@@ -75,7 +88,110 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
         raise RecipeError(problems)
 
 
+def _shapes(pm, catalogue: Catalogue, spec: ModelSpec, data) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = pm.hook.kdlab_build_model(spec=spec, data=data)
+        if model is None:
+            model = catalogue.models[spec.arch].build(spec.config, data)
+    return {k: tuple(t.shape) for k, t in model.state_dict().items()}
+
+
 def _teacher_spec(recipe: Recipe, catalogue: Catalogue, ref: str) -> ModelSpec:
     if ref in recipe.stages:
         return recipe.stages[ref].model
     return exported_spec(catalogue, checkpoint.load_model_file(ref), ref)
+
+
+def check_requirements(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path) -> None:
+    """Raise a RecipeError naming file, line and key for every need of a stage's methods that
+    the recipe does not meet (:class:`~kdlab.engine.types.Requirements`, declared by each
+    method's ``requires``), and for an ``init`` from a stage of another architecture. Needs no
+    data and builds nothing: ``kdlab validate`` and ``kdlab run`` call it before any stage trains."""
+    problems: list[str] = []
+
+    def add(key_path: tuple, message: str) -> None:
+        problems.append(f"{locate(recipe_file, key_path)}: {message} @ $.{'.'.join(key_path)}")
+
+    for name, cfg in recipe.stages.items():
+        view = StageView(name=name, epochs=cfg.epochs, teachers=tuple(cfg.teachers), methods=tuple(cfg.methods),
+                         student_taps=tuple(cfg.taps.student),
+                         teacher_taps=tuple(tuple(cfg.taps.for_teacher(ref)) for ref in cfg.teachers),
+                         data=recipe.data.config, augmented=_augmented(recipe))
+        declared: dict[str, Requirements | None] = {}
+        for method, table in cfg.methods.items():
+            info = catalogue.plugins.get(method)
+            requires = getattr(info.factory, "requires", None) if info is not None else None
+            if requires is None:
+                declared[method] = None
+                continue
+            try:
+                needs = requires(table, view)
+            except Exception as exc:  # a plugin author's mistake: name the plugin
+                raise KdlabError(f"plugin '{method}' ({info.origin}): its requires() failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+            if not isinstance(needs, Requirements):
+                raise KdlabError(f"plugin '{method}' ({info.origin}): requires() must return kdlab.Requirements, "
+                                 f"got {type(needs).__name__}")
+            declared[method] = needs
+            where = ("stages", name, "methods", method)
+            if len(cfg.teachers) < needs.teachers:
+                add(("stages", name, "teachers") if cfg.teachers else where,
+                    f"stages.{name}.methods.{method} needs {needs.teachers} teacher{'s' if needs.teachers > 1 else ''}, "
+                    f"the stage lists {len(cfg.teachers)}; set stages.{name}.teachers")
+                continue
+            student_key, teacher_key = needs.tap_keys
+            for alias in needs.student_taps:
+                if alias not in cfg.taps.student:
+                    add((*where, student_key), f"stages.{name}.methods.{method}.{student_key}: no tap '{alias}' in "
+                                               f"stages.{name}.taps.student (taps: {', '.join(cfg.taps.student) or 'none'})")
+            for index, aliases in needs.teacher_taps:
+                for i in range(len(cfg.teachers)) if index is None else [index]:
+                    if i >= len(cfg.teachers):
+                        continue  # the method's own problems say so
+                    ref = cfg.teachers[i]
+                    table_name = f"taps.teachers.{ref}" if ref in cfg.taps.teachers else "taps.teacher"
+                    for alias in aliases:
+                        if alias not in view.teacher_taps[i]:
+                            add((*where, teacher_key), f"stages.{name}.methods.{method}.{teacher_key}: no tap '{alias}' "
+                                                       f"in stages.{name}.{table_name} (taps: "
+                                                       f"{', '.join(view.teacher_taps[i]) or 'none'})")
+            for key, message in needs.problems:
+                add((*where, key), f"stages.{name}.methods.{method}.{key}: {message}")
+        for plugin, info in catalogue.plugins.items():  # default-on plugins that add terms of their own
+            if info.default_enabled and plugin not in recipe.disabled and "kdlab_loss_terms" in info.hooks:
+                requires = getattr(info.factory, "requires", None)
+                declared[plugin] = requires(None, view) if requires is not None else None
+        _check_terms(name, cfg, declared, add)
+        if cfg.init in recipe.stages and recipe.stages[cfg.init].model.arch != cfg.model.arch:
+            add(("stages", name, "init"), f"stages.{name}.init = '{cfg.init}': a {recipe.stages[cfg.init].model.arch} "
+                                          f"model, but this stage trains a {cfg.model.arch}; init copies weights "
+                                          "between models of one architecture")
+    if problems:
+        raise RecipeError(problems)
+
+
+def _augmented(recipe: Recipe) -> bool | None:
+    says = getattr(recipe.data.config, "augments_inputs", None)
+    return says(recipe.data.name) if says is not None else None
+
+
+def _check_terms(name: str, cfg, declared: dict, add) -> None:
+    """The stage's loss terms, when every method declares its own."""
+    if any(needs is None or needs.terms is None for needs in declared.values()):
+        return  # a method that does not say: the loop checks at the first step
+    owners: dict[str, str] = {}
+    for method, needs in declared.items():
+        for term in sorted(needs.terms):
+            if term in owners:
+                add(("stages", name, "methods", method),
+                    f"stage {name}: methods {owners[term]} and {method} both return the loss term '{term}'; "
+                    "enable only one of them")
+            owners.setdefault(term, method)
+    if not owners:
+        add(("stages", name), f"stage {name}: no method returns a loss term (methods: "
+                              f"{', '.join(declared) or 'none'}); enable one under [stages.{name}.methods] "
+                              "(e.g. supervised)")
+        return
+    for term in sorted(set(cfg.loss_weights) - set(owners)):
+        add(("stages", name, "loss_weights", term),
+            f"stages.{name}.loss_weights names '{term}', but the methods return only: {', '.join(sorted(owners))}")

@@ -87,6 +87,48 @@ class Loader(Protocol):
 
 
 @attrs.frozen(kw_only=True)
+class StageView:
+    """What a method's ``requires`` sees of a stage: the recipe's settings, before anything is
+    built (``kdlab validate`` and ``kdlab run`` call it for every stage before the first trains)."""
+
+    name: str
+    epochs: int
+    teachers: tuple[str, ...]  # as the recipe lists them: earlier stage names or model files
+    methods: tuple[str, ...]  # the stage's enabled methods
+    student_taps: tuple[str, ...]  # aliases of [stages.<s>.taps.student]
+    teacher_taps: tuple[tuple[str, ...], ...]  # per teacher, the aliases its taps define
+    data: Any  # the data set's structured [data] table
+    augmented: bool | None  # the training inputs differ between epochs (None: the data set does not say)
+
+
+def _aliases(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class Requirements:
+    """What a method needs of its stage, returned by its ``requires(config, stage)`` (a
+    staticmethod or classmethod of the plugin; ``config`` is its validated table, ``stage`` a
+    :class:`StageView`). Each unmet need is an error naming the recipe file, line and key.
+
+    ``teachers``: at least this many. ``terms``: the loss terms the method returns with this
+    config (empty for one that adds none, None if it cannot say): with every method of a stage
+    declaring them, a stage with no term, two methods returning the same term, and
+    ``loss_weights`` naming none are found before training. ``student_taps``: tap aliases it
+    reads from the student; ``teacher_taps``: ``(teacher index, aliases)`` it reads, index None
+    for every teacher. ``problems``: ``(key in its table, message)`` for settings that do not fit
+    this stage (a start epoch past the epochs). ``tap_keys``: the keys of its table that name
+    the student's and the teacher's taps, for the error's key path."""
+
+    teachers: int = 0
+    terms: frozenset[str] | None = attrs.field(default=None, converter=lambda t: None if t is None else frozenset(t))
+    student_taps: tuple[str, ...] = attrs.field(default=(), converter=_aliases)
+    teacher_taps: tuple[tuple[int | None, tuple[str, ...]], ...] = ()
+    problems: tuple[tuple[str, str], ...] = ()
+    tap_keys: tuple[str, str] = ("student", "teacher")  # the keys of its table that name the taps
+
+
+@attrs.frozen(kw_only=True)
 class DataBundle:
     train: Loader
     val: Loader | None

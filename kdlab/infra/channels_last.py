@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from kdlab import KdlabError, hookimpl
+from kdlab import KdlabError, Requirements, hookimpl
 
 
 class ChannelsLast:
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms=())
+
     @hookimpl(tryfirst=True)
     def kdlab_stage_start(self, stage):
         if "pruning" in stage.config.methods:  # torch's global pruning flattens weights with .view

@@ -12,7 +12,7 @@ from typing import Literal
 
 import attrs
 
-from kdlab import hookimpl
+from kdlab import Requirements, hookimpl
 
 
 @attrs.frozen(kw_only=True)
@@ -24,6 +24,10 @@ class CompileConfig:
 
 class Compile:
     config_class = CompileConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms=())
 
     @hookimpl(trylast=True)  # after other plugins changed the models (channels_last, pruning)
     def kdlab_stage_start(self, stage):

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from kdlab import Batch, hookimpl
+from kdlab import Batch, Requirements, hookimpl
 from kdlab.engine import checkpoint
 from kdlab.engine.loop import plain_config, evaluate
 from kdlab.engine.stats import state_dict_bytes
@@ -44,6 +44,10 @@ class HalfModel(nn.Module):
 
 
 class Fp16Export:
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms=())
+
     @hookimpl(trylast=True)  # after the others have finished the model (pruning made permanent)
     def kdlab_stage_end(self, stage, metrics):
         half = copy.deepcopy(stage.student).half().train(False)

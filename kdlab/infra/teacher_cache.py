@@ -42,7 +42,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, ModelOutput, hookimpl
+from kdlab import KdlabError, ModelOutput, Requirements, hookimpl
 from kdlab.engine.errors import writing
 from kdlab.engine.stage_store import code_digest
 from kdlab.methods.amp import autocast_dtype
@@ -181,6 +181,16 @@ class TeacherCache:
         self.teacher_hashes: list[str] | None = None  # hashed once per stage, not once per split
 
     config_class = TeacherCacheConfig
+
+    @staticmethod
+    def requires(config, stage):
+        problems = []
+        if stage.augmented is True and config.views is None:
+            problems.append(("views", "the training data is augmented (data.augment = true), so the teacher's "
+                                      "outputs change every epoch; set views = 8 (say), or data.augment = false"))
+        elif stage.augmented is False and config.views is not None:
+            problems.append(("views", "the training data is not augmented (data.augment = false); remove views"))
+        return Requirements(teachers=1, terms=(), problems=tuple(problems))
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -12,7 +12,7 @@ from typing import Literal
 import attrs
 import torch
 
-from kdlab import hookimpl
+from kdlab import Requirements, hookimpl
 
 
 @attrs.frozen(kw_only=True)
@@ -32,6 +32,10 @@ class Amp:
         self.dtype = torch.bfloat16
 
     config_class = AmpConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms=())
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -23,7 +23,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import as_map, check_tap_lists, match_spatial
+from kdlab.methods.feature_pairs import as_map, check_tap_lists, feature_pair_requirements, match_spatial
 
 NAME = "attention"
 
@@ -49,6 +49,10 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: float) -> to
 
 class Attention:
     config_class = AttentionConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return feature_pair_requirements(config, stage, {"at"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

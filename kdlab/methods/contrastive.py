@@ -24,7 +24,8 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method, paired
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, check_feature_method,
+                                         feature_pair_requirements, paired)
 
 NAME = "contrastive"
 
@@ -50,6 +51,10 @@ def info_nce(student_z: torch.Tensor, teacher_z: torch.Tensor, *, tau: float,
 
 class Contrastive:
     config_class = ContrastiveConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return feature_pair_requirements(config, stage, {"contrastive"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -37,7 +37,8 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method, paired
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, check_feature_method,
+                                         feature_pair_requirements, paired)
 
 NAME = "crd"
 EPS = 1e-7
@@ -87,6 +88,10 @@ def update_memory(memory: torch.Tensor, index: torch.Tensor, new: torch.Tensor, 
 
 class CRD:
     config_class = CRDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return feature_pair_requirements(config, stage, {"crd"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

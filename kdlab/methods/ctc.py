@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
+from kdlab import KdlabError, Requirements, hookimpl
 from kdlab.speech.ctc_decoding import BLANK
 
 
@@ -116,6 +116,10 @@ def _check_sequence(stage, out, what: str) -> None:
 
 
 class CTC:
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms={"ctc"})
+
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         if stage.step == 0:
@@ -125,6 +129,10 @@ class CTC:
 
 class CTCKD:
     config_class = CTCKDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(teachers=1, terms={"kd", "ctc"} if config.lam < 1 else {"kd"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

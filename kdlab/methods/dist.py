@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import hookimpl
+from kdlab import Requirements, hookimpl
 from kdlab.methods.logit_kd import logits_of, require_teacher
 
 
@@ -54,6 +54,10 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tem
 
 class DIST:
     config_class = DISTConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(teachers=1, terms={"dist"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

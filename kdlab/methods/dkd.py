@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import hookimpl
+from kdlab import Requirements, hookimpl
 from kdlab.methods.logit_kd import logits_of, require_teacher
 
 
@@ -60,6 +60,10 @@ def warmup_factor(epoch: int, warmup_epochs: int) -> float:
 
 class DKD:
     config_class = DKDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(teachers=1, terms={"dkd"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

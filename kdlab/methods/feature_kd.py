@@ -19,8 +19,8 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, as_vector, check_feature_method, match_spatial,
-                                         paired)
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, as_vector, check_feature_method,
+                                         feature_pair_requirements, match_spatial, paired)
 
 NAME = "feature_kd"
 
@@ -51,6 +51,10 @@ def feature_hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, ad
 
 class FeatureKD:
     config_class = FeatureKDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return feature_pair_requirements(config, stage, {"hint"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError
+from kdlab import KdlabError, Requirements
 
 
 @attrs.frozen(kw_only=True)
@@ -28,6 +28,17 @@ class FeaturePairConfig:
     student: str = "emb"  # alias in [stages.<s>.taps.student]
     teacher: str = "emb"  # alias in [stages.<s>.taps.teacher] (or taps.teachers.<teacher>)
     teacher_index: int = field(default=0, validator=v.ge(0))
+
+
+def feature_pair_requirements(config, stage, terms) -> Requirements:
+    """A method comparing student features with those of teacher ``config.teacher_index``
+    (``student`` / ``teacher`` alias fields): its teacher, its taps, its terms."""
+    teacher = (config.teacher,) if isinstance(config.teacher, str) else tuple(config.teacher)
+    problems = ()
+    if stage.teachers and config.teacher_index >= len(stage.teachers):
+        problems = (("teacher_index", f"{config.teacher_index}, but the stage has {len(stage.teachers)} teacher(s)"),)
+    return Requirements(teachers=1, terms=terms, student_taps=config.student,
+                        teacher_taps=((config.teacher_index, teacher),), problems=problems)
 
 
 def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method, paired
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, check_feature_method,
+                                         feature_pair_requirements, paired)
 
 NAME = "geometry"
 
@@ -78,6 +79,10 @@ class Geometry:
         self.seen: torch.Tensor | None = None
 
     config_class = GeometryConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return feature_pair_requirements(config, stage, {"geometry"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -17,7 +17,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import Batch, hookimpl
+from kdlab import Batch, Requirements, hookimpl
 from kdlab.data.loader import batch_seed
 from kdlab.methods.lm import check_token_logits
 from kdlab.methods.logit_kd import require_teacher
@@ -45,6 +45,10 @@ def on_policy_step(seed: int, step: int, fraction: float) -> bool:
 
 class GKD:
     config_class = GKDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(teachers=1, terms={"gkd"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -9,7 +9,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import hookimpl
+from kdlab import Requirements, hookimpl
 
 
 @attrs.frozen(kw_only=True)
@@ -19,6 +19,10 @@ class GradClipConfig:
 
 class GradClip:
     config_class = GradClipConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms=())
 
     @hookimpl
     def kdlab_before_optimizer_step(self, stage):

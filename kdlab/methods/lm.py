@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
+from kdlab import KdlabError, Requirements, hookimpl
 
 
 @attrs.frozen(kw_only=True)
@@ -37,6 +37,10 @@ def check_token_logits(logits: torch.Tensor, targets: torch.Tensor, plugin: str)
 
 class LM:
     config_class = LMConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms={"lm"})
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out):

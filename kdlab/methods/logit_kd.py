@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
+from kdlab import KdlabError, Requirements, hookimpl
 
 
 @attrs.frozen(kw_only=True)
@@ -61,6 +61,10 @@ def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *
 
 class LogitKD:
     config_class = LogitKDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(teachers=1, terms={"kd", "ce"} if config.alpha < 1 else {"kd"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

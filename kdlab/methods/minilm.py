@@ -18,7 +18,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
+from kdlab import KdlabError, Requirements, hookimpl
 from kdlab.methods.logit_kd import require_teacher
 
 
@@ -50,6 +50,11 @@ def minilm_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tenso
 
 class MiniLM:
     config_class = MiniLMConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(teachers=1, terms={"minilm"}, student_taps=tuple(config.pairs),
+                            teacher_taps=((0, tuple(config.pairs.values())),), tap_keys=("pairs", "pairs"))
 
     @hookimpl
     def kdlab_stage_start(self, stage):

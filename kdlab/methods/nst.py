@@ -21,7 +21,8 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_map, check_feature_method, match_spatial, paired
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, check_feature_method, feature_pair_requirements,
+                                         match_spatial, paired)
 
 NAME = "nst"
 
@@ -47,6 +48,10 @@ def nst_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 class NST:
     config_class = NSTConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return feature_pair_requirements(config, stage, {"nst"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -22,7 +22,7 @@ from attrs import validators as v
 from torch import nn
 from torch.nn.utils import prune
 
-from kdlab import KdlabError, hookimpl
+from kdlab import KdlabError, Requirements, hookimpl
 
 LAYER_TYPES = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d}
 
@@ -86,6 +86,17 @@ class Pruning:
         self.targets: list[tuple[nn.Module, str]] = []
 
     config_class = PruningConfig
+
+    @staticmethod
+    def requires(config, stage):
+        problems = []
+        if config.start_epoch >= stage.epochs:
+            problems.append(("start_epoch", f"{config.start_epoch} must be below the stage's epochs ({stage.epochs}): "
+                                            "pruning would never start"))
+        elif config.end_epoch is not None and not config.start_epoch <= config.end_epoch < stage.epochs:
+            problems.append(("end_epoch", f"{config.end_epoch} must be in [start_epoch, epochs) = "
+                                          f"[{config.start_epoch}, {stage.epochs})"))
+        return Requirements(terms=(), problems=tuple(problems))
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -19,7 +19,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import check_feature_method
+from kdlab.methods.feature_pairs import check_feature_method, feature_pair_requirements
 
 
 @attrs.frozen(kw_only=True)
@@ -37,6 +37,10 @@ class RelationMethod:
     name: str
     term: str
     loss: Callable[..., torch.Tensor]
+
+    @classmethod
+    def requires(cls, config, stage):
+        return feature_pair_requirements(config, stage, {cls.term})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

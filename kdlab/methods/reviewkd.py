@@ -30,7 +30,7 @@ from torch import nn
 
 from kdlab import hookimpl
 from kdlab.methods.dkd import warmup_factor
-from kdlab.methods.feature_pairs import as_spatial, check_tap_lists
+from kdlab.methods.feature_pairs import as_spatial, check_tap_lists, feature_pair_requirements
 
 NAME = "reviewkd"
 
@@ -99,6 +99,10 @@ class ReviewHead(nn.Module):
 
 class ReviewKD:
     config_class = ReviewKDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return feature_pair_requirements(config, stage, {"reviewkd"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -47,8 +47,12 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
 def rkd_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: RKDConfig) -> torch.Tensor:
     s, t = student.flatten(1), teacher.flatten(1)
     with torch.no_grad():
-        d_t, a_t = _distances(t), _angles(t)
+        d_t = _distances(t)
     loss = cfg.distance_weight * F.smooth_l1_loss(_distances(s), d_t)
+    if not cfg.angle_weight:  # the angle term is batch^3: skipped when it counts for nothing
+        return loss
+    with torch.no_grad():
+        a_t = _angles(t)
     return loss + cfg.angle_weight * F.smooth_l1_loss(_angles(s), a_t)
 
 

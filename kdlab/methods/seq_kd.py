@@ -24,7 +24,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import Batch, KdlabError, hookimpl
+from kdlab import Batch, KdlabError, Requirements, hookimpl
 from kdlab.engine import checkpoint
 from kdlab.methods.lm import lm_loss
 from kdlab.methods.logit_kd import require_teacher
@@ -82,6 +82,10 @@ class SeqKD:
 
     def __init__(self):
         self.inputs = self.targets = None
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(teachers=1, terms={"seq_kd"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

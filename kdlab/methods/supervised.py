@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import hookimpl
+from kdlab import Requirements, hookimpl
 
 
 @attrs.frozen(kw_only=True)
@@ -35,6 +35,10 @@ def supervised_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smooth
 
 class Supervised:
     config_class = SupervisedConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms={"ce"})
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out):

@@ -25,7 +25,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import hookimpl
+from kdlab import Requirements, hookimpl
 from kdlab.methods.lm import check_token_logits
 from kdlab.methods.logit_kd import require_teacher
 
@@ -81,6 +81,10 @@ def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
 
 class TokenKD:
     config_class = TokenKDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(teachers=1, terms={"token_kd"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -33,7 +33,7 @@ from attrs import field
 from attrs import validators as v
 from torch import nn
 
-from kdlab import KdlabError, hookimpl
+from kdlab import KdlabError, Requirements, hookimpl
 from kdlab.methods.feature_pairs import as_vector, check_taps
 
 NAME = "triplet_ae"
@@ -84,6 +84,18 @@ class TripletAE:
         self.indices: list[int] = []
 
     config_class = TripletAEConfig
+
+    @staticmethod
+    def requires(config, stage):
+        indices = tuple(config.teachers) if config.teachers is not None else tuple(range(len(stage.teachers)))
+        problems = []
+        if config.teachers is not None and len(indices) < 2:
+            problems.append(("teachers", f"{len(indices)} teacher index, it needs at least two"))
+        bad = [i for i in indices if i >= len(stage.teachers)]
+        if bad and len(stage.teachers) >= 2:
+            problems.append(("teachers", f"index {bad[0]}, but the stage has {len(stage.teachers)} teacher(s)"))
+        return Requirements(teachers=2, terms={"ae_recon", "triplet", "latent_kd"}, student_taps=config.student,
+                            teacher_taps=tuple((i, (config.teacher,)) for i in indices), problems=tuple(problems))
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -27,7 +27,8 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_spatial, check_feature_method, match_spatial, paired
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_spatial, check_feature_method,
+                                         feature_pair_requirements, match_spatial, paired)
 
 NAME = "vid"
 
@@ -66,6 +67,10 @@ def vid_loss(mean: torch.Tensor, variance: torch.Tensor, teacher: torch.Tensor) 
 
 class VID:
     config_class = VIDConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return feature_pair_requirements(config, stage, {"vid"})
 
     @hookimpl
     def kdlab_stage_start(self, stage):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from kdlab import hookimpl
+from kdlab import Requirements, hookimpl
 from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method
 from kdlab.methods.geometry import class_centres, off_diagonal, similarity_matrix
 
@@ -58,6 +58,10 @@ class FeatureMetrics:
         self.matrices: tuple[torch.Tensor, torch.Tensor] | None = None
 
     config_class = FeatureMetricsConfig
+
+    @staticmethod
+    def requires(config, stage):
+        return Requirements(terms=())
 
     @hookimpl
     def kdlab_stage_start(self, stage):

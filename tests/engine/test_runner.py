@@ -77,25 +77,46 @@ def test_resume_after_crash_gives_identical_weights(write_recipe, tmp_path):
             assert resumed.metrics[stage][key] == reference.metrics[stage][key]
 
 
-def test_resume_after_a_plugin_it_ran_was_uninstalled_is_refused_and_changes_nothing(write_recipe, tmp_path, catalogue):
-    """The crash plugin is default-on and not named in the recipe: without it installed, the
-    resumed student would train differently. The resume stops naming it, writes nothing, and
-    continues once it is back."""
-    cat = discover(extra={"crash": Crash})
-    recipe = write_recipe(RESUME)
-    Crash.armed = True
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(recipe, out=tmp_path / "b", catalogue=cat)
-    Crash.armed = False
-    crashed = next((tmp_path / "b" / "tiny").iterdir())
-    before = {p: p.read_bytes() for p in crashed.rglob("*") if p.is_file()}
-    with pytest.raises(KdlabError, match=r"stage 'student' was started with the plugin 'crash' \(.*\), which is not "
-                                         r"installed now; install it again to continue this run"):
-        run(recipe, resume=crashed, catalogue=catalogue)  # the catalogue without it
-    assert {p: p.read_bytes() for p in crashed.rglob("*") if p.is_file()} == before
-    assert run(recipe, resume=crashed, catalogue=cat).metrics["student"]["test/accuracy"] > 0
+STOPS = """
+import os, signal
+
+from kdlab import hookimpl
+
+
+class StopsOnce:
+    \"\"\"On by default, named in no recipe: stops the student stage after its first epoch (SIGTERM).\"\"\"
+
+    default_enabled = True
+
+    @hookimpl(trylast=True)
+    def kdlab_epoch_end(self, stage, epoch):
+        if stage.name == "student" and epoch == 0 and os.environ.get("KDLAB_TEST_STOP"):
+            os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_resume_after_a_plugin_it_ran_was_uninstalled_is_refused_and_changes_nothing(write_recipe, tmp_path):
+    """Without the default-on plugin the run started with, the rest of the run would be computed
+    differently: the resume stops naming it, writes nothing, and continues once it is back."""
+    from tests.conftest import installed_plugin
+
+    with_plugin = installed_plugin(tmp_path, "kdlab_stops_once", STOPS, "stops_once = kdlab_stops_once:StopsOnce")
+    kdlab = [sys.executable, "-m", "kdlab", "run", str(write_recipe(RESUME)), "--out", str(tmp_path), "--run-id", "r"]
+    stopped = subprocess.run(kdlab, env={**with_plugin, "KDLAB_TEST_STOP": "1"}, capture_output=True, text=True)
+    assert stopped.returncode == 143, stopped.stderr
+    run_dir = tmp_path / "tiny" / "r"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    without = subprocess.run(kdlab, capture_output=True, text=True)
+    assert without.returncode == 2, without.stderr
+    assert ("stage 'student' was started with the plugin 'stops_once' (kdlab_stops_once:StopsOnce "
+            "(kdlab-stops-once 0.1)), which is not installed now; install it again to continue") in without.stderr
+    assert "Traceback" not in without.stderr
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    again = subprocess.run(kdlab, env=with_plugin, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert (run_dir / "models" / "student.pt").is_file()
     # a finished run resumes (to nothing) without it: its stages are done
-    assert run(recipe, resume=crashed, catalogue=catalogue).metrics.keys() == {"teacher", "student"}
+    assert subprocess.run(kdlab, capture_output=True, text=True).returncode == 0
 
 
 def test_resume_with_a_different_recipe_is_refused(write_recipe, tmp_path, catalogue):

@@ -99,8 +99,10 @@ def test_augmented_data_is_refused(write_recipe, tmp_path, catalogue):
     text = CACHED.replace('dataset = "digits"', f'dataset = "cifar10"\nroot = "{tmp_path / "data"}"\nval_size = 4\nverify = false'
                           ).replace('\ntaps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
                                     'methods.feature_metrics = {}', "").replace(' dir = "CACHE" ', "")
-    with pytest.raises(KdlabError, match="teacher_cache: the training inputs are randomly augmented.*set views"):
+    # found before anything trains (kdlab validate finds it too)
+    with pytest.raises(KdlabError, match=r"teacher_cache.views: the training data is augmented .* set views"):
         run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(KdlabError, match=r"teacher_cache.views: the training data is not augmented"):
         run(write_recipe(CACHED.replace(' dir = "CACHE" ', " views = 4 ")), out=tmp_path / "runs", catalogue=catalogue)
 

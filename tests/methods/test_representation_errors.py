@@ -36,7 +36,7 @@ methods.supervised = {}
      "stages.student.methods.geometry.student: no tap 'x' in stages.student.taps.student (taps: emb)"),
     ("geometry = { teacher_index = 2 }", KdlabError,
      "stages.student.methods.geometry.teacher_index: 2, but the stage has 1 teacher(s)"),
-    ("triplet_ae = {}", KdlabError, "stages.student.methods.triplet_ae needs at least two teachers, got 1"),
+    ("triplet_ae = {}", KdlabError, "stages.student.methods.triplet_ae needs 2 teachers, the stage lists 1"),
     ("triplet_ae = { margin = -0.5 }", RecipeError, "margin must be >= 0, got -0.5 @ $.stages.student.methods.triplet_ae.margin"),
     ("contrastive = { tau = 0 }", RecipeError, "tau must be > 0, got 0"),
     ("feature_metrics = { student = \"feat\" }", KdlabError, "no tap 'feat' in stages.student.taps.student"),
