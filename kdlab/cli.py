@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -232,7 +233,15 @@ def cmd_run(args) -> int:
         from kdlab.engine.processes import die_with_parent
 
         # killed (even with SIGKILL), this launcher takes torchrun with it, and torchrun its workers
-        return subprocess.run(cmd, preexec_fn=die_with_parent).returncode
+        proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers save and stop, rank 0 says how to continue
+            try:  # a terminal's Ctrl-C or a scheduler's killpg reached them too; they stop within a step
+                return proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # the signal was for this process alone: pass it on
+                proc.send_signal(signal.SIGTERM)
+                return proc.wait()
     result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume, run_id=args.run_id,
                  stage_store=args.stage_store)
     if os.environ.get("RANK", "0") != "0":
@@ -532,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1  # under --nproc: another process failed first, and the launcher prints its error
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
-        if args.command == "run" and run_dir is not None:
+        if os.environ.get("RANK", "0") != "0":
+            pass  # another process of a --nproc run: rank 0 says it, once
+        elif args.command == "run" and run_dir is not None:
             again = ["kdlab", "run", args.recipe, *[f"--set={o}" for o in args.overrides], "--resume", str(run_dir)]
             print(f"kdlab: interrupted; the last checkpoint is kept; continue with: {shlex.join(again)}",
                   file=sys.stderr)

@@ -44,6 +44,7 @@ def first_error(where: Path) -> list[str]:
 def main(argv: list[str]) -> int:
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
@@ -67,6 +68,8 @@ def main(argv: list[str]) -> int:
             return failure.exitcode
         print(exc.format_msg(), file=sys.stderr)
         return 1
+    except SignalException as exc:  # stopped by a signal: the workers saved and rank 0 said how to continue
+        return 128 + int(exc.sigval)
     finally:
         shutil.rmtree(where, ignore_errors=True)
 

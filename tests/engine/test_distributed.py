@@ -192,7 +192,9 @@ def test_ranks_draw_different_dropout_and_an_interrupted_run_resumes_exactly(wri
     env = {**base, "KDLAB_PROBE_OUT": str(tmp_path / "b.draws")}
     stopped = subprocess.run([*cmd, "--out", str(tmp_path / "b")], capture_output=True, text=True,
                              env={**env, "KDLAB_PROBE_STOP": "1"})
-    assert stopped.returncode != 0 and "--resume" in stopped.stderr
+    assert stopped.returncode == 130 and "--resume" in stopped.stderr
+    # one line, from rank 0: not one per process, no traceback, no torchrun report
+    assert stopped.stderr.count("kdlab: interrupted") == 1 and "Traceback" not in stopped.stderr, stopped.stderr
     resumed = subprocess.run([*cmd, "--out", str(tmp_path / "b")], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(tmp_path / "a/tiny/r/models/student.pt", weights_only=True)["state_dict"]
@@ -494,3 +496,36 @@ def test_sigkill_of_the_nproc_launcher_leaves_no_process_behind(write_recipe, tm
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
+
+
+GROUP_STOP = '''
+import os, signal
+
+from kdlab import hookimpl
+
+
+class GroupStop:
+    """Rank 0 sends SIGTERM to the whole process group after the student's first epoch, as a
+    scheduler (or a terminal's Ctrl-C, with SIGINT) stops every process of a job."""
+
+    default_enabled = True
+
+    @hookimpl(trylast=True)
+    def kdlab_epoch_end(self, stage, epoch):
+        if stage.name == "student" and epoch == 0 and stage.is_main and os.environ.get("KDLAB_GROUP_STOP"):
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+'''
+
+
+def test_sigterm_to_every_process_of_an_nproc_run_is_one_line_and_143(write_recipe, tmp_path):
+    env = installed_plugin(tmp_path, "kdlab_group_stop", GROUP_STOP, "group_stop = kdlab_group_stop:GroupStop",
+                           {**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [sys.executable, "-m", "kdlab", "run", str(write_recipe(RECIPE)), "--out", str(tmp_path), "--run-id", "r",
+           "--nproc", "2"]
+    stopped = subprocess.run(cmd, env={**env, "KDLAB_GROUP_STOP": "1"}, capture_output=True, text=True,
+                             start_new_session=True)  # its own process group, as a job has
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    lines = [ln for ln in stopped.stderr.splitlines() if ln.startswith("kdlab: ")]
+    assert len(lines) == 1 and "continue with:" in lines[0] and "Traceback" not in stopped.stderr, stopped.stderr
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -64,7 +64,7 @@ def _kdlab(args, cwd, limit=None):
 
 
 # bytes a file may hold -> the file that is first too large for it
-CASES = {1000: "fd/a/recipe.toml", 2000: "fd/a/tb/teacher", 10000: "fd/a/checkpoints/teacher/last.pt",
+CASES = {1000: "fd/a/plugins.json", 2000: "fd/a/tb/teacher", 10000: "fd/a/checkpoints/teacher/last.pt",
          30000: "%2Flogits.npy"}  # 30000: the teacher cache on disk (43 kB of logits)
 
 
