@@ -529,3 +529,16 @@ def test_sigterm_to_every_process_of_an_nproc_run_is_one_line_and_143(write_reci
     assert len(lines) == 1 and "continue with:" in lines[0] and "Traceback" not in stopped.stderr, stopped.stderr
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_batch_norm_with_one_sample_per_rank_matches_one_process(batch, write_recipe, tmp_path):
+    """Batches of 2 (one sample per rank) and 3 (shares of 2 + 1), batch norm on: its statistics
+    are the global batch's (a rank's one sample alone would give zero activations). With Adam at
+    lr 0.01, such tiny batches make training chaotic: 1 and 2 OMP threads in one process drift as
+    far apart as 1 and 2 processes do (2.95 at batch 2, 2026-12-03). With plain SGD at a small
+    learning rate the arithmetic shows: 1 and 2 processes agree to ~4e-6."""
+    sgd = TINY.replace('optimizer = { name = "adam", lr = 0.01 }', 'optimizer = { name = "sgd", lr = 0.002 }')
+    recipe = write_recipe(sgd.replace("epochs = 2", "epochs = 1").replace("batch_size = 64", f"batch_size = {batch}"))
+    one, two = _one_and_two(recipe, tmp_path)
+    _assert_trained_alike(one, two, parts=("student",))
