@@ -274,7 +274,16 @@ def test_triplet_ae_pruning_and_amp_over_two_processes_match_one(write_recipe, t
     masks = [k for k in a if k.endswith("weight_mask")]
     assert masks and all(torch.equal(a[k], b[k]) for k in masks)  # the same weights pruned on both
     amp = _student_methods(RECIPE, LOGIT_KD, 'methods.amp = { dtype = "bf16" }')
-    _assert_trained_alike(*_one_and_two(write_recipe(amp, "amp.toml"), tmp_path / "amp"), parts=("student",), atol=6e-2)
+    one_bf16, two_bf16 = _one_and_two(write_recipe(amp, "amp.toml"), tmp_path / "amp")
+    # the bound is bf16's own effect in one process: two processes must differ from one by less
+    # than bf16 differs from float32 (measured on 2026-12-04: 0.016 against 0.059)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    fp32 = subprocess.run([sys.executable, "-m", "kdlab", "run", str(write_recipe(RECIPE, "fp32.toml")), "--run-id", "r",
+                           "--out", str(tmp_path / "fp32")], env=env, capture_output=True, text=True)
+    assert fp32.returncode == 0, fp32.stderr[-3000:]
+    spread = _worst(torch.load(tmp_path / "fp32/tiny/r/checkpoints/student/last.pt", weights_only=True)["student"],
+                    one_bf16["student"])
+    assert _worst(one_bf16["student"], two_bf16["student"]) < spread, spread
 
 
 def test_ctc_and_ctc_kd_over_two_processes_match_one(write_recipe, tmp_path):
