@@ -513,6 +513,18 @@ COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_tr
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        try:
+            return _main(argv)
+        finally:
+            # the command is over: a SIGTERM or SIGINT that arrives now (or arrived while a
+            # collective blocked, and is handled only now) must not raise into the exit
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `kdlab ... | head` ends quietly
     if argv is None:
@@ -586,8 +598,12 @@ _terminated = False
 
 def _terminate(signum, _frame):
     """SIGTERM (a scheduler's stop, `kill`) ends a command the way Ctrl-C does (the last
-    checkpoint is kept), but exits 143, so that a scheduler sees which signal stopped it."""
+    checkpoint is kept), but exits 143, so that a scheduler sees which signal stopped it. A
+    second SIGTERM while it stops is ignored (SIGKILL still ends it), so that it cannot
+    interrupt the saving or the exit."""
     global _terminated
+    if _terminated:  # already stopping (a scheduler, then torchrun, signal every process): let it finish
+        return
     _terminated = True
     raise KeyboardInterrupt(f"signal {signum}")
 

@@ -69,27 +69,54 @@ def test_loss_is_weighted_sum_of_terms(write_recipe, tmp_path, cat):
         assert loss == pytest.approx(0.5 * 1.0 + 3.0 * 2.0)
 
 
+class UndeclaredCE:
+    """A method that does not declare its terms (no ``requires``): only the loop can see them."""
+
+    @hookimpl
+    def kdlab_loss_terms(self, student_out, batch):
+        return {"ce": torch.nn.functional.cross_entropy(student_out.logits, batch.targets)}
+
+
+class UndeclaredNothing:
+    @hookimpl
+    def kdlab_loss_terms(self):
+        return None
+
+
+# The built-in methods declare their terms and teachers, so these mistakes are found before the
+# first stage trains (tests/engine/test_preflight.py); the loop's own checks at the first step
+# catch them for methods that do not declare.
 def test_same_term_from_two_methods_is_an_error(write_recipe, tmp_path, catalogue):
     text = TINY.replace('methods.logit_kd = { temperature = 4.0, alpha = 0.5 }',
                         'methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.supervised = {}')
-    with pytest.raises(KdlabError, match="two methods return the loss term 'ce'"):
+    with pytest.raises(KdlabError, match="methods logit_kd and supervised both return the loss term 'ce'"):
         run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+    undeclared = TINY.replace('methods.logit_kd = { temperature = 4.0, alpha = 0.5 }',
+                              'methods.logit_kd = { temperature = 4.0, alpha = 0.5 }\nmethods.ce_too = {}')
+    with pytest.raises(KdlabError, match="two methods return the loss term 'ce'"):
+        run(write_recipe(undeclared), out=tmp_path / "runs", catalogue=discover(extra={"ce_too": UndeclaredCE}))
 
 
 def test_unknown_loss_weight_is_an_error(write_recipe, tmp_path, catalogue):
     text = ONE_STAGE.replace("methods.supervised = {}", "methods.supervised = {}\nloss_weights = { kd = 1.0 }")
-    with pytest.raises(KdlabError, match="loss_weights names kd, but the methods return only: ce"):
+    with pytest.raises(KdlabError, match="loss_weights names 'kd', but the methods return only: ce"):
         run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+    undeclared = ONE_STAGE.replace("methods.supervised = {}", "methods.ce_too = {}\nloss_weights = { kd = 1.0 }")
+    with pytest.raises(KdlabError, match="loss_weights names kd, but the methods return only: ce"):
+        run(write_recipe(undeclared), out=tmp_path / "runs", catalogue=discover(extra={"ce_too": UndeclaredCE}))
 
 
 def test_stage_without_loss_is_an_error(write_recipe, tmp_path, catalogue):
-    with pytest.raises(KdlabError, match="no method returned a loss term"):
+    with pytest.raises(KdlabError, match="no method returns a loss term"):
         run(write_recipe(ONE_STAGE.replace("methods.supervised = {}", "")), out=tmp_path / "runs", catalogue=catalogue)
+    undeclared = ONE_STAGE.replace("methods.supervised = {}", "methods.nothing = {}")
+    with pytest.raises(KdlabError, match="no method returned a loss term"):
+        run(write_recipe(undeclared), out=tmp_path / "runs", catalogue=discover(extra={"nothing": UndeclaredNothing}))
 
 
 def test_logit_kd_without_teacher_is_an_error(write_recipe, tmp_path, catalogue):
     text = ONE_STAGE.replace("methods.supervised = {}", "methods.logit_kd = {}")
-    with pytest.raises(KdlabError, match="logit_kd needs a teacher"):
+    with pytest.raises(KdlabError, match="logit_kd needs 1 teacher, the stage lists 0"):
         run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
 
 
