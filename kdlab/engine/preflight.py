@@ -72,11 +72,7 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
         for key, spec, paths in models:
             if not paths:
                 continue
-            with torch.device("meta"):
-                model = pm.hook.kdlab_build_model(spec=spec, data=data)
-                if model is None:
-                    model = catalogue.models[spec.arch].build(spec.config, data)
-            modules = {n for n, _ in model.named_modules() if n}
+            modules = {n for n, _ in _on_meta(pm, catalogue, spec, data).named_modules() if n}
             for alias, path in paths.items():
                 if path not in modules:
                     near = difflib.get_close_matches(path, sorted(modules), n=6) or sorted(modules)[:6]
@@ -88,12 +84,15 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
         raise RecipeError(problems)
 
 
-def _shapes(pm, catalogue: Catalogue, spec: ModelSpec, data) -> dict[str, tuple[int, ...]]:
+def _on_meta(pm, catalogue: Catalogue, spec: ModelSpec, data) -> torch.nn.Module:
+    """The model a run would build, on the meta device (shapes, no memory)."""
     with torch.device("meta"):
         model = pm.hook.kdlab_build_model(spec=spec, data=data)
-        if model is None:
-            model = catalogue.models[spec.arch].build(spec.config, data)
-    return {k: tuple(t.shape) for k, t in model.state_dict().items()}
+        return model if model is not None else catalogue.models[spec.arch].build(spec.config, data)
+
+
+def _shapes(pm, catalogue: Catalogue, spec: ModelSpec, data) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(t.shape) for k, t in _on_meta(pm, catalogue, spec, data).state_dict().items()}
 
 
 def _teacher_spec(recipe: Recipe, catalogue: Catalogue, ref: str) -> ModelSpec:
@@ -113,12 +112,12 @@ def check_requirements(recipe: Recipe, catalogue: Catalogue, recipe_file: str | 
         problems.append(f"{locate(recipe_file, key_path)}: {message} @ $.{'.'.join(key_path)}")
 
     for name, cfg in recipe.stages.items():
-        view = StageView(name=name, epochs=cfg.epochs, teachers=tuple(cfg.teachers), methods=tuple(cfg.methods),
-                         student_taps=tuple(cfg.taps.student),
-                         teacher_taps=tuple(tuple(cfg.taps.for_teacher(ref)) for ref in cfg.teachers),
-                         data=recipe.data.config, augmented=_augmented(recipe))
+        view = stage_view(recipe, name)
         declared: dict[str, Requirements | None] = {}
-        for method, table in cfg.methods.items():
+        # the stage's methods, and default-on plugins that add loss terms of their own
+        term_plugins = [(p, None) for p, info in catalogue.plugins.items()
+                        if info.default_enabled and p not in recipe.disabled and "kdlab_loss_terms" in info.hooks]
+        for method, table in [*cfg.methods.items(), *term_plugins]:
             info = catalogue.plugins.get(method)
             requires = getattr(info.factory, "requires", None) if info is not None else None
             if requires is None:
@@ -157,10 +156,6 @@ def check_requirements(recipe: Recipe, catalogue: Catalogue, recipe_file: str | 
                                                        f"{', '.join(view.teacher_taps[i]) or 'none'})")
             for key, message in needs.problems:
                 add((*where, key), f"stages.{name}.methods.{method}.{key}: {message}")
-        for plugin, info in catalogue.plugins.items():  # default-on plugins that add terms of their own
-            if info.default_enabled and plugin not in recipe.disabled and "kdlab_loss_terms" in info.hooks:
-                requires = getattr(info.factory, "requires", None)
-                declared[plugin] = requires(None, view) if requires is not None else None
         _check_terms(name, cfg, declared, add)
         if cfg.init in recipe.stages and recipe.stages[cfg.init].model.arch != cfg.model.arch:
             add(("stages", name, "init"), f"stages.{name}.init = '{cfg.init}': a {recipe.stages[cfg.init].model.arch} "
@@ -170,9 +165,14 @@ def check_requirements(recipe: Recipe, catalogue: Catalogue, recipe_file: str | 
         raise RecipeError(problems)
 
 
-def _augmented(recipe: Recipe) -> bool | None:
+def stage_view(recipe: Recipe, name: str) -> StageView:
+    """What a method's ``requires`` sees of stage ``name``."""
+    cfg = recipe.stages[name]
     says = getattr(recipe.data.config, "augments_inputs", None)
-    return says(recipe.data.name) if says is not None else None
+    return StageView(name=name, epochs=cfg.epochs, teachers=tuple(cfg.teachers), methods=tuple(cfg.methods),
+                     student_taps=tuple(cfg.taps.student),
+                     teacher_taps=tuple(tuple(cfg.taps.for_teacher(ref)) for ref in cfg.teachers),
+                     data=recipe.data.config, augmented=says(recipe.data.name) if says is not None else None)
 
 
 def _check_terms(name: str, cfg, declared: dict, add) -> None:

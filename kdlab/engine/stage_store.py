@@ -46,6 +46,7 @@ from pathlib import Path
 import attrs
 import torch
 
+from kdlab.engine import checkpoint
 from kdlab.engine.errors import writing
 from kdlab.engine.recipe import Recipe, recipe_to_dict
 
@@ -169,11 +170,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             shutil.copy2(src, dst)
 
 
-def _write_text(path: Path, text: str) -> None:
-    with writing(path):
-        path.write_text(text, encoding="utf-8")
-
-
 def check_entry(entry: Path) -> tuple[str | None, dict, dict[str, str]]:
     """Load a filed entry and check it before anything is restored: stage.json a table of
     metrics; files.json a table of paths inside the entry (no absolute path, no ..) with their
@@ -221,7 +217,7 @@ class Claim:
             _link_or_copy(self.entry / rel, run_dir / rel)
         marker = run_dir / "history" / f"{stage}.reused"  # what it trained itself: kdlab.studies.search
         marker.parent.mkdir(parents=True, exist_ok=True)
-        _write_text(marker, f"{self.entry}\n")
+        checkpoint.save_text(f"{self.entry}\n", marker)
         log.info("stage %s: reused from the stage store (%s)", stage, self.entry)
         return dict(self.metrics)
 
@@ -233,12 +229,12 @@ class Claim:
             for rel in files:
                 _link_or_copy(run_dir / rel, tmp / rel)
             self.files = {str(r): _file_digest(tmp / r) for r in files}
-            _write_text(tmp / "files.json", json.dumps(self.files, indent=1))
-            _write_text(tmp / "stage.json", json.dumps(metrics, indent=1))
-            _write_text(tmp / "key.json", json.dumps(
+            checkpoint.save_text(json.dumps(self.files, indent=1), tmp / "files.json")
+            checkpoint.save_text(json.dumps(metrics, indent=1), tmp / "stage.json")
+            checkpoint.save_text(json.dumps(
                 {"stage": stage, "run_dir": str(run_dir), "filed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "key": self.about}, indent=1, sort_keys=True, default=str))
-            _write_text(tmp / "source.txt", f"{run_dir}\n")
+                 "key": self.about}, indent=1, sort_keys=True, default=str), tmp / "key.json")
+            checkpoint.save_text(f"{run_dir}\n", tmp / "source.txt")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk: no half-filed entry is left behind
             raise

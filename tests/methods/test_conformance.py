@@ -11,9 +11,9 @@ import math
 
 import pytest
 
+from kdlab.engine.preflight import stage_view
 from kdlab.engine.recipe import load_recipe
 from kdlab.engine.registry import discover
-from kdlab.engine.types import StageView
 from kdlab.engine.runner import run
 from kdlab.testing import _TermProbe, check_method
 
@@ -129,10 +129,8 @@ def test_method_trains_two_steps_and_its_terms_reach_the_student(method, write_r
     own = _TermProbe.seen["values"]
     # what the method declares (kdlab validate relies on it) is what it returns
     recipe = load_recipe(result.run_dir / "recipe.toml", probing)
-    stage = recipe.stages["student"]
-    view = StageView(name="student", epochs=stage.epochs, teachers=stage.teachers, methods=tuple(stage.methods),
-                     student_taps=tuple(stage.taps.student), teacher_taps=(), data=recipe.data.config, augmented=None)
-    declared = probing.plugins[method].factory.requires(stage.methods[method], view).terms
+    table = recipe.stages["student"].methods[method]
+    declared = probing.plugins[method].factory.requires(table, stage_view(recipe, "student")).terms
     assert declared == set(own), f"{method} declares the terms {sorted(declared)}, returns {sorted(own)}"
     if method in NO_TERMS:
         assert own == {}, f"{method} adds loss terms {sorted(own)}"
