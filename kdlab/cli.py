@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="train with N processes on this machine (data parallel; gloo on the CPU, nccl on CUDA)")
     p.add_argument("--run-id", metavar="ID", help="name the run directory OUT/<recipe name>/ID; if it exists, "
                    "continue it (a finished run is not trained again)")
+    p.add_argument("--stages", metavar="A,B", type=lambda s: [x for x in s.split(",") if x],
+                   help="train only these stages (comma-separated); the others are read from the run directory "
+                        "(--resume, --run-id) or the stage store, or left out when nothing here needs them")
     p.add_argument("--stage-store", metavar="DIR", help="reuse a stage filed in DIR by an earlier run with the same "
                    "settings and inputs instead of training it, and file the stages trained here")
 
@@ -243,7 +246,7 @@ def cmd_run(args) -> int:
                 proc.send_signal(signal.SIGTERM)
                 return proc.wait()
     result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume, run_id=args.run_id,
-                 stage_store=args.stage_store)
+                 stage_store=args.stage_store, stages=args.stages)
     if os.environ.get("RANK", "0") != "0":
         return 0
     rows = [{"stage": s, **m} for s, m in result.metrics.items()]
@@ -320,8 +323,8 @@ def cmd_search(args) -> int:
 
 def cmd_validate(args) -> int:
     from kdlab.engine.recipe import load_recipe, read_toml, recipe_to_dict
+    from kdlab.engine.plan import stage_manager, stage_plugins
     from kdlab.engine.registry import call_order, discover
-    from kdlab.engine.runner import stage_plugins
 
     catalogue = discover()
     recipe = load_recipe(args.recipe, catalogue, args.overrides)
@@ -342,9 +345,11 @@ def cmd_validate(args) -> int:
         print(f"# search: {len(found.config.params)} keys, every range end and choice valid; objectives "
               + ", ".join(f"{o.stage} {o.metric} ({o.direction})" for o in found.objectives) + "\n")
     for name in recipe.stages:
-        names = stage_plugins(recipe, catalogue, name)
-        print(f"# stage {name}: plugins {', '.join(names)}")
-        for hook, order in call_order(catalogue.manager(names)).items():
+        names = stage_plugins(recipe, catalogue, name, world_size=1)
+        several = [n for n in stage_plugins(recipe, catalogue, name) if n not in names]
+        print(f"# stage {name}: plugins {', '.join(names)}"
+              + (f" (and under --nproc N: {', '.join(several)})" if several else ""))
+        for hook, order in call_order(stage_manager(recipe, catalogue, name)).items():
             print(f"#   {hook}: {' -> '.join(order)}")
         print()
     return 0

@@ -1,5 +1,6 @@
-"""CONTRIBUTING.md's worked examples (a data set, a model, a metric) are real code: taken from the
-file as written, installed as a package with entry points, and trained with."""
+"""CONTRIBUTING.md's worked examples (a method, a data set, a model, a metric) are real code:
+taken from the file as written, installed as a package with the entry points it describes (each
+in its own group), and trained with."""
 
 from __future__ import annotations
 
@@ -21,30 +22,20 @@ def _blocks() -> dict[str, str]:
 
 def test_worked_examples_train_in_a_recipe(tmp_path):
     blocks = _blocks()
-    assert set(blocks) == {"blobs.py", "mlp.py", "balanced.py"}
+    assert set(blocks) == {"logit_l2.py", "blobs.py", "mlp.py", "balanced.py"}
     pkg = tmp_path / "site" / "my_package"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     for name, code in blocks.items():
         (pkg / name).write_text(code)
-    # the model example leaves the registering hook to the reader: this is the one it describes
-    (pkg / "models.py").write_text(textwrap.dedent("""
-        from kdlab import hookimpl
-        from my_package.mlp import MLPConfig, build
-
-        class MLPModels:
-            default_enabled = True
-
-            @hookimpl
-            def kdlab_register_models(self, models):
-                models.add("mlp", MLPConfig, build)
-    """))
     info = tmp_path / "site" / "my_package-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[kdlab.plugins]\nblobs = my_package.blobs:Blobs\n"
-                                           "mlp = my_package.models:MLPModels\n"
-                                           "balanced = my_package.balanced:BalancedAccuracy\n")
+    # the entry points as CONTRIBUTING.md writes them, each in its group
+    (info / "entry_points.txt").write_text("[kdlab.plugins]\nlogit_l2 = my_package.logit_l2:LogitL2\n"
+                                           "balanced = my_package.balanced:BalancedAccuracy\n"
+                                           "[kdlab.datasets]\nblobs = my_package.blobs:DATASET\n"
+                                           "[kdlab.models]\nmlp = my_package.mlp:ARCH\n")
     recipe = tmp_path / "blobs.toml"
     recipe.write_text(textwrap.dedent("""
         device = "cpu"
@@ -61,12 +52,14 @@ def test_worked_examples_train_in_a_recipe(tmp_path):
         model = { arch = "mlp", hidden = 4 }
         teachers = ["teacher"]
         methods.logit_kd = { temperature = 2.0, alpha = 0.5 }
+        methods.logit_l2 = { scale = 0.01 }
         monitor = "val/balanced_accuracy"
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "kdlab", "run", str(recipe), "--out", str(tmp_path / "runs")],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert "PluginDeprecationWarning" not in done.stderr  # the examples are written the current way
     import json
 
     metrics = json.loads(next((tmp_path / "runs" / "blobs").iterdir()).joinpath("metrics.json").read_text())
@@ -74,3 +67,14 @@ def test_worked_examples_train_in_a_recipe(tmp_path):
     assert metrics["teacher"]["test/balanced_accuracy"] > 0.8
     assert 0 <= metrics["student"]["val/balanced_accuracy"] <= 1
     assert metrics["student"]["params"] == 2 * 4 + 4 + 4 * 3 + 3
+
+    # the method ran: its term was logged, with its config's scale (a positive penalty)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next((tmp_path / "runs" / "blobs").iterdir()) / "tb" / "student"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("loss/l2")] and all(e.value > 0 for e in acc.Scalars("loss/l2"))
+    # and the metric joins only stages of data it declares: the data set says "classification"
+    listing = subprocess.run([sys.executable, "-m", "kdlab", "validate", str(recipe)], env=env, capture_output=True,
+                             text=True, check=True).stdout
+    assert "kdlab_eval_metrics: balanced -> accuracy" in listing or "kdlab_eval_metrics: accuracy -> balanced" in listing

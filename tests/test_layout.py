@@ -95,3 +95,36 @@ def test_a_model_imports_without_the_plugin_machinery():
             "print('pluggy' in sys.modules, 'kdlab.engine.hookspecs' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def test_no_import_cycle_between_engine_modules():
+    """Every import counts, those inside functions and under TYPE_CHECKING too: a cycle hidden
+    in a function (preflight <-> runner) or a type hint (hookspecs <-> registry) is still one
+    module that cannot be read without the other."""
+    engine = {_module_name(p): p for p in sorted((PACKAGE / "engine").glob("*.py"))}
+    edges = {m: {t for t, _ in _imports(p) if t in engine and t != m} for m, p in engine.items()}
+    for module, path in engine.items():  # `from kdlab.engine import checkpoint` names a module too
+        for target, names in _imports(path):
+            edges[module] |= {f"{target}.{n}" for n in names if f"{target}.{n}" in engine} - {module}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                loop = trail[trail.index(nxt):] if nxt in trail else [nxt]
+                cycles.append(" -> ".join([*loop, node, nxt]))
+            elif nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [])
+    assert cycles == []

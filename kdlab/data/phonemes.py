@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
 import numpy as np
@@ -45,6 +45,8 @@ FRAME_SAMPLES = 320  # one 20 ms CTC output frame at 16 kHz (wav2vec2's stride; 
 
 @attrs.frozen(kw_only=True)
 class PhonemesConfig:
+    # what kind of data this is: the plugins whose data_kinds meet it join a stage (kdlab.engine.plan)
+    kinds: ClassVar[frozenset[str]] = frozenset({"audio", "ctc"})
     manifest: str
     sample_rate: int = field(default=16000, validator=v.ge(8000))
     n_mels: int = field(default=80, validator=v.ge(8))

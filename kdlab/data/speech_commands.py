@@ -16,6 +16,7 @@ features are computed once.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import attrs
 import numpy as np
@@ -37,6 +38,8 @@ NOISE_DIR = "_background_noise_"
 
 @attrs.frozen(kw_only=True)
 class SpeechCommandsConfig:
+    # what kind of data this is: the plugins whose data_kinds meet it join a stage (kdlab.engine.plan)
+    kinds: ClassVar[frozenset[str]] = frozenset({"audio", "classification", "keyword_spotting"})
     root: str
     keyword: str = "sheila"
     sample_rate: int = field(default=16000, validator=v.ge(1000))

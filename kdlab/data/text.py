@@ -32,7 +32,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
 import torch
@@ -53,6 +53,8 @@ SPLITS = ("train", "val", "test")
 
 @attrs.frozen(kw_only=True)
 class TextConfig:
+    # what kind of data this is: the plugins whose data_kinds meet it join a stage (kdlab.engine.plan)
+    kinds: ClassVar[frozenset[str]] = frozenset({"text"})
     dir: str
     seq_len: int = field(default=192, validator=v.ge(8))
     tokenizer: str = "bpe"  # "bpe" (trained on the training split) or a tokenizer.json / HF model directory

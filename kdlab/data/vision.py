@@ -11,6 +11,7 @@ import copy
 import hashlib
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import attrs
 import numpy as np
@@ -28,6 +29,8 @@ from kdlab.engine.types import DataBundle
 
 @attrs.frozen(kw_only=True)
 class LoaderSettings:
+    # what kind of data this is: the plugins whose data_kinds meet it join a stage (kdlab.engine.plan)
+    kinds: ClassVar[frozenset[str]] = frozenset({"image", "classification"})
     batch_size: int = field(default=64, validator=limits.batch_size)
     eval_batch_size: int = field(default=512, validator=limits.batch_size)
 

@@ -31,8 +31,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from kdlab.engine.registry import Registry
-    from kdlab.engine.types import Batch, DataBundle, DataSpec, ModelOutput, ModelSpec, Stage
+    from kdlab.engine.types import Batch, ModelOutput, Stage
 
 PROJECT = "kdlab"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -56,14 +55,16 @@ def kdlab_config_class() -> type | None:
     (or ``[defaults.methods.<name>]`` for every stage); a plugin with ``default_enabled = True``
     reads ``[plugins.<name>]``. ``<name>`` is the plugin's entry-point name. The key ``enabled``
     is reserved by the core. The plugin reads its structured table with
-    ``stage.config_for(self)``.
+    its structured table as the ``config`` argument of its constructor,
+    ``__init__(self, config)`` (or ``__init__(self, config, stage)`` for the
+    :class:`~kdlab.StageView` too), when it is built for a stage.
 
     Returns: an attrs class, or None if the plugin takes no settings (collected, per plugin).
     """
 
 
 @hookspec
-def kdlab_register_datasets(datasets: Registry) -> None:
+def kdlab_register_datasets(datasets: Any) -> None:
     """Register data sets: ``datasets.add(name, ConfigClass, build)``.
 
     Fires: when plugins are discovered. ``[data] dataset = "<name>"`` selects the entry: the rest
@@ -74,7 +75,7 @@ def kdlab_register_datasets(datasets: Registry) -> None:
 
 
 @hookspec
-def kdlab_register_models(models: Registry) -> None:
+def kdlab_register_models(models: Any) -> None:
     """Register model architectures: ``models.add(arch, ConfigClass, build)``.
 
     Fires: when plugins are discovered. ``[stages.<s>.model] arch = "<arch>"`` selects the entry:
@@ -85,60 +86,11 @@ def kdlab_register_models(models: Registry) -> None:
     """
 
 
-@hookspec
-def kdlab_dataset_configs() -> dict[str, type]:
-    """Older form of :func:`kdlab_register_datasets`, kept for existing plugins: declare data sets
-    as ``{name: attrs config class}`` and build them in :func:`kdlab_build_data`.
-
-    Fires: when plugins are discovered, after :func:`kdlab_register_datasets`.
-
-    Returns: a dict (collected and merged; a name declared twice is an error).
-    """
-
-
-@hookspec
-def kdlab_model_configs() -> dict[str, type]:
-    """Older form of :func:`kdlab_register_models`, kept for existing plugins: declare
-    architectures as ``{arch: attrs config class}`` and build them in :func:`kdlab_build_model`.
-
-    Fires: when plugins are discovered, after :func:`kdlab_register_models`.
-
-    Returns: a dict (collected and merged; an arch declared twice is an error).
-    """
-
-
 # --------------------------------------------------------------------------------------------
 # Construction: the objects a stage trains with (firstresult; defaults are trylast built-ins).
+# Data sets and models are not built through hooks: their entry points (kdlab.datasets,
+# kdlab.models) or kdlab_register_* name the function that builds them.
 # --------------------------------------------------------------------------------------------
-
-
-@hookspec(firstresult=True)
-def kdlab_build_data(spec: DataSpec, seed: int) -> DataBundle | None:
-    """Build the train / val / test batches for ``spec`` (``spec.name``, ``spec.config``),
-    instead of the builder registered for the name.
-
-    Fires: once per run, before the first stage; all stages share the result.
-    ``seed`` is the recipe seed (for deterministic splits and shuffling). When every
-    implementation returns None, the core calls the ``build`` registered with
-    :func:`kdlab_register_datasets`.
-
-    Returns: a :class:`DataBundle` (firstresult); return None for data sets you do not handle.
-    """
-
-
-@hookspec(firstresult=True)
-def kdlab_build_model(spec: ModelSpec, data: DataBundle) -> nn.Module | None:
-    """Build a freshly initialised model for ``spec`` (``spec.arch``, ``spec.config``), instead
-    of the builder registered for the arch.
-
-    Fires: for the student at stage start (the global RNG is seeded just before, so stages with
-    the same architecture and seed start from the same weights), and when a teacher or an
-    ``init`` checkpoint is loaded. ``data`` gives ``num_classes`` and ``input_shape``. When every
-    implementation returns None, the core calls the ``build`` registered with
-    :func:`kdlab_register_models`.
-
-    Returns: an ``nn.Module`` whose forward returns logits (firstresult); None if not yours.
-    """
 
 
 @hookspec(firstresult=True)
@@ -147,7 +99,7 @@ def kdlab_load_teachers(stage: Stage) -> list[nn.Module] | None:
 
     Fires: at stage start, only when the stage names teachers. The default resolves each
     reference (an earlier stage's exported model, or a checkpoint file) with
-    ``stage.resolve_model_ref`` and builds it through ``kdlab_build_model``.
+    ``stage.resolve_model_ref`` and builds it with the architecture's registered builder.
 
     Returns: teacher modules in recipe order (firstresult). The core puts them in eval mode,
     freezes them and moves them to the device.
@@ -382,3 +334,16 @@ def kdlab_stage_summary(stage: Stage, metrics: dict[str, float]) -> None:
     Fires: once per stage, last. ``metrics`` is final: evaluation plus ``params``,
     ``nonzero_params``, ``macs``, ``bytes`` and ``latency_ms``. Log hparams, close writers here. Notification.
     """
+
+
+# The order in which the hooks fire in a run (discovery, then one stage: see kdlab.engine.loop);
+# ``kdlab validate`` lists each stage's hooks in this order.
+FIRING_ORDER = (
+    "kdlab_config_class", "kdlab_register_datasets", "kdlab_register_models",
+    "kdlab_load_teachers", "kdlab_stage_start", "kdlab_extra_modules", "kdlab_configure_optimizer",
+    "kdlab_configure_scheduler", "kdlab_resume_state", "kdlab_load_state_dict",
+    "kdlab_epoch_start", "kdlab_student_forward", "kdlab_teacher_outputs", "kdlab_loss_terms",
+    "kdlab_backward", "kdlab_before_optimizer_step", "kdlab_optimizer_step", "kdlab_after_optimizer_step",
+    "kdlab_step_end", "kdlab_eval_metrics", "kdlab_epoch_end", "kdlab_state_dict", "kdlab_interrupted",
+    "kdlab_stage_end", "kdlab_stage_summary",
+)

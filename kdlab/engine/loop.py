@@ -2,7 +2,7 @@
 
     fit(stage):
         seed the RNG from the recipe seed
-        student  = kdlab_build_model(spec, data)           # firstresult
+        student  = the builder registered for the model's arch
         load `init` weights                                 # if the stage names one
         teachers = kdlab_load_teachers(stage)              # firstresult; frozen, eval mode
         attach feature taps to student and teachers
@@ -195,15 +195,10 @@ def evaluate(stage: Stage, split: str) -> dict[str, float]:
 
 
 def build_model(stage: Stage, spec: ModelSpec) -> torch.nn.Module:
-    """A freshly initialised model: a plugin's ``kdlab_build_model`` if one answers, otherwise the
-    builder registered for ``spec.arch``."""
-    model = stage.hook.kdlab_build_model(spec=spec, data=stage.data)
-    if model is None:
-        entry = stage.catalogue.models[spec.arch] if spec.arch in stage.catalogue.models else None
-        if entry is None or entry.build is None:
-            raise KdlabError(f"stage {stage.name}: no plugin builds model arch '{spec.arch}'")
-        model = entry.build(spec.config, stage.data)
-    return model
+    """A freshly initialised model, made by the builder registered for ``spec.arch``."""
+    if spec.arch not in stage.catalogue.models:
+        raise KdlabError(f"stage {stage.name}: no installed plugin provides model arch '{spec.arch}'")
+    return stage.catalogue.models[spec.arch].build(spec.config, stage.data)
 
 
 def load_model(stage: Stage, ref: str) -> torch.nn.Module:

@@ -19,9 +19,10 @@ import torch
 from kdlab.engine import checkpoint
 from kdlab.engine.errors import KdlabError, RecipeError
 from kdlab.engine.loop import exported_spec
+from kdlab.engine.plan import build_data, default_plugins, stage_view
 from kdlab.engine.recipe import Recipe, locate
 from kdlab.engine.registry import Catalogue
-from kdlab.engine.types import ModelSpec, Requirements, StageView
+from kdlab.engine.types import ModelSpec, Requirements
 
 log = logging.getLogger("kdlab")
 
@@ -29,8 +30,6 @@ log = logging.getLogger("kdlab")
 def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, data=None) -> None:
     """Raise a RecipeError naming file, line and key for every tap path no module answers to.
     ``data``: the run's data if built already (``kdlab run`` checks before the first stage)."""
-    from kdlab.engine.runner import build_data, stage_plugins
-
     tapped = {name: cfg for name, cfg in recipe.stages.items()
               if cfg.taps.student or cfg.taps.teacher or cfg.taps.teachers}
     restricted = {(name, method): tuple(table.classes) for name, cfg in recipe.stages.items()
@@ -40,9 +39,8 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
     if not tapped and not restricted and not inits:
         return
     if data is None:
-        defaults = [n for n, p in catalogue.plugins.items() if p.default_enabled and n not in recipe.disabled]
         try:
-            data = build_data(catalogue.manager(defaults), catalogue, recipe)
+            data = build_data(catalogue, recipe)
         except KdlabError as exc:  # e.g. validating on a machine without the data files
             log.warning("tap paths and classes not checked: the data cannot be built here (%s)", exc)
             return
@@ -55,8 +53,7 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
                             f"{', '.join(map(str, outside))} not in the data set (it has {data.num_classes} "
                             f"classes, 0 to {data.num_classes - 1}) @ $.{'.'.join(key_path)}")
     for name, source in inits.items():  # init copies weights: the two models must have the same shapes
-        pm = catalogue.manager(stage_plugins(recipe, catalogue, name))
-        shapes = [_shapes(pm, catalogue, recipe.stages[s].model, data) for s in (name, source)]
+        shapes = [_shapes(catalogue, recipe.stages[s].model, data) for s in (name, source)]
         if shapes[0] != shapes[1]:
             differ = sorted(k for k in set(shapes[0]) | set(shapes[1]) if shapes[0].get(k) != shapes[1].get(k))
             key_path = ("stages", name, "init")
@@ -64,7 +61,6 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
                             f"this stage's model ({len(differ)} tensors differ in shape, e.g. {differ[0]}: "
                             f"{shapes[1].get(differ[0])} vs {shapes[0].get(differ[0])}) @ $.{'.'.join(key_path)}")
     for name, cfg in tapped.items():
-        pm = catalogue.manager(stage_plugins(recipe, catalogue, name))
         models = [("student", cfg.model, cfg.taps.student)]
         for ref in cfg.teachers:
             key = f"teachers.{ref}" if ref in cfg.taps.teachers else "teacher"
@@ -72,7 +68,7 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
         for key, spec, paths in models:
             if not paths:
                 continue
-            modules = {n for n, _ in _on_meta(pm, catalogue, spec, data).named_modules() if n}
+            modules = {n for n, _ in _on_meta(catalogue, spec, data).named_modules() if n}
             for alias, path in paths.items():
                 if path not in modules:
                     near = difflib.get_close_matches(path, sorted(modules), n=6) or sorted(modules)[:6]
@@ -84,15 +80,14 @@ def check_taps(recipe: Recipe, catalogue: Catalogue, recipe_file: str | Path, da
         raise RecipeError(problems)
 
 
-def _on_meta(pm, catalogue: Catalogue, spec: ModelSpec, data) -> torch.nn.Module:
+def _on_meta(catalogue: Catalogue, spec: ModelSpec, data) -> torch.nn.Module:
     """The model a run would build, on the meta device (shapes, no memory)."""
     with torch.device("meta"):
-        model = pm.hook.kdlab_build_model(spec=spec, data=data)
-        return model if model is not None else catalogue.models[spec.arch].build(spec.config, data)
+        return catalogue.models[spec.arch].build(spec.config, data)
 
 
-def _shapes(pm, catalogue: Catalogue, spec: ModelSpec, data) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(t.shape) for k, t in _on_meta(pm, catalogue, spec, data).state_dict().items()}
+def _shapes(catalogue: Catalogue, spec: ModelSpec, data) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(t.shape) for k, t in _on_meta(catalogue, spec, data).state_dict().items()}
 
 
 def _teacher_spec(recipe: Recipe, catalogue: Catalogue, ref: str) -> ModelSpec:
@@ -115,10 +110,17 @@ def check_requirements(recipe: Recipe, catalogue: Catalogue, recipe_file: str | 
         view = stage_view(recipe, name)
         declared: dict[str, Requirements | None] = {}
         # the stage's methods, and default-on plugins that add loss terms of their own
-        term_plugins = [(p, None) for p, info in catalogue.plugins.items()
-                        if info.default_enabled and p not in recipe.disabled and "kdlab_loss_terms" in info.hooks]
+        term_plugins = [(p, None) for p in default_plugins(recipe, catalogue)
+                        if "kdlab_loss_terms" in catalogue.plugins[p].hooks]
         for method, table in [*cfg.methods.items(), *term_plugins]:
             info = catalogue.plugins.get(method)
+            where = ("stages", name, "methods", method)
+            if info is not None and info.data_kinds is not None and view.data_kinds is not None \
+                    and not info.data_kinds & view.data_kinds:
+                add(where, f"stages.{name}.methods.{method} works on {', '.join(sorted(info.data_kinds))} data; "
+                           f"data set '{recipe.data.name}' is {', '.join(sorted(view.data_kinds))}")
+                declared[method] = None
+                continue
             requires = getattr(info.factory, "requires", None) if info is not None else None
             if requires is None:
                 declared[method] = None
@@ -132,7 +134,6 @@ def check_requirements(recipe: Recipe, catalogue: Catalogue, recipe_file: str | 
                 raise KdlabError(f"plugin '{method}' ({info.origin}): requires() must return kdlab.Requirements, "
                                  f"got {type(needs).__name__}")
             declared[method] = needs
-            where = ("stages", name, "methods", method)
             if len(cfg.teachers) < needs.teachers:
                 add(("stages", name, "teachers") if cfg.teachers else where,
                     f"stages.{name}.methods.{method} needs {needs.teachers} teacher{'s' if needs.teachers > 1 else ''}, "
@@ -163,16 +164,6 @@ def check_requirements(recipe: Recipe, catalogue: Catalogue, recipe_file: str | 
                                           "between models of one architecture")
     if problems:
         raise RecipeError(problems)
-
-
-def stage_view(recipe: Recipe, name: str) -> StageView:
-    """What a method's ``requires`` sees of stage ``name``."""
-    cfg = recipe.stages[name]
-    says = getattr(recipe.data.config, "augments_inputs", None)
-    return StageView(name=name, epochs=cfg.epochs, teachers=tuple(cfg.teachers), methods=tuple(cfg.methods),
-                     student_taps=tuple(cfg.taps.student),
-                     teacher_taps=tuple(tuple(cfg.taps.for_teacher(ref)) for ref in cfg.teachers),
-                     data=recipe.data.config, augmented=says(recipe.data.name) if says is not None else None)
 
 
 def _check_terms(name: str, cfg, declared: dict, add) -> None:

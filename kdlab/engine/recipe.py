@@ -37,7 +37,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from kdlab.engine import limits
 from kdlab.engine.errors import KdlabError, RecipeError
 from kdlab.engine.registry import Catalogue
-from kdlab.engine.types import DataSpec, ModelSpec
+from kdlab.engine.types import DataSpec, ModelSpec, data_kinds
 
 # ---------------------------------------------------------------------------------------------
 # The core's own tables. Method and infrastructure plugins contribute the rest.
@@ -494,7 +494,9 @@ def structure_recipe(
     top = problems.structure(scalars, _TopLevel, ()) or _TopLevel(name=default_name)
 
     data = _structure_named(problems, raw.get("data", {}), "dataset", catalogue.datasets, ("data",), "data set")
-    plugins, disabled = _structure_default_plugins(problems, raw.get("plugins", {}), catalogue)
+    plugins, disabled = _structure_default_plugins(problems, raw.get("plugins", {}), catalogue,
+                                                   data_kinds(data.config) if data is not None else None,
+                                                   data.name if data is not None else None)
 
     stages: dict[str, StageConfig] = {}
     raw_stages = raw.get("stages")
@@ -593,7 +595,9 @@ def _structure_plugin_table(problems: Problems, raw: Any, info, where: tuple):
     return problems.structure(raw, info.config_class, where)
 
 
-def _structure_default_plugins(problems: Problems, raw: Any, catalogue: Catalogue):
+def _structure_default_plugins(problems: Problems, raw: Any, catalogue: Catalogue, kinds, dataset):
+    """The tables of the default-on plugins that apply to the data (``kinds``), and the names
+    switched off. A table for one that does not apply is an error: it would do nothing."""
     plugins, disabled = {}, []
     if not isinstance(raw, dict):
         problems.add(("plugins",), "plugins must be a table")
@@ -616,6 +620,12 @@ def _structure_default_plugins(problems: Problems, raw: Any, catalogue: Catalogu
             problems.add(("plugins", name, "enabled"), f"enabled must be true or false, got {enabled!r}")
         elif not enabled:
             disabled.append(name)
+            continue
+        if not info.applies_to(kinds):
+            if name in raw:
+                problems.add(("plugins", name), f"plugin '{name}' runs on {', '.join(sorted(info.data_kinds))} data; "
+                                                f"data set '{dataset}' is {', '.join(sorted(kinds))}, so it would do "
+                                                "nothing here: remove the table")
             continue
         plugins[name] = _structure_plugin_table(problems, table, info, ("plugins", name))
     return plugins, tuple(disabled)

@@ -6,8 +6,10 @@ imports a plugin module by name.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any
@@ -25,6 +27,33 @@ DATASET_GROUP = "kdlab.datasets"  # name -> (config class, build(config, seed))
 log = logging.getLogger("kdlab")
 
 
+class PluginDeprecationWarning(FutureWarning):
+    """A plugin written the way of an older kdlab: it still works, for one more release.
+    (A FutureWarning, so that it shows when the plugin runs, not only under a test runner.)"""
+
+
+# hooks of older releases -> what replaced them, for the error a plugin implementing one gets
+REMOVED_HOOKS = {
+    "kdlab_dataset_configs": "register data sets under the kdlab.datasets entry-point group, or with "
+                             "kdlab_register_datasets",
+    "kdlab_model_configs": "register architectures under the kdlab.models entry-point group, or with "
+                           "kdlab_register_models",
+    "kdlab_build_data": "give the data set's build function to its kdlab.datasets entry point",
+    "kdlab_build_model": "give the architecture's build function to its kdlab.models entry point",
+}
+
+
+def _constructor_takes(factory: object) -> tuple[str, ...]:
+    """Which of ``config`` and ``stage`` a plugin class's ``__init__`` accepts (by name)."""
+    if not inspect.isclass(factory) or factory.__init__ is object.__init__:
+        return ()
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return ()
+    return tuple(name for name in ("config", "stage") if name in params)
+
+
 @attrs.frozen(kw_only=True)
 class PluginInfo:
     name: str  # entry-point name: the plugin's table name in recipes
@@ -33,9 +62,33 @@ class PluginInfo:
     default_enabled: bool
     config_class: type | None
     hooks: tuple[str, ...]
+    # what the class's __init__ takes of (config, stage): () for a plugin built with no arguments
+    takes: tuple[str, ...] = ()
+    # the data kinds it applies to (its class attribute ``data_kinds``); None: every kind
+    data_kinds: frozenset[str] | None = None
+    # it joins a stage only with several processes (the class attribute ``distributed_only``)
+    distributed_only: bool = False
 
-    def instantiate(self) -> object:
-        return self.factory() if inspect.isclass(self.factory) else self.factory
+    def instantiate(self, config: object = None, view: object = None) -> object:
+        """A fresh instance for one stage: ``config`` is its structured recipe table (None for a
+        plugin without settings), ``view`` the stage's :class:`~kdlab.StageView`."""
+        if not inspect.isclass(self.factory):
+            return self.factory
+        if not self.takes and self.config_class is not None:
+            warnings.warn(f"plugin '{self.name}' ({self.origin}) is built without its config and reads it with "
+                          "stage.config_for(self), which is deprecated and goes in the next release: take it in "
+                          "the constructor, def __init__(self, config) (see CONTRIBUTING.md)",
+                          PluginDeprecationWarning, stacklevel=3)
+        given = {"config": config, "stage": view}
+        try:
+            return self.factory(**{name: given[name] for name in self.takes})
+        except Exception as exc:  # noqa: BLE001 - a plugin author's mistake: name the plugin
+            raise KdlabError(f"plugin '{self.name}' ({self.origin}) failed to build: {type(exc).__name__}: {exc}") from exc
+
+    def applies_to(self, kinds: frozenset[str] | None) -> bool:
+        """Whether a default-on plugin joins a stage whose data set has ``kinds`` (None: it
+        does not say, so every plugin does)."""
+        return self.data_kinds is None or kinds is None or bool(self.data_kinds & kinds)
 
 
 @attrs.frozen(kw_only=True)
@@ -46,9 +99,8 @@ class Registered:
 
     name: str
     config_class: type
-    # models: build(config, data) -> nn.Module; data sets: build(config, seed) -> DataBundle.
-    # None for names declared through the older kdlab_*_configs hooks, built by kdlab_build_*.
-    build: Callable[..., Any] | None
+    # models: build(config, data) -> nn.Module; data sets: build(config, seed) -> DataBundle
+    build: Callable[..., Any]
     plugin: str
 
 
@@ -73,7 +125,7 @@ class Registry:
         self._pending: dict[str, tuple[Any, str]] = {}  # name -> (entry point, "value (dist)")
         self._plugin = "?"  # the plugin whose hook is running (set by discover)
 
-    def add(self, name: str, config_class: type, build: Callable[..., Any] | None = None) -> None:
+    def add(self, name: str, config_class: type, build: Callable[..., Any]) -> None:
         """Register ``name``: recipes select it (``arch = name`` / ``dataset = name``), its table
         is structured into ``config_class`` (a frozen attrs class), and ``build`` makes it."""
         if not isinstance(name, str) or not name:
@@ -96,7 +148,7 @@ class Registry:
         where = f"{who}: {self.what} '{name}'"
         if not (inspect.isclass(config_class) and attrs.has(config_class)):
             raise KdlabError(f"{where}: the config class must be an attrs class, got {config_class!r}")
-        if build is not None and not callable(build):
+        if not callable(build):
             raise KdlabError(f"{where}: the builder must be callable, got {build!r}")
         return Registered(name=name, config_class=config_class, build=build, plugin=plugin)
 
@@ -152,15 +204,31 @@ class Catalogue:
     def methods(self) -> list[str]:
         return sorted(n for n, p in self.plugins.items() if not p.default_enabled)
 
-    def manager(self, names: list[str]) -> pluggy.PluginManager:
-        """A fresh plugin manager with fresh instances of the named plugins registered."""
+    def manager(self, names: list[str], configs: dict[str, object] | None = None,
+                view: object = None) -> pluggy.PluginManager:
+        """A fresh plugin manager with fresh instances of the named plugins registered, each
+        built with its table from ``configs`` and the stage's ``view``."""
         pm = new_manager()
         for name in names:
-            pm.register(self.plugins[name].instantiate(), name=name)
-        for impl in pm.hook.kdlab_loss_terms.get_hookimpls():
-            if not (impl.wrapper or impl.hookwrapper):  # a wrapper's result is the others' list
-                impl.function = _checked_loss_terms(impl.function, impl.plugin_name)
+            plugin = self.plugins[name].instantiate((configs or {}).get(name), view)
+            _check_loss_terms_of(plugin, name)
+            pm.register(plugin, name=name)
         return pm
+
+
+def _check_loss_terms_of(plugin: object, name: str) -> None:
+    """Give a plugin instance its own checked ``kdlab_loss_terms`` (see below) before it is
+    registered: pluggy reads the hookimpl marker from the attribute, which functools.wraps
+    copies, so no pluggy internals are touched. Modules are shared, not per stage: left as
+    they are (the loop's sum still fails on a wrong term, without the plugin's name)."""
+    method = getattr(plugin, "kdlab_loss_terms", None)
+    opts = getattr(method, f"{hookspecs.PROJECT}_impl", None)
+    if inspect.ismodule(plugin) or not isinstance(opts, dict) or opts.get("wrapper") or opts.get("hookwrapper"):
+        return  # a wrapper's result is the others' list
+    try:
+        plugin.kdlab_loss_terms = functools.wraps(method)(_checked_loss_terms(method, name))
+    except AttributeError:  # a class with __slots__ or frozen: unchecked, like a module
+        pass
 
 
 def _checked_loss_terms(function: Callable, plugin: str) -> Callable:
@@ -231,7 +299,10 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
         problem = _undecorated(obj)
         if problem is None:
             try:
-                pm.register(obj() if inspect.isclass(obj) else obj, name=name)
+                # a plugin built with its config is registered here without one (its __init__
+                # not run): discovery only reads its hooks and declarations
+                pm.register((obj.__new__(obj) if _constructor_takes(obj) else obj()) if inspect.isclass(obj) else obj,
+                            name=name)
             except Exception as exc:  # noqa: BLE001 - pluggy's validation, or the class's __init__
                 problem = str(exc).split("\n")[0]
         if problem is not None:
@@ -241,8 +312,9 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
         caller = getattr(pm.hook, hook_name)
         if hook_name.startswith("kdlab_") and getattr(caller, "spec", None) is None:
             for impl in caller.get_hookimpls():  # a misspelt hook would otherwise never be called
-                broken[impl.plugin_name] = (f"plugin '{impl.plugin_name}' ({found[impl.plugin_name][1]}) implements "
-                                            f"an unknown hook '{hook_name}' (see kdlab.engine.hookspecs)")
+                why = (f"the hook '{hook_name}', which was removed: {REMOVED_HOOKS[hook_name]}"
+                       if hook_name in REMOVED_HOOKS else f"an unknown hook '{hook_name}' (see kdlab.engine.hookspecs)")
+                broken[impl.plugin_name] = f"plugin '{impl.plugin_name}' ({found[impl.plugin_name][1]}) implements {why}"
     for name in broken:
         if name in found:
             pm.unregister(name=name)
@@ -263,13 +335,14 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
             default_enabled=bool(getattr(obj, "default_enabled", False)),
             config_class=config_classes.get(name, getattr(obj, "config_class", None)),
             hooks=hooks,
+            takes=_constructor_takes(obj),
+            data_kinds=None if getattr(obj, "data_kinds", None) is None else frozenset(obj.data_kinds),
+            distributed_only=bool(getattr(obj, "distributed_only", False)),
         )
     return Catalogue(
         plugins=plugins,
-        datasets=_registry(DATASET_GROUP, labels, pm.hook.kdlab_register_datasets, pm.hook.kdlab_dataset_configs,
-                           "data set"),
-        models=_registry(MODEL_GROUP, labels, pm.hook.kdlab_register_models, pm.hook.kdlab_model_configs,
-                         "model architecture"),
+        datasets=_registry(DATASET_GROUP, labels, pm.hook.kdlab_register_datasets, "data set"),
+        models=_registry(MODEL_GROUP, labels, pm.hook.kdlab_register_models, "model architecture"),
         broken=broken,
     )
 
@@ -289,6 +362,10 @@ def _undecorated(obj: object) -> str | None:
              and not hasattr(getattr(obj, n), marker)]
     if names:
         return f"{', '.join(names)} lack{'s' if len(names) == 1 else ''} the @hookimpl decorator, so kdlab would never call them"
+    kinds = getattr(obj, "data_kinds", None)
+    if kinds is not None and (not isinstance(kinds, (set, frozenset, tuple, list))
+                              or not all(isinstance(k, str) for k in kinds)):
+        return f"data_kinds must be a set of strings such as {{'image'}}, got {kinds!r}"
     return None
 
 
@@ -302,28 +379,24 @@ def _dist_label(ep, labels: dict) -> str:
     return labels[ep.dist]
 
 
-def _registry(group: str, labels: dict, register_hook, declare_hook, what: str) -> Registry:
-    """Fill a registry from the entry points of ``group`` (imported when used), every plugin's
-    ``kdlab_register_*`` hook, then the older ``kdlab_*_configs`` declarations (names only;
-    those plugins build through ``kdlab_build_*``)."""
+def _registry(group: str, labels: dict, register_hook, what: str) -> Registry:
+    """Fill a registry from the entry points of ``group`` (imported when used), then every
+    plugin's ``kdlab_register_*`` hook."""
     registry = Registry(what)
     for ep in entry_points(group=group):
         registry.add_entry_point(ep, f"{ep.value} ({_dist_label(ep, labels)})")
     for impl in register_hook.get_hookimpls():
         registry._plugin = impl.plugin_name
         impl.function(*[registry for _ in impl.argnames])  # the one argument, if taken
-    for impl in declare_hook.get_hookimpls():
-        registry._plugin = impl.plugin_name
-        for key, cls in (impl.function() or {}).items():
-            registry.add(key, cls)
     registry._plugin = "?"
     return registry
 
 
 def call_order(pm: pluggy.PluginManager) -> dict[str, list[str]]:
-    """For each hook with implementations: plugin names in the order pluggy calls them."""
+    """For each hook with implementations, in the order the hooks fire
+    (``hookspecs.FIRING_ORDER``): plugin names in the order pluggy calls them."""
     order = {}
-    for name in sorted(n for n in dir(pm.hook) if n.startswith("kdlab_")):
+    for name in hookspecs.FIRING_ORDER:
         impls = getattr(pm.hook, name).get_hookimpls()
         if impls:
             # pluggy calls wrappers first, then the rest from the end of its list to the start

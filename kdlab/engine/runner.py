@@ -28,6 +28,7 @@ import torch.distributed as dist
 from kdlab.engine import checkpoint, rundir
 from kdlab.engine.errors import KdlabError, WriteError
 from kdlab.engine.loop import fit
+from kdlab.engine.plan import build_data, stage_configs, stage_manager, stage_plugins
 from kdlab.engine.preflight import check_requirements, check_taps
 from kdlab.engine.recipe import Recipe, load_recipe, recipe_to_dict
 from kdlab.engine.registry import Catalogue, discover
@@ -49,12 +50,6 @@ def resolve_device(recipe: Recipe) -> torch.device:
     if recipe.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(recipe.device)
-
-
-def stage_plugins(recipe: Recipe, catalogue: Catalogue, stage_name: str) -> list[str]:
-    """Plugins registered for a stage: default-on ones not switched off, plus its methods."""
-    on = [n for n, p in catalogue.plugins.items() if p.default_enabled and n not in recipe.disabled]
-    return on + list(recipe.stages[stage_name].methods)
 
 
 def _new_run_dir(out: Path, recipe: Recipe) -> Path:
@@ -131,15 +126,23 @@ def run(
     catalogue: Catalogue | None = None,
     stage_store: str | Path | None = None,
     wait: bool = False,
+    stages: list[str] | None = None,
 ) -> RunResult:
     """Train every stage of a recipe. ``resume`` continues the run in that directory;
     ``run_id`` names the run directory ``<out>/<recipe name>/<run_id>``, continuing it if it
     exists, so that the same command can be repeated until the run is complete.
     ``stage_store``: a directory of shared stages (see :mod:`kdlab.engine.stage_store`); a stage
     filed there is reused instead of trained. ``wait``: if another process holds the run
-    directory, wait for it instead of failing."""
+    directory, wait for it instead of failing. ``stages``: train only these; the others are read
+    from the run directory (``resume``) or the stage store, and a named stage that needs one
+    found in neither (its teacher, its ``init``) is an error before anything trains."""
     catalogue = catalogue or discover()
     recipe = load_recipe(recipe_path, catalogue, overrides)
+    if stages is not None:
+        unknown = [s for s in stages if s not in recipe.stages]
+        if unknown or not stages:
+            raise KdlabError(f"--stages: {'no stage ' + ', '.join(repr(s) for s in unknown) if unknown else 'empty'} "
+                             f"in {recipe_path} (its stages: {', '.join(recipe.stages)})")
     check_requirements(recipe, catalogue, recipe_path)  # what validate checks, before anything is written
     rank, world_size = _init_distributed(resolve_device(recipe))
     if rank == 0:
@@ -162,7 +165,8 @@ def run(
     try:
         with _determinism(recipe.deterministic):
             store = StageStore(stage_store) if stage_store is not None else None
-            return _run_stages(recipe, catalogue, run_dir, rank, world_size, recipe_path, store)
+            return _run_stages(recipe, catalogue, run_dir, rank, world_size, recipe_path, store,
+                               None if stages is None else set(stages))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say where the run can be continued
         raise Interrupted(run_dir) from exc
     except (WriteError, OSError) as exc:  # a full disk: the same, once there is room
@@ -250,26 +254,12 @@ def _determinism(on: bool):
         torch.backends.cudnn.benchmark = before[3]
 
 
-def build_data(pm, catalogue: Catalogue, recipe: Recipe):
-    """The run's data: a plugin's ``kdlab_build_data`` if one answers, otherwise the builder
-    registered for ``[data] dataset``."""
-    data = pm.hook.kdlab_build_data(spec=recipe.data, seed=recipe.seed)
-    if data is None:
-        entry = catalogue.datasets[recipe.data.name] if recipe.data.name in catalogue.datasets else None
-        if entry is None or entry.build is None:
-            raise KdlabError(f"no plugin builds data set '{recipe.data.name}'")
-        data = entry.build(recipe.data.config, recipe.seed)
-    return data
-
-
 def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, world_size: int,
-                recipe_path: str | Path, store: StageStore | None = None) -> RunResult:
+                recipe_path: str | Path, store: StageStore | None = None, only: set[str] | None = None) -> RunResult:
     device = resolve_device(recipe)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    data_pm = catalogue.manager([n for n in catalogue.plugins if catalogue.plugins[n].default_enabled
-                                 and n not in recipe.disabled])
-    data = build_data(data_pm, catalogue, recipe)
+    data = build_data(catalogue, recipe)
     check_taps(recipe, catalogue, recipe_path, data)  # before any stage trains
     for loader in (data.train, data.val, data.test):
         if loader is not None and hasattr(loader, "to"):  # in-memory data sets live on the device
@@ -284,9 +274,17 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
     # that rank 0 has just finished and skip it, leaving rank 0 alone in the stage's barrier
     metrics, done = _share((metrics, done))
     keys = stage_key_contents(recipe, catalogue, data.key) if store is not None else {}
+    if only is not None:  # rank 0 decides (it reads the store), every rank follows
+        filed = _share({n for n in recipe.stages if n not in only and n not in done and store is not None
+                        and store.has(keys[n][0])} if rank == 0 else None)
+        _check_subset(recipe, only, done | filed, run_dir, store)
     for index, (name, config) in enumerate(recipe.stages.items()):
         if name in done:
             log.info("stage %s: already complete, skipped", name)
+            continue
+        if only is not None and name not in only and name not in filed:
+            log.info("stage %s: not in --stages, and neither the run directory nor the stage store has it: "
+                     "not trained", name)
             continue
         # rank 0 alone holds the store's lock on the stage; every rank follows its decision
         with store.claim(keys[name][0], name, keys[name][1]) if store is not None and rank == 0 else contextlib.nullcontext() as claim:
@@ -297,6 +295,9 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
                 if world_size > 1:
                     dist.barrier()
                 continue
+            if only is not None and name not in only:  # its entry was removed since the check above
+                raise KdlabError(f"stage {name}: its stage store entry went away while this run started; "
+                                 f"add {name} to --stages to train it")
             metrics[name] = _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index, name,
                                        config)
             if rank == 0:
@@ -308,8 +309,24 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
     return RunResult(run_dir=run_dir, metrics=metrics)
 
 
+def _check_subset(recipe: Recipe, only: set[str], present: set[str], run_dir: Path, store) -> None:
+    """Each stage to train under ``--stages`` finds the earlier stages it reads (its teachers, its
+    ``init``) trained now, in the run directory or in the stage store."""
+    for name in (n for n in recipe.stages if n in only):
+        cfg = recipe.stages[name]
+        reads = [(ref, "a teacher") for ref in cfg.teachers if ref in recipe.stages]
+        reads += [(cfg.init, "the init")] if cfg.init in recipe.stages else []
+        for ref, role in reads:
+            if ref not in only and ref not in present:
+                where = f"the run directory {run_dir}" + (f" or the stage store {store.root}" if store else "")
+                raise KdlabError(f"--stages {','.join(n for n in recipe.stages if n in only)}: stage '{name}' reads "
+                                 f"stage '{ref}' ({role}), which is not trained in this command and is not in {where}; "
+                                 f"add {ref} to --stages, or resume a run that finished it (--resume RUN_DIR)"
+                                 + ("" if store else ", or give the --stage-store that filed it"))
+
+
 def _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index, name, config) -> dict:
-    names = stage_plugins(recipe, catalogue, name)
+    names = stage_plugins(recipe, catalogue, name, world_size)
     stage = Stage(
         name=name,
         index=index,
@@ -318,9 +335,9 @@ def _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index
         run_dir=run_dir,
         device=device,
         data=data,
-        pm=catalogue.manager(names),
+        pm=stage_manager(recipe, catalogue, name, world_size),
         catalogue=catalogue,
-        method_configs={**recipe.plugins, **config.methods},
+        method_configs=stage_configs(recipe, name),
         rank=rank,
         world_size=world_size,
     )

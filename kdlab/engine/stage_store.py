@@ -275,6 +275,10 @@ class StageStore:
         finally:
             os.close(fd)  # drops the lock
 
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is filed and its files check out (read without taking the lock)."""
+        return (self.root / key / "stage.json").is_file() and check_entry(self.root / key)[0] is None
+
     def entries(self) -> list[Entry]:
         """Every filed entry (damaged ones included; :func:`check_entry` tells which), oldest first."""
         found = []

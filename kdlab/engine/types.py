@@ -88,8 +88,9 @@ class Loader(Protocol):
 
 @attrs.frozen(kw_only=True)
 class StageView:
-    """What a method's ``requires`` sees of a stage: the recipe's settings, before anything is
-    built (``kdlab validate`` and ``kdlab run`` call it for every stage before the first trains)."""
+    """What a plugin sees of its stage when it is built (``__init__(self, config, stage)``) and
+    in its ``requires(config, stage)``: the recipe's settings, before anything is built
+    (``kdlab validate`` and ``kdlab run`` check every stage before the first trains)."""
 
     name: str
     epochs: int
@@ -99,6 +100,14 @@ class StageView:
     teacher_taps: tuple[tuple[str, ...], ...]  # per teacher, the aliases its taps define
     data: Any  # the data set's structured [data] table
     augmented: bool | None  # the training inputs differ between epochs (None: the data set does not say)
+    data_kinds: frozenset[str] | None = None  # the data set's kinds, e.g. {"image", "classification"}
+
+
+def data_kinds(config: Any) -> frozenset[str] | None:
+    """The kinds a data set's structured ``[data]`` table declares in its class attribute
+    ``kinds`` (e.g. ``{"image", "classification"}``); None when it does not say."""
+    kinds = getattr(type(config), "kinds", None)
+    return None if kinds is None else frozenset(kinds)
 
 
 def _aliases(value) -> tuple[str, ...]:
@@ -215,7 +224,7 @@ class Stage:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     batch: Batch | None = None  # the training batch of the current step (this rank's share of it)
-    _configs: dict = attrs.field(factory=dict, init=False, repr=False)  # plugin id -> its table
+    _configs: dict = attrs.field(factory=dict, init=False, repr=False)  # plugin id -> its table (deprecated path)
     phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
     rank: int = 0  # this process's rank in distributed training (0 alone writes files)
     world_size: int = 1
@@ -236,8 +245,9 @@ class Stage:
         return self.rank == 0
 
     def config_for(self, plugin: object) -> Any:
-        """The structured recipe table of ``plugin`` (pass ``self``). Plugins call this every step;
-        pluggy's name lookup scans all plugins, so it is done once per plugin."""
+        """Deprecated, removed in the next release: a plugin receives its structured table in its
+        constructor, ``__init__(self, config)``. Kept for plugins written for the previous
+        release, which are warned when they are built (``PluginDeprecationWarning``)."""
         key = id(plugin)
         if key not in self._configs:
             self._configs[key] = self.method_configs[self.pm.get_name(plugin)]

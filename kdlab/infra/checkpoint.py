@@ -33,7 +33,8 @@ class CheckpointConfig:
 class Checkpoint:
     default_enabled = True
 
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.best_value: float | None = None
         self.last_write = 0.0
         self.snapshot: dict | None = None  # the last finished epoch's state, not yet written
@@ -69,7 +70,7 @@ class Checkpoint:
 
     @hookimpl
     def kdlab_epoch_end(self, stage, epoch, metrics):
-        cfg = stage.config_for(self)
+        cfg = self.config
         monitor = stage.config.monitor or "val/accuracy"
         value = metrics.get(monitor)
         # a monitor the recipe names must exist, or best.pt would silently never be written

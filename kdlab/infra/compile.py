@@ -25,13 +25,16 @@ class CompileConfig:
 class Compile:
     config_class = CompileConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return Requirements(terms=())
 
     @hookimpl(trylast=True)  # after other plugins changed the models (channels_last, pruning)
     def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
+        cfg = self.config
         for model in [stage.student, *(stage.teachers if cfg.teachers else [])]:
             model.compile(mode=cfg.mode, dynamic=cfg.dynamic)
 

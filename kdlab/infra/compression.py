@@ -30,10 +30,13 @@ class Compression:
 
     config_class = CompressionConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @hookimpl
     def kdlab_stage_start(self, stage):
         # checked before training, not after it
-        base = stage.config_for(self).baseline
+        base = self.config.baseline
         order = list(stage.recipe.stages)
         if base is not None and base not in order:
             raise KdlabError(f"plugins.compression.baseline: no stage '{base}' in the recipe")
@@ -42,7 +45,7 @@ class Compression:
 
     @hookimpl(tryfirst=True)  # before the writers (tensorboard hparams) read the metrics
     def kdlab_stage_summary(self, stage, metrics):
-        base_name = stage.config_for(self).baseline
+        base_name = self.config.baseline
         if base_name is None or not stage.is_main:
             return
         if base_name == stage.name:

@@ -190,20 +190,13 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
 
 class Distributed:
     default_enabled = True
+    distributed_only = True  # it joins a stage only under --nproc N (N > 1): nothing to do alone
 
     def __init__(self):
         self.synced: list[torch.nn.Module] = []
         self.started = False
         self.decided = False  # whether DDP can average the student's gradients (see kdlab_backward)
         self.weight = [1.0]  # this step's share of the global batch, read by the DDP comm hook
-
-    @hookimpl
-    def kdlab_stage_start(self, stage):
-        if stage.world_size == 1:
-            # nothing to do in one process: leave the stage's hooks (its per-step backward wrapper
-            # costs about 10 us a step through pluggy, 1 % of a short CPU epoch). The hooks below
-            # therefore run only with several processes.
-            stage.pm.unregister(self)
 
     @hookimpl
     def kdlab_epoch_start(self, stage, epoch):

@@ -29,7 +29,8 @@ def _fmt(metrics: dict[str, float]) -> str:
 class Progress:
     default_enabled = True
 
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.bar = None
         self.last_log = 0.0
         self.quiet = False
@@ -40,7 +41,7 @@ class Progress:
     def kdlab_epoch_start(self, stage, epoch):
         self.quiet = not stage.is_main
         desc = f"{stage.name} {epoch + 1}/{stage.config.epochs}"
-        if stage.config_for(self).bar and sys.stderr.isatty() and not self.quiet:
+        if self.config.bar and sys.stderr.isatty() and not self.quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=len(stage.data.train), desc=desc, leave=False, dynamic_ncols=True)
@@ -54,7 +55,7 @@ class Progress:
             self.bar.update(1)
             if stage.step % 20 == 0:
                 self.bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        elif time.monotonic() - self.last_log > stage.config_for(self).interval_s:
+        elif time.monotonic() - self.last_log > self.config.interval_s:
             self.last_log = time.monotonic()
             log.info("stage %s epoch %d/%d step %d loss %.4f", stage.name, stage.epoch + 1,
                      stage.config.epochs, stage.step, loss.item())

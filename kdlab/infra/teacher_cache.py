@@ -175,7 +175,8 @@ def _compact_sequences(per_index: dict[int, torch.Tensor], dtype: torch.dtype, t
 
 
 class TeacherCache:
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.stores: dict[str, Store] = {}
         self.building = False
         self.teacher_hashes: list[str] | None = None  # hashed once per stage, not once per split
@@ -197,7 +198,7 @@ class TeacherCache:
         where = f"stages.{stage.name}.methods.{NAME}"
         if not stage.teachers:
             raise KdlabError(f"{where}: the stage has no teachers to cache")
-        views = stage.config_for(self).views
+        views = self.config.views
         if stage.data.augmented and views is None:
             raise KdlabError(
                 f"{where}: the training inputs are randomly augmented, so the teacher's outputs change every "
@@ -222,7 +223,7 @@ class TeacherCache:
         return self.stores[split].lookup(batch, len(stage.teachers), aliases, stage.device)
 
     def _load_or_build(self, stage, split: str) -> Store:
-        cfg = stage.config_for(self)
+        cfg = self.config
         if self.teacher_hashes is None:
             self.teacher_hashes = [file_sha256(stage.resolve_model_ref(ref)) for ref in stage.config.teachers]
         key = cache_key(stage, split, self.teacher_hashes)
@@ -324,7 +325,7 @@ class TeacherCache:
     @hookimpl
     def kdlab_stage_end(self, stage):
         self.stores.clear()
-        if stage.config_for(self).views is not None:
+        if self.config.views is not None:
             stage.data.train.fix_views(None)
 
 

@@ -47,7 +47,8 @@ class TensorBoard:
     default_enabled = True
     config_class = TensorBoardConfig
 
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.writer = None
         self.pending: list[tuple[int, list[str], torch.Tensor]] = []  # (step, names, values on the device)
 
@@ -74,7 +75,7 @@ class TensorBoard:
 
     @hookimpl
     def kdlab_step_end(self, stage, loss, terms):
-        if not stage.is_main or stage.step % stage.config_for(self).log_every:
+        if not stage.is_main or stage.step % self.config.log_every:
             return
         # kept on the device and written at the epoch's end: reading a value here (.item())
         # would make the host wait for the GPU every log_every steps
@@ -97,7 +98,7 @@ class TensorBoard:
             writer.add_scalar("lr" if i == 0 else f"lr/{i}", group["lr"], stage.step)
         for name, value in metrics.items():
             writer.add_scalar(name, value, stage.step)
-        if stage.config_for(self).histograms:
+        if self.config.histograms:
             for name, param in stage.student.named_parameters():
                 writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), stage.step)
 

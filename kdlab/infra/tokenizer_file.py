@@ -8,6 +8,7 @@ from kdlab import hookimpl
 
 class TokenizerFile:
     default_enabled = True
+    data_kinds = {"text"}
 
     @hookimpl
     def kdlab_stage_start(self, stage):

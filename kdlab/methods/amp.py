@@ -27,7 +27,8 @@ def autocast_dtype(config: AmpConfig, device: torch.device) -> torch.dtype:
 
 
 class Amp:
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.scaler: torch.amp.GradScaler | None = None
         self.dtype = torch.bfloat16
 
@@ -39,7 +40,7 @@ class Amp:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        self.dtype = autocast_dtype(stage.config_for(self), stage.device)
+        self.dtype = autocast_dtype(self.config, stage.device)
         # Loss scaling is needed wherever fp16 gradients can underflow: fp16 on any device
         # (bf16 has float32's exponent range and needs none).
         if self.dtype == torch.float16:

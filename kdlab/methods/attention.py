@@ -23,7 +23,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import as_map, check_tap_lists, feature_pair_requirements, match_spatial
+from kdlab.methods.feature_pairs import as_map, feature_pair_requirements, match_spatial
 
 NAME = "attention"
 
@@ -50,18 +50,16 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: float) -> to
 class Attention:
     config_class = AttentionConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return feature_pair_requirements(config, stage, {"at"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
-        check_tap_lists(stage, NAME, cfg.student, cfg.teacher, cfg.teacher_index)
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         teacher = teacher_outs[cfg.teacher_index].features
         loss = sum(attention_loss(student_out.features[s], teacher[t], cfg.p) for s, t in zip(cfg.student, cfg.teacher))
         return {"at": cfg.beta * loss}

@@ -24,8 +24,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, check_feature_method,
-                                         feature_pair_requirements, paired)
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, feature_pair_requirements, paired)
 
 NAME = "contrastive"
 
@@ -52,17 +51,16 @@ def info_nce(student_z: torch.Tensor, teacher_z: torch.Tensor, *, tau: float,
 class Contrastive:
     config_class = ContrastiveConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return feature_pair_requirements(config, stage, {"contrastive"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        check_feature_method(stage, NAME, stage.config_for(self))
-
-    @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        cfg = stage.config_for(self)
+        cfg = self.config
         student_out, teacher_outs = probe  # taps checked at stage start
         s_feat, t_feat = paired(cfg, student_out, teacher_outs)
         ds, dt = as_vector(s_feat).shape[1], as_vector(t_feat).shape[1]
@@ -70,7 +68,7 @@ class Contrastive:
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s_feat, t_feat = paired(cfg, student_out, teacher_outs)
         zs = stage.extra[f"{NAME}_student"](as_vector(s_feat).float())
         zt = stage.extra[f"{NAME}_teacher"](as_vector(t_feat).float())

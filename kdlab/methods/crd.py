@@ -37,8 +37,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, check_feature_method,
-                                         feature_pair_requirements, paired)
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, feature_pair_requirements, paired)
 
 NAME = "crd"
 EPS = 1e-7
@@ -89,23 +88,22 @@ def update_memory(memory: torch.Tensor, index: torch.Tensor, new: torch.Tensor, 
 class CRD:
     config_class = CRDConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return feature_pair_requirements(config, stage, {"crd"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        check_feature_method(stage, NAME, stage.config_for(self))
-
-    @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s, t = paired(cfg, *probe)
         return {NAME: CRDHead(as_vector(s).shape[1], as_vector(t).shape[1], stage.data.train.num_samples, cfg.feat_dim)}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         head = stage.extra[NAME]
         s, t = paired(cfg, student_out, teacher_outs)
         v_s = stage.gather(F.normalize(head.embed_s(as_vector(s).float()), dim=1))

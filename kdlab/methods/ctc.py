@@ -116,6 +116,7 @@ def _check_sequence(stage, out, what: str) -> None:
 
 
 class CTC:
+    data_kinds = {"ctc"}  # kdlab validate refuses it on other data
     @staticmethod
     def requires(config, stage):
         return Requirements(terms={"ctc"})
@@ -128,20 +129,19 @@ class CTC:
 
 
 class CTCKD:
+    data_kinds = {"ctc"}
     config_class = CTCKDConfig
+
+    def __init__(self, config):
+        self.config = config
 
     @staticmethod
     def requires(config, stage):
         return Requirements(teachers=1, terms={"kd", "ctc"} if config.lam < 1 else {"kd"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        if not stage.teachers:
-            raise KdlabError(f"stages.{stage.name}.methods.ctc_kd needs a teacher: set stages.{stage.name}.teachers")
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         if stage.step == 0:
             _check_sequence(stage, student_out, "methods.ctc_kd")
             for t in teacher_outs:

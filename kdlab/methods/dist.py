@@ -25,7 +25,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import Requirements, hookimpl
-from kdlab.methods.logit_kd import logits_of, require_teacher
+from kdlab.methods.logit_kd import logits_of
 
 
 @attrs.frozen(kw_only=True)
@@ -55,17 +55,16 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tem
 class DIST:
     config_class = DISTConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return Requirements(teachers=1, terms={"dist"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        require_teacher(stage, "dist")
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         norm = logits_of(cfg)
         s = stage.gather(norm(student_out.logits))
         loss = sum(dist_loss(s, stage.gather(norm(t.logits)), temperature=cfg.temperature, beta=cfg.beta,

@@ -25,7 +25,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import Requirements, hookimpl
-from kdlab.methods.logit_kd import logits_of, require_teacher
+from kdlab.methods.logit_kd import logits_of
 
 
 @attrs.frozen(kw_only=True)
@@ -61,17 +61,16 @@ def warmup_factor(epoch: int, warmup_epochs: int) -> float:
 class DKD:
     config_class = DKDConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return Requirements(teachers=1, terms={"dkd"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        require_teacher(stage, "dkd")
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         norm = logits_of(cfg)
         total = 0.0
         for t in teacher_outs:

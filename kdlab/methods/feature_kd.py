@@ -19,8 +19,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, as_vector, check_feature_method,
-                                         feature_pair_requirements, match_spatial, paired)
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, as_vector, feature_pair_requirements, match_spatial, paired)
 
 NAME = "feature_kd"
 
@@ -52,22 +51,21 @@ def feature_hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, ad
 class FeatureKD:
     config_class = FeatureKDConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return feature_pair_requirements(config, stage, {"hint"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        check_feature_method(stage, NAME, stage.config_for(self))
-
-    @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        cfg = stage.config_for(self)
+        cfg = self.config
         student_out, teacher_outs = probe  # taps checked at stage start
         return {f"{NAME}_adapter": make_adapter(*paired(cfg, student_out, teacher_outs))}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         hint = feature_hint_loss(*paired(cfg, student_out, teacher_outs), stage.extra[f"{NAME}_adapter"])
         return {"hint": hint if cfg.weight == 1.0 else cfg.weight * hint}

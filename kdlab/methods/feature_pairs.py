@@ -1,5 +1,5 @@
 """What the representation-level methods share (not a plugin): the config base of a method that
-pairs a student tap with a teacher tap, the stage-start checks of those taps, and shape helpers.
+pairs a student tap with a teacher tap, its declared requirements, and shape helpers.
 
 Tapped features come as feature maps (N, C, H, W), token sequences (N, T, D) from transformers,
 or vectors (N, D). Written by hand: these few reshapes are specific to bridging tapped layers of
@@ -30,13 +30,19 @@ class FeaturePairConfig:
     teacher_index: int = field(default=0, validator=v.ge(0))
 
 
-def feature_pair_requirements(config, stage, terms) -> Requirements:
+def feature_pair_requirements(config, stage, terms, minimum: int = 1) -> Requirements:
     """A method comparing student features with those of teacher ``config.teacher_index``
-    (``student`` / ``teacher`` alias fields): its teacher, its taps, its terms."""
+    (``student`` / ``teacher`` alias fields, one alias each or paired lists of at least
+    ``minimum``): its teacher, its taps, its terms."""
     teacher = (config.teacher,) if isinstance(config.teacher, str) else tuple(config.teacher)
-    problems = ()
+    student = (config.student,) if isinstance(config.student, str) else tuple(config.student)
+    problems = []
     if stage.teachers and config.teacher_index >= len(stage.teachers):
-        problems = (("teacher_index", f"{config.teacher_index}, but the stage has {len(stage.teachers)} teacher(s)"),)
+        problems.append(("teacher_index", f"{config.teacher_index}, but the stage has {len(stage.teachers)} teacher(s)"))
+    if not isinstance(config.student, str) and (len(student) != len(teacher) or len(student) < minimum):
+        problems.append(("student", f"student and teacher must list the same number (>= {minimum}) of tap aliases, "
+                                    f"got {list(student)} and {list(teacher)}"))
+    problems = tuple(problems)
     return Requirements(teachers=1, terms=terms, student_taps=config.student,
                         teacher_taps=((config.teacher_index, teacher),), problems=problems)
 
@@ -84,44 +90,6 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     return a, b
 
 
-def check_taps(stage, plugin_key: str, student: str | None, teacher: str | None) -> None:
-    """Fail at stage start, naming the key, when a method's tap aliases are not in the recipe."""
-    taps = stage.config.taps
-    where = f"stages.{stage.name}.methods.{plugin_key}"
-    if student is not None and student not in taps.student:
-        raise KdlabError(f"{where}.student: no tap '{student}' in stages.{stage.name}.taps.student "
-                         f"(taps: {', '.join(taps.student) or 'none'})")
-    for ref in stage.config.teachers if teacher is not None else ():
-        paths = taps.for_teacher(ref)
-        if teacher not in paths:
-            table = f"taps.teachers.{ref}" if ref in taps.teachers else "taps.teacher"
-            raise KdlabError(f"{where}.teacher: no tap '{teacher}' in stages.{stage.name}.{table} "
-                             f"(taps: {', '.join(paths) or 'none'})")
-
-
-def check_tap_lists(stage, plugin_key: str, student, teacher, teacher_index: int, minimum: int = 1) -> None:
-    """Stage-start checks of a method configured with paired lists of tap aliases."""
-    if len(student) != len(teacher) or len(student) < minimum:
-        raise KdlabError(f"stages.{stage.name}.methods.{plugin_key}: student and teacher must list the same number "
-                         f"(>= {minimum}) of tap aliases, got {list(student)} and {list(teacher)}")
-    for s, t in zip(student, teacher):
-        check_taps(stage, plugin_key, s, t)
-    check_teacher_index(stage, plugin_key, teacher_index)
-
-
-def check_teacher_index(stage, plugin_key: str, index: int) -> None:
-    if index >= len(stage.teachers):
-        raise KdlabError(f"stages.{stage.name}.methods.{plugin_key}.teacher_index: {index}, but the stage has "
-                         f"{len(stage.teachers)} teacher(s)")
-
-
 def paired(cfg: FeaturePairConfig, student_out, teacher_outs) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's tapped feature and the paired teacher's, as a method's table names them."""
     return student_out.features[cfg.student], teacher_outs[cfg.teacher_index].features[cfg.teacher]
-
-
-def check_feature_method(stage, plugin_key: str, config) -> None:
-    """Stage-start checks of a method configured with ``student``, ``teacher`` (tap aliases) and
-    ``teacher_index``."""
-    check_taps(stage, plugin_key, config.student, config.teacher)
-    check_teacher_index(stage, plugin_key, config.teacher_index)

@@ -25,8 +25,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, check_feature_method,
-                                         feature_pair_requirements, paired)
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_vector, feature_pair_requirements, paired)
 
 NAME = "geometry"
 
@@ -73,7 +72,8 @@ def geometry_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor, labe
 
 
 class Geometry:
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.student_centres: torch.Tensor | None = None  # running estimates (momentum > 0)
         self.teacher_centres: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
@@ -85,12 +85,8 @@ class Geometry:
         return feature_pair_requirements(config, stage, {"geometry"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        check_feature_method(stage, NAME, stage.config_for(self))
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         # class centres over the whole global batch, as in one process
         s_feat, t_feat = (stage.gather(f) for f in paired(cfg, student_out, teacher_outs))
         targets = stage.gather(batch.targets)

@@ -20,7 +20,6 @@ from attrs import validators as v
 from kdlab import Batch, Requirements, hookimpl
 from kdlab.data.loader import batch_seed
 from kdlab.methods.lm import check_token_logits
-from kdlab.methods.logit_kd import require_teacher
 from kdlab.methods.seq_kd import require_text
 from kdlab.methods.token_kd import Divergence, token_kd_loss
 from kdlab.models.generation import generate, gumbel_noise, response_mask
@@ -44,7 +43,11 @@ def on_policy_step(seed: int, step: int, fraction: float) -> bool:
 
 
 class GKD:
+    data_kinds = {"text"}  # kdlab validate refuses it on other data
     config_class = GKDConfig
+
+    def __init__(self, config):
+        self.config = config
 
     @staticmethod
     def requires(config, stage):
@@ -52,12 +55,11 @@ class GKD:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        require_teacher(stage, "gkd")
         require_text(stage, "gkd")
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         check_token_logits(student_out.logits, batch.targets, "methods.gkd")
         div = {"divergence": cfg.divergence, "temperature": cfg.temperature, "beta": cfg.beta, "alpha": cfg.alpha}
         if not on_policy_step(stage.recipe.seed, stage.step, cfg.fraction):

@@ -20,10 +20,13 @@ class GradClipConfig:
 class GradClip:
     config_class = GradClipConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return Requirements(terms=())
 
     @hookimpl
     def kdlab_before_optimizer_step(self, stage):
-        torch.nn.utils.clip_grad_norm_(stage.trainable_parameters(), stage.config_for(self).max_norm)
+        torch.nn.utils.clip_grad_norm_(stage.trainable_parameters(), self.config.max_norm)

@@ -36,7 +36,11 @@ def check_token_logits(logits: torch.Tensor, targets: torch.Tensor, plugin: str)
 
 
 class LM:
+    data_kinds = {"text"}  # kdlab validate refuses it on other data
     config_class = LMConfig
+
+    def __init__(self, config):
+        self.config = config
 
     @staticmethod
     def requires(config, stage):
@@ -45,5 +49,5 @@ class LM:
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out):
         check_token_logits(student_out.logits, batch.targets, "methods.lm")
-        return {"lm": lm_loss(student_out.logits, batch.targets, label_smoothing=stage.config_for(self).label_smoothing,
+        return {"lm": lm_loss(student_out.logits, batch.targets, label_smoothing=self.config.label_smoothing,
                               divisor=stage.mean_divisor(batch.targets >= 0))}

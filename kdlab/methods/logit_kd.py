@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, Requirements, hookimpl
+from kdlab import Requirements, hookimpl
 
 
 @attrs.frozen(kw_only=True)
@@ -45,12 +45,6 @@ def logits_of(cfg):
     return standardize if cfg.standardize else (lambda z: z)
 
 
-def require_teacher(stage, method: str) -> None:
-    """Stage-start check of a method that distils from a teacher."""
-    if not stage.teachers:
-        raise KdlabError(f"stages.{stage.name}.methods.{method} needs a teacher: set stages.{stage.name}.teachers")
-
-
 def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over the batch."""
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
@@ -62,17 +56,16 @@ def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *
 class LogitKD:
     config_class = LogitKDConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return Requirements(teachers=1, terms={"kd", "ce"} if config.alpha < 1 else {"kd"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        require_teacher(stage, "logit_kd")
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         norm = logits_of(cfg)
         kd = sum(hinton_kd_loss(norm(student_out.logits), norm(t.logits), temperature=cfg.temperature)
                  for t in teacher_outs)

@@ -19,7 +19,6 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import KdlabError, Requirements, hookimpl
-from kdlab.methods.logit_kd import require_teacher
 
 
 @attrs.frozen(kw_only=True)
@@ -51,25 +50,17 @@ def minilm_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tenso
 class MiniLM:
     config_class = MiniLMConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return Requirements(teachers=1, terms={"minilm"}, student_taps=tuple(config.pairs),
                             teacher_taps=((0, tuple(config.pairs.values())),), tap_keys=("pairs", "pairs"))
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        require_teacher(stage, "minilm")
-        cfg = stage.config_for(self)
-        for s_alias, t_alias in cfg.pairs.items():
-            if s_alias not in stage.config.taps.student:
-                raise KdlabError(f"stages.{stage.name}.methods.minilm.pairs: '{s_alias}' is not a student tap "
-                                 f"(set stages.{stage.name}.taps.student.{s_alias})")
-            if t_alias not in stage.config.taps.for_teacher(stage.config.teachers[0]):
-                raise KdlabError(f"stages.{stage.name}.methods.minilm.pairs.{s_alias}: '{t_alias}' is not a teacher tap")
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         text = stage.data.extra.get("text")
         valid = batch.inputs != text.pad_id if text is not None else torch.ones_like(batch.inputs, dtype=torch.bool)
         losses, divisor = [], stage.mean_divisor(valid)

@@ -21,7 +21,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, check_feature_method, feature_pair_requirements,
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, feature_pair_requirements,
                                          match_spatial, paired)
 
 NAME = "nst"
@@ -49,16 +49,15 @@ def nst_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 class NST:
     config_class = NSTConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return feature_pair_requirements(config, stage, {"nst"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        check_feature_method(stage, NAME, stage.config_for(self))
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s, t = paired(cfg, student_out, teacher_outs)
         return {"nst": cfg.weight * nst_loss(s, t)}

@@ -82,7 +82,8 @@ def prune_to(targets: list[tuple[nn.Module, str]], goal: float) -> None:
 
 
 class Pruning:
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.targets: list[tuple[nn.Module, str]] = []
 
     config_class = PruningConfig
@@ -100,11 +101,7 @@ class Pruning:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
-        if cfg.start_epoch >= stage.config.epochs:
-            raise KdlabError(f"stages.{stage.name}.methods.pruning.start_epoch must be < epochs ({stage.config.epochs})")
-        if cfg.end_epoch is not None and not cfg.start_epoch <= cfg.end_epoch < stage.config.epochs:
-            raise KdlabError(f"stages.{stage.name}.methods.pruning.end_epoch must be in [start_epoch, epochs)")
+        cfg = self.config
         self.targets = prunable(stage.student, cfg.layers)
         if not self.targets:
             raise KdlabError(f"stages.{stage.name}.methods.pruning: the student has no {', '.join(cfg.layers)} layers")
@@ -114,7 +111,7 @@ class Pruning:
     @hookimpl
     def kdlab_epoch_start(self, stage, epoch):
         with torch.no_grad():
-            prune_to(self.targets, target_sparsity(stage.config_for(self), epoch, stage.config.epochs))
+            prune_to(self.targets, target_sparsity(self.config, epoch, stage.config.epochs))
 
     @hookimpl
     def kdlab_eval_metrics(self, stage, split):

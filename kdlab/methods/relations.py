@@ -19,7 +19,7 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import check_feature_method, feature_pair_requirements
+from kdlab.methods.feature_pairs import feature_pair_requirements
 
 
 @attrs.frozen(kw_only=True)
@@ -38,17 +38,16 @@ class RelationMethod:
     term: str
     loss: Callable[..., torch.Tensor]
 
+    def __init__(self, config):
+        self.config = config
+
     @classmethod
     def requires(cls, config, stage):
         return feature_pair_requirements(config, stage, {cls.term})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        check_feature_method(stage, self.name, stage.config_for(self))
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s = stage.gather(student_out.features[cfg.student].float())
         t = stage.gather(teacher_outs[cfg.teacher_index].features[cfg.teacher].float())
         return {self.term: cfg.weight * type(self).loss(s, t, cfg)}

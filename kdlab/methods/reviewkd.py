@@ -30,7 +30,7 @@ from torch import nn
 
 from kdlab import hookimpl
 from kdlab.methods.dkd import warmup_factor
-from kdlab.methods.feature_pairs import as_spatial, check_tap_lists, feature_pair_requirements
+from kdlab.methods.feature_pairs import as_spatial, feature_pair_requirements
 
 NAME = "reviewkd"
 
@@ -100,14 +100,12 @@ class ReviewHead(nn.Module):
 class ReviewKD:
     config_class = ReviewKDConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
-        return feature_pair_requirements(config, stage, {"reviewkd"})
-
-    @hookimpl
-    def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
-        check_tap_lists(stage, NAME, cfg.student, cfg.teacher, cfg.teacher_index, minimum=2)
+        return feature_pair_requirements(config, stage, {"reviewkd"}, minimum=2)
 
     def _features(self, cfg, student_out, teacher_outs):
         s = [as_spatial(student_out.features[k].float()) for k in cfg.student]
@@ -116,13 +114,13 @@ class ReviewKD:
 
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s, t = self._features(cfg, *probe)
         return {NAME: ReviewHead([x.shape[1] for x in s], [x.shape[1] for x in t], cfg.max_mid_channels)}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s, t = self._features(cfg, student_out, teacher_outs)
         fused = stage.extra[NAME](s, [x.shape[-2:] for x in t])
         return {"reviewkd": cfg.weight * warmup_factor(stage.epoch, cfg.warmup_epochs) * hcl_loss(fused, t)}

@@ -27,7 +27,6 @@ from attrs import validators as v
 from kdlab import Batch, KdlabError, Requirements, hookimpl
 from kdlab.engine import checkpoint
 from kdlab.methods.lm import lm_loss
-from kdlab.methods.logit_kd import require_teacher
 from kdlab.models.generation import generate, gumbel_noise, response_mask
 
 log = logging.getLogger("kdlab")
@@ -78,9 +77,11 @@ def teacher_sequences(teacher, inputs: torch.Tensor, prompt_lens: torch.Tensor, 
 
 
 class SeqKD:
+    data_kinds = {"text"}  # kdlab validate refuses it on other data
     config_class = SeqKDConfig
 
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.inputs = self.targets = None
 
     @staticmethod
@@ -89,9 +90,8 @@ class SeqKD:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
-        require_teacher(stage, "seq_kd")
         text = require_text(stage, "seq_kd")
-        cfg, split = stage.config_for(self), text.splits["train"]
+        cfg, split = self.config, text.splits["train"]
         key = hashlib.sha256(json.dumps([weights_digest(stage.teachers[0]), stage.data.key, attrs.asdict(cfg),
                                          stage.recipe.seed], sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = Path(cfg.dir) / f"seq_kd-{key}.pt" if cfg.dir else None

@@ -36,12 +36,15 @@ def supervised_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smooth
 class Supervised:
     config_class = SupervisedConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return Requirements(terms={"ce"})
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out):
-        cfg = stage.config_for(self)
+        cfg = self.config
         return {"ce": supervised_loss(student_out.logits, batch.targets, label_smoothing=cfg.label_smoothing,
                                       classes=cfg.classes)}

@@ -27,7 +27,6 @@ from attrs import validators as v
 
 from kdlab import Requirements, hookimpl
 from kdlab.methods.lm import check_token_logits
-from kdlab.methods.logit_kd import require_teacher
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl"]
 
@@ -80,19 +79,19 @@ def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
 
 
 class TokenKD:
+    data_kinds = {"text"}  # kdlab validate refuses it on other data
     config_class = TokenKDConfig
+
+    def __init__(self, config):
+        self.config = config
 
     @staticmethod
     def requires(config, stage):
         return Requirements(teachers=1, terms={"token_kd"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        require_teacher(stage, "token_kd")
-
-    @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         check_token_logits(student_out.logits, batch.targets, "methods.token_kd")
         mask = batch.targets >= 0
         divisor = stage.mean_divisor(mask)

@@ -33,8 +33,8 @@ from attrs import field
 from attrs import validators as v
 from torch import nn
 
-from kdlab import KdlabError, Requirements, hookimpl
-from kdlab.methods.feature_pairs import as_vector, check_taps
+from kdlab import Requirements, hookimpl
+from kdlab.methods.feature_pairs import as_vector
 
 NAME = "triplet_ae"
 
@@ -80,8 +80,10 @@ def _mlp(d_in: int, d_out: int, hidden: int) -> nn.Module:
 
 
 class TripletAE:
-    def __init__(self):
-        self.indices: list[int] = []
+    def __init__(self, config, stage):
+        self.config = config
+        # the teachers it aligns (checked by requires before the stage is built)
+        self.indices = list(config.teachers) if config.teachers is not None else list(range(len(stage.teachers)))
 
     config_class = TripletAEConfig
 
@@ -97,26 +99,13 @@ class TripletAE:
         return Requirements(teachers=2, terms={"ae_recon", "triplet", "latent_kd"}, student_taps=config.student,
                             teacher_taps=tuple((i, (config.teacher,)) for i in indices), problems=tuple(problems))
 
-    @hookimpl
-    def kdlab_stage_start(self, stage):
-        cfg = stage.config_for(self)
-        where = f"stages.{stage.name}.methods.{NAME}"
-        check_taps(stage, NAME, cfg.student, cfg.teacher)
-        self.indices = list(cfg.teachers) if cfg.teachers is not None else list(range(len(stage.teachers)))
-        bad = [i for i in self.indices if i >= len(stage.teachers)]
-        if bad:
-            raise KdlabError(f"{where}.teachers: index {bad[0]}, but the stage has {len(stage.teachers)} teacher(s)")
-        if len(self.indices) < 2:
-            raise KdlabError(f"{where} needs at least two teachers, got {len(self.indices)} "
-                             f"(set stages.{stage.name}.teachers)")
-
     def _code(self, stage, name: str, features: torch.Tensor) -> torch.Tensor:
         code = stage.extra[name](as_vector(features).float())
-        return F.normalize(code, dim=1) if stage.config_for(self).normalize else code
+        return F.normalize(code, dim=1) if self.config.normalize else code
 
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        cfg = stage.config_for(self)
+        cfg = self.config
         student_out, teacher_outs = probe  # taps checked at stage start
         modules = {f"{NAME}_student": _mlp(as_vector(student_out.features[cfg.student]).shape[1],
                                            cfg.latent_dim, cfg.hidden)}
@@ -128,7 +117,7 @@ class TripletAE:
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         codes, recon = [], []
         for k in self.indices:
             hidden = as_vector(teacher_outs[k].features[cfg.teacher]).float()

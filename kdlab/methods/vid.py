@@ -27,8 +27,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_spatial, check_feature_method,
-                                         feature_pair_requirements, match_spatial, paired)
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_spatial, feature_pair_requirements, match_spatial, paired)
 
 NAME = "vid"
 
@@ -68,23 +67,22 @@ def vid_loss(mean: torch.Tensor, variance: torch.Tensor, teacher: torch.Tensor) 
 class VID:
     config_class = VIDConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @staticmethod
     def requires(config, stage):
         return feature_pair_requirements(config, stage, {"vid"})
 
     @hookimpl
-    def kdlab_stage_start(self, stage):
-        check_feature_method(stage, NAME, stage.config_for(self))
-
-    @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s, t = paired(cfg, *probe)
         return {NAME: VIDHead(as_spatial(s).shape[1], as_spatial(t).shape[1], cfg.init_var, cfg.eps)}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s, t = paired(cfg, student_out, teacher_outs)
         s, t = match_spatial(as_spatial(s).float(), as_spatial(t).float())
         head = stage.extra[NAME]

@@ -15,6 +15,7 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> fl
 
 class Accuracy:
     default_enabled = True
+    data_kinds = {"classification"}
 
     @hookimpl
     def kdlab_eval_metrics(self, stage, split, output, targets):

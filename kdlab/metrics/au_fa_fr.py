@@ -39,6 +39,7 @@ def au_fa_fr_class(probs: np.ndarray, labels: np.ndarray) -> float:
 
 class AuFaFr:
     default_enabled = True
+    data_kinds = {"keyword_spotting"}
 
     @hookimpl
     def kdlab_eval_metrics(self, stage, split, output, targets):

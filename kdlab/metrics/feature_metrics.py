@@ -15,8 +15,8 @@ from __future__ import annotations
 import attrs
 import torch
 
-from kdlab import Requirements, hookimpl
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, check_feature_method
+from kdlab import hookimpl
+from kdlab.methods.feature_pairs import FeaturePairConfig, as_vector, feature_pair_requirements
 from kdlab.methods.geometry import class_centres, off_diagonal, similarity_matrix
 
 NAME = "feature_metrics"
@@ -54,22 +54,19 @@ def _image(matrix: torch.Tensor, scale: int = 16) -> torch.Tensor:
 
 
 class FeatureMetrics:
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.matrices: tuple[torch.Tensor, torch.Tensor] | None = None
 
     config_class = FeatureMetricsConfig
 
     @staticmethod
-    def requires(config, stage):
-        return Requirements(terms=())
-
-    @hookimpl
-    def kdlab_stage_start(self, stage):
-        check_feature_method(stage, NAME, stage.config_for(self))
+    def requires(config, stage):  # its teacher and both taps; it adds no loss term
+        return feature_pair_requirements(config, stage, ())
 
     @hookimpl
     def kdlab_eval_metrics(self, stage, split, output, targets, teacher_outputs):
-        cfg = stage.config_for(self)
+        cfg = self.config
         s = output.features[cfg.student]
         t = teacher_outputs[cfg.teacher_index].features[cfg.teacher]
         gp, s_sim, t_sim = geometry_preservation(s, t, targets, stage.data.num_classes)
@@ -79,7 +76,7 @@ class FeatureMetrics:
 
     @hookimpl
     def kdlab_stage_summary(self, stage):
-        if not stage.config_for(self).images or self.matrices is None or not stage.is_main:
+        if not self.config.images or self.matrices is None or not stage.is_main:
             return
         from torch.utils.tensorboard import SummaryWriter
 

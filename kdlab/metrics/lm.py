@@ -129,15 +129,12 @@ def dialogue_metrics(model, split, text, cfg: LMMetricsConfig, seed: int, device
 
 class LMMetrics:
     default_enabled = True
+    data_kinds = {"text"}
     config_class = LMMetricsConfig
 
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.tokens, self.seconds, self.started, self.in_epoch = 0, 0.0, 0.0, 0
-
-    @hookimpl
-    def kdlab_stage_start(self, stage):
-        if stage.data.extra.get("text") is None:  # not a language model's stage: off its per-step hooks
-            stage.pm.unregister(self)
 
     @hookimpl
     def kdlab_eval_metrics(self, stage, split, output, targets):
@@ -146,7 +143,7 @@ class LMMetrics:
             return None
         ppl, acc = perplexity_and_accuracy(output.logits, targets)
         metrics = {"perplexity": ppl, "token_accuracy": acc}
-        cfg = stage.config_for(self)
+        cfg = self.config
         final = stage.epoch >= stage.config.epochs  # the evaluations after training
         if split in text.splits and (final or cfg.every_eval):
             batch = getattr(stage.recipe.data.config, "eval_batch_size", 64)

@@ -40,12 +40,16 @@ def error_rate(hyps: list[list[int]], refs: list[list[int]]) -> float:
 
 class PER:
     default_enabled = True
+    data_kinds = {"ctc"}
 
     config_class = PERConfig
 
+    def __init__(self, config):
+        self.config = config
+
     @hookimpl
     def kdlab_stage_start(self, stage):
-        if stage.config_for(self).beam_size:
+        if self.config.beam_size:
             require_beam_search("plugins.per.beam_size")
 
     @hookimpl
@@ -54,7 +58,7 @@ class PER:
             return None
         refs = references(targets)
         metrics = {"per": error_rate(greedy_decode(output.logits, output.lengths), refs)}
-        cfg = stage.config_for(self)
+        cfg = self.config
         if cfg.beam_size and split in cfg.beam_splits:
             metrics["beam_per"] = error_rate(beam_decode(output.logits, output.lengths, cfg.beam_size), refs)
         return metrics

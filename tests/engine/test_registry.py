@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import attrs
 import pytest
 
 from kdlab import hookimpl
@@ -33,9 +34,12 @@ class LogitL2:
     def kdlab_config_class(self):
         return LogitL2Config
 
+    def __init__(self, config):
+        self.config = config
+
     @hookimpl
     def kdlab_loss_terms(self, stage, student_out):
-        return {"l2": logit_l2(student_out.logits, scale=stage.config_for(self).scale)}
+        return {"l2": logit_l2(student_out.logits, scale=self.config.scale)}
 '''
 
 
@@ -137,3 +141,135 @@ def test_call_order_lists_wrappers_first_and_trylast_defaults_last(catalogue):
     order = call_order(pm)
     assert order["kdlab_teacher_outputs"] == ["forward (wrapper)", "amp (wrapper)", "forward"]
     assert order["kdlab_backward"] == ["amp", "optim"]
+
+
+# -- construction with config -----------------------------------------------------------------
+
+@attrs.frozen(kw_only=True)
+class L2Config:
+    scale: float = 1.0
+
+
+BUILT: list = []
+
+
+class NewL2:
+    """Written the current way: built per stage with its config and the stage's view."""
+
+    config_class = L2Config
+
+    def __init__(self, config, stage):
+        self.config = config
+        BUILT.append((config, stage))
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, student_out):
+        return {"l2": self.config.scale * student_out.logits.pow(2).mean()}
+
+
+class OldL2:
+    """Written for the previous release: built with no arguments, reads its table every step."""
+
+    config_class = L2Config
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, student_out):
+        return {"l2": stage.config_for(self).scale * student_out.logits.pow(2).mean()}
+
+
+L2_RECIPE = """
+name = "l2"
+device = "cpu"
+[data]
+dataset = "digits"
+[plugins.progress]
+enabled = false
+[stages.a]
+epochs = 1
+model = { arch = "cnn", channels = [4, 8] }
+methods.supervised = {}
+methods.PLUGIN = { scale = 0.5 }
+[stages.b]
+epochs = 1
+model = { arch = "cnn", channels = [4, 8] }
+methods.supervised = {}
+methods.PLUGIN = { scale = 0.25 }
+"""
+
+
+def _run_l2(plugin_name, plugin, tmp_path, write_recipe):
+    import torch
+
+    from kdlab.engine.runner import run
+
+    recipe = write_recipe(L2_RECIPE.replace("PLUGIN", plugin_name), name=f"{plugin_name}.toml")
+    result = run(recipe, out=tmp_path / plugin_name, catalogue=discover(extra={plugin_name: plugin}))
+    return {s: torch.load(result.run_dir / "models" / f"{s}.pt", weights_only=True)["state_dict"] for s in "ab"}
+
+
+def test_a_plugin_is_built_per_stage_with_its_config_and_the_stage_view(tmp_path, write_recipe):
+    import warnings
+
+    from kdlab.engine.registry import PluginDeprecationWarning
+
+    BUILT.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new = _run_l2("new_l2", NewL2, tmp_path, write_recipe)
+    assert not [w for w in caught if issubclass(w.category, PluginDeprecationWarning)]
+    # one instance per stage (validate-time checks build none), each with that stage's table and view
+    assert [(c.scale, v.name, v.methods, v.epochs) for c, v in BUILT] == [
+        (0.5, "a", ("supervised", "new_l2"), 1), (0.25, "b", ("supervised", "new_l2"), 1)]
+    assert BUILT[0][1].data_kinds == {"image", "classification"}
+
+    # the previous release's way still works, with the same result, and is warned by name
+    with pytest.warns(PluginDeprecationWarning, match=r"plugin 'old_l2' \(tests.engine.test_registry:OldL2 .*"
+                                                      r"stage.config_for\(self\), which is deprecated.*"
+                                                      r"def __init__\(self, config\)"):
+        old = _run_l2("old_l2", OldL2, tmp_path, write_recipe)
+    from tests.conftest import state_dicts_equal
+
+    assert all(state_dicts_equal(new[s], old[s]) for s in "ab")
+
+
+class BadInit:
+    config_class = L2Config
+
+    def __init__(self, config):
+        raise ValueError("scale out of range")
+
+    @hookimpl
+    def kdlab_loss_terms(self, stage, student_out):
+        return {}
+
+
+def test_a_plugin_whose_constructor_fails_is_one_line_naming_it(tmp_path, write_recipe):
+    from kdlab.engine.errors import KdlabError
+
+    with pytest.raises(KdlabError, match=r"plugin 'bad' \(tests.engine.test_registry:BadInit .*\) failed to build: "
+                                         r"ValueError: scale out of range"):
+        _run_l2("bad", BadInit, tmp_path, write_recipe)
+
+
+class OldDataHook:
+    @hookimpl
+    def kdlab_build_data(self, spec, seed):
+        return None
+
+
+def test_a_plugin_implementing_a_removed_hook_is_told_what_replaced_it():
+    catalogue = discover(extra={"old_data": OldDataHook})
+    assert "old_data" not in catalogue.plugins
+    assert ("implements the hook 'kdlab_build_data', which was removed: give the data set's build function to its "
+            "kdlab.datasets entry point") in catalogue.broken["old_data"]
+
+
+def test_no_built_in_plugin_reads_its_config_the_deprecated_way():
+    from pathlib import Path
+
+    import kdlab
+
+    root = Path(kdlab.__file__).parent
+    users = [str(p.relative_to(root)) for room in ("methods", "metrics", "infra") for p in (root / room).rglob("*.py")
+             if "config_for" in p.read_text(encoding="utf-8")]
+    assert users == []

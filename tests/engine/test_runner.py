@@ -227,3 +227,48 @@ def test_the_largest_seed_trains(write_recipe, tmp_path, catalogue):
     text = TINY.replace("seed = 0", "seed = 4294967295").replace("batch_size = 64", "batch_size = 64\naugment = true")
     result = run(write_recipe(text), out=tmp_path, catalogue=catalogue)
     assert result.metrics["student"]["test/accuracy"] > 0
+
+
+# -- kdlab run --stages -------------------------------------------------------------------------
+
+def _model(run_dir, stage):
+    return torch.load(run_dir / "models" / f"{stage}.pt", weights_only=True)["state_dict"]
+
+
+def test_stages_trains_a_subset_and_a_later_subset_completes_the_run_as_one_run_would(write_recipe, tmp_path,
+                                                                                       catalogue):
+    recipe = write_recipe()
+    whole = run(recipe, out=tmp_path / "whole", catalogue=catalogue)
+    first = run(recipe, out=tmp_path / "parts", catalogue=catalogue, stages=["teacher"])
+    assert set(first.metrics) == {"teacher"} and not (first.run_dir / "models" / "student.pt").exists()
+    second = run(recipe, out=tmp_path / "parts", catalogue=catalogue, resume=first.run_dir, stages=["student"])
+    assert set(second.metrics) == {"teacher", "student"}
+    assert second.metrics == whole.metrics | {s: second.metrics[s] for s in ("teacher", "student")}
+    for stage in ("teacher", "student"):
+        assert state_dicts_equal(_model(second.run_dir, stage), _model(whole.run_dir, stage))
+        assert second.metrics[stage]["test/accuracy"] == whole.metrics[stage]["test/accuracy"]
+
+
+def test_stages_reads_a_teacher_from_the_stage_store(write_recipe, tmp_path, catalogue):
+    recipe = write_recipe()
+    store = tmp_path / "store"
+    whole = run(recipe, out=tmp_path / "a", catalogue=catalogue, stage_store=store)
+    part = run(recipe, out=tmp_path / "b", catalogue=catalogue, stage_store=store, stages=["student"])
+    assert (part.run_dir / "history" / "teacher.reused").is_file()  # read, not trained
+    assert set(part.metrics) == {"teacher", "student"}
+    assert state_dicts_equal(_model(part.run_dir, "student"), _model(whole.run_dir, "student"))
+
+
+def test_stages_whose_teacher_is_nowhere_is_one_line_before_anything_trains(write_recipe, tmp_path):
+    recipe = write_recipe()
+    done = subprocess.run([sys.executable, "-m", "kdlab", "run", str(recipe), "--out", str(tmp_path / "runs"),
+                           "--stages", "student"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ("error: --stages student: stage 'student' reads stage 'teacher' (a teacher), which is not trained in this "
+            "command and is not in the run directory") in done.stderr
+    assert "add teacher to --stages" in done.stderr
+    assert not list((tmp_path / "runs").rglob("*.pt"))  # nothing trained
+    unknown = subprocess.run([sys.executable, "-m", "kdlab", "run", str(recipe), "--out", str(tmp_path / "runs"),
+                              "--stages", "teacher,studnet"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "--stages: no stage 'studnet' in" in unknown.stderr
+    assert "(its stages: teacher, student)" in unknown.stderr
