@@ -333,6 +333,11 @@ def cmd_validate(args) -> int:
     check_requirements(recipe, catalogue, args.recipe)
     check_taps(recipe, catalogue, args.recipe)
     print(f"# {args.recipe}: valid\n# resolved recipe\n")
+    from kdlab.engine.recipe import pending_files
+
+    for stage, key, ref in pending_files(recipe):
+        print(f"# note: stages.{stage}.{key} = '{ref}' does not exist yet; it must exist when stage {stage} starts "
+              "(a model another run exports)")
     print(tomli_w.dumps(recipe_to_dict(recipe)))
     from kdlab.studies import sweep
 

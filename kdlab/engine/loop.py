@@ -204,6 +204,9 @@ def build_model(stage: Stage, spec: ModelSpec) -> torch.nn.Module:
 def load_model(stage: Stage, ref: str) -> torch.nn.Module:
     """Rebuild an exported model (an earlier stage's, or a file) with its weights."""
     path = stage.resolve_model_ref(ref)
+    if ref not in stage.recipe.stages and not path.is_file():
+        raise KdlabError(f"stages.{stage.name}: model file '{ref}' does not exist; it must exist when this stage "
+                         "starts (run the recipe that exports it first)")
     data = checkpoint.load_model_file(path)
     spec = exported_spec(stage.catalogue, data, path)
     if data["num_classes"] != stage.data.num_classes:

@@ -693,6 +693,25 @@ def _check_forward(problems: Problems, stages: dict, catalogue: Catalogue, disab
                                 "that implements it")
 
 
+def exported_later(ref: str) -> bool:
+    """Whether a missing model file is named where a run exports its stages
+    (``<run dir>/models/<stage>.pt``): an earlier recipe may produce it, so it must exist only
+    when the stage that reads it starts (``kdlab validate`` notes it instead of failing)."""
+    path = Path(ref)
+    return not path.is_file() and path.suffix == ".pt" and path.parent.name == "models"
+
+
+def pending_files(recipe) -> list[tuple[str, str, str]]:
+    """(stage, key, file) of every teacher or init file that does not exist yet (see
+    :func:`exported_later`)."""
+    out = []
+    for name, stage in recipe.stages.items():
+        refs = [(f"teachers[{i}]", r) for i, r in enumerate(stage.teachers)]
+        refs += [("init", stage.init)] if stage.init is not None else []
+        out += [(name, key, ref) for key, ref in refs if ref not in recipe.stages and exported_later(ref)]
+    return out
+
+
 def _check_refs(problems: Problems, name: str, stage: StageConfig, earlier: list[str], where: tuple) -> None:
     for ref in stage.taps.teachers:
         if ref not in stage.teachers:
@@ -707,7 +726,7 @@ def _check_refs(problems: Problems, name: str, stage: StageConfig, earlier: list
             problems.add(path, f"stage '{name}' cannot use itself")
         elif ref in earlier:
             continue
-        elif not Path(ref).is_file():
+        elif not Path(ref).is_file() and not exported_later(ref):
             problems.add(
                 path,
                 f"'{ref}' is neither an earlier stage ({', '.join(earlier) or 'none'}) nor an existing model file",

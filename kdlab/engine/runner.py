@@ -30,7 +30,7 @@ from kdlab.engine.errors import KdlabError, WriteError
 from kdlab.engine.loop import fit
 from kdlab.engine.plan import build_data, stage_configs, stage_manager, stage_plugins
 from kdlab.engine.preflight import check_requirements, check_taps
-from kdlab.engine.recipe import Recipe, load_recipe, recipe_to_dict
+from kdlab.engine.recipe import Recipe, load_recipe, pending_files, recipe_to_dict
 from kdlab.engine.registry import Catalogue, discover
 from kdlab.engine.stage_store import StageStore, stage_key_contents
 from kdlab.engine.types import Stage
@@ -144,6 +144,9 @@ def run(
             raise KdlabError(f"--stages: {'no stage ' + ', '.join(repr(s) for s in unknown) if unknown else 'empty'} "
                              f"in {recipe_path} (its stages: {', '.join(recipe.stages)})")
     check_requirements(recipe, catalogue, recipe_path)  # what validate checks, before anything is written
+    for stage_name, key, ref in pending_files(recipe):
+        log.warning("stages.%s.%s = '%s' does not exist yet; it must exist when stage %s starts", stage_name, key, ref,
+                    stage_name)
     rank, world_size = _init_distributed(resolve_device(recipe))
     if rank == 0:
         try:
@@ -286,6 +289,9 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
             log.info("stage %s: not in --stages, and neither the run directory nor the stage store has it: "
                      "not trained", name)
             continue
+        if store is not None and any(str(v).startswith("missing:") for v in keys[name][1]["inputs"].values()):
+            # a teacher file that did not exist when the run started may exist now: key it by its bytes
+            keys = stage_key_contents(recipe, catalogue, data.key)
         # rank 0 alone holds the store's lock on the stage; every rank follows its decision
         with store.claim(keys[name][0], name, keys[name][1]) if store is not None and rank == 0 else contextlib.nullcontext() as claim:
             if _share(claim is not None and claim.metrics is not None):

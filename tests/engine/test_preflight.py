@@ -199,3 +199,30 @@ def test_a_plugins_faulty_requires_is_one_line_naming_the_plugin(write_recipe, t
     recipe = write_recipe(TINY.replace(_KD, "methods.broken = {}"))
     with pytest.raises(KdlabError, match=r"plugin 'broken' \(.*\): requires\(\) must return kdlab.Requirements, got dict"):
         run(recipe, out=tmp_path, catalogue=discover(extra={"broken": _BrokenRequires}))
+
+
+def test_a_teacher_file_another_run_will_export_is_a_note_and_must_exist_when_its_stage_starts(write_recipe,
+                                                                                              tmp_path):
+    exported = tmp_path / "runs" / "tiny" / "main" / "models" / "teacher.pt"
+    text = TINY.replace('teachers = ["teacher"]', f'teachers = ["{exported}"]')
+    recipe = write_recipe(text, name="student.toml")
+    kdlab = [sys.executable, "-m", "kdlab"]
+    checked = subprocess.run([*kdlab, "validate", str(recipe)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert (f"# note: stages.student.teachers[0] = '{exported}' does not exist yet; it must exist when stage "
+            "student starts") in checked.stdout
+    # run now: the stage before it trains, then the student stops with one line
+    early = subprocess.run([*kdlab, "run", str(recipe), "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    assert early.returncode == 2 and "Traceback" not in early.stderr
+    assert (f"stages.student: model file '{exported}' does not exist; it must exist when this stage starts"
+            in early.stderr)
+    # the recipe that exports it runs first: then the same command trains the student from it
+    subprocess.run([*kdlab, "run", str(write_recipe()), "--out", str(tmp_path / "runs"), "--run-id", "main"],
+                   capture_output=True, text=True, check=True)
+    assert exported.is_file()
+    done = subprocess.run([*kdlab, "run", str(recipe), "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # a missing file elsewhere is still a mistake found by validate
+    typo = subprocess.run([*kdlab, "validate", str(write_recipe(text.replace("models/teacher.pt", "teacher.pth"),
+                                                                 name="typo.toml"))], capture_output=True, text=True)
+    assert typo.returncode == 2 and "is neither an earlier stage" in typo.stderr
