@@ -36,6 +36,12 @@ def shard_slice(n: int, rank: int, world_size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+def shard_sizes(n: int, world_size: int) -> tuple[int, ...]:
+    """Every rank's number of samples in a global batch of ``n`` (see :func:`shard_slice`)."""
+    base, extra = divmod(n, world_size)
+    return tuple(base + (rank < extra) for rank in range(world_size))
+
+
 def batch_settings(config) -> dict:
     """A data config's settings as they enter cache and stage keys: all but ``num_workers``,
     since worker processes make the same batches as the main process."""
@@ -51,9 +57,20 @@ class BatchLoader:
     epoch: int = 0
     rank: int = 0
     world_size: int = 1
+    even: bool = False  # see even_shards
 
     def shard(self, rank: int, world_size: int) -> None:
         self.rank, self.world_size = rank, world_size
+
+    def even_shards(self) -> None:
+        """Give every rank the same number of samples in every step (``[plugins.distributed]
+        even_shards``): each global batch is cut to a multiple of the number of processes, so
+        an epoch's last batch loses up to N - 1 samples, and stock DDP averaging applies."""
+        self.even = True
+
+    def trimmed(self, n: int) -> int:
+        """How many samples of a global batch of ``n`` are used (all, unless even shards)."""
+        return n - n % self.world_size if self.even and self.world_size > 1 else n
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -61,6 +78,11 @@ class BatchLoader:
     def my_part(self, idx: torch.Tensor) -> torch.Tensor:
         """This rank's part of a global batch's sample indices."""
         return idx[shard_slice(len(idx), self.rank, self.world_size)] if self.world_size > 1 else idx
+
+    def shares(self, n: int) -> tuple[int, ...] | None:
+        """Every rank's share of a global batch of ``n`` samples, for ``Batch.shards`` (None in
+        one process)."""
+        return shard_sizes(n, self.world_size) if self.world_size > 1 else None
 
     def my_first(self, n: int) -> int:
         """Where this rank's part of a global batch of ``n`` samples starts in it."""
@@ -71,7 +93,8 @@ class BatchLoader:
         raise NotImplementedError
 
     def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (self.trimmed(rest) > 0)
 
 
 class TensorLoader(BatchLoader):
@@ -134,20 +157,25 @@ class TensorLoader(BatchLoader):
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
+            idx = idx[: self.trimmed(len(idx))]
+            if len(idx) == 0:
+                continue
             params = view = None
             if self.view_table is not None:
                 view = torch.randint(0, self.view_table.shape[1], (len(idx),), generator=generator)
                 params = self.view_table[idx, view]
             elif self.augment is not None:
                 params = self.augment.draw(len(idx), generator)
+            shards = self.shares(len(idx))
             if self.world_size > 1:
                 part = shard_slice(len(idx), self.rank, self.world_size)
                 idx = idx[part]
                 params = None if params is None else params[part]
                 view = None if view is None else view[part]
-            yield self._batch(idx, params, view)
+            yield self._batch(idx, params, view, shards)
 
-    def _batch(self, idx: torch.Tensor, params: torch.Tensor | None, view: torch.Tensor | None) -> Batch:
+    def _batch(self, idx: torch.Tensor, params: torch.Tensor | None, view: torch.Tensor | None,
+               shards: tuple[int, ...] | None = None) -> Batch:
         on = idx.to(self.x.device, non_blocking=True)
         x = self.x[on]
         if params is not None:
@@ -156,7 +184,7 @@ class TensorLoader(BatchLoader):
             x = x.float().div_(255)
         if self.mean is not None:
             x = x.sub_(self.mean).div_(self.std)
-        return Batch(x, self.y[on], idx, view=view)
+        return Batch(x, self.y[on], idx, view=view, shards=shards)
 
 
 class WorkerBatches(BatchLoader):
@@ -168,6 +196,7 @@ class WorkerBatches(BatchLoader):
     ``num_samples``, ``num_batches(epoch)`` and ``make_batch(epoch, b)``, and set ``num_workers``."""
 
     num_workers: int = 0
+    even_shards = None  # make_batch cuts each rank's part itself: even shards are not offered
 
     def num_batches(self, epoch: int) -> int:
         return len(self)
@@ -230,6 +259,10 @@ class DatasetLoader:
     def shard(self, rank: int, world_size: int) -> None:
         self.batches.rank, self.batches.world_size = rank, world_size
 
+    def even_shards(self) -> None:
+        """See :meth:`BatchLoader.even_shards`."""
+        self.batches.even = True
+
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
 
@@ -238,7 +271,10 @@ class DatasetLoader:
         return len(self.loader.dataset)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        if not self.batches.even or self.batches.world_size == 1:
+            return len(self.loader)
+        full, rest = divmod(self.num_samples, self.batches.batch_size)
+        return full + (rest >= self.batches.world_size)
 
     def __iter__(self):
         return iter(self.loader)
@@ -249,11 +285,20 @@ class _ShardedBatches(torch.utils.data.BatchSampler):
 
     def __init__(self, sampler, batch_size: int):
         super().__init__(sampler, batch_size, drop_last=False)
-        self.rank, self.world_size = 0, 1
+        self.rank, self.world_size, self.even = 0, 1, False
 
     def __iter__(self):
         for batch in super().__iter__():
-            yield batch[shard_slice(len(batch), self.rank, self.world_size)] if self.world_size > 1 else batch
+            if self.world_size == 1:
+                yield batch
+                continue
+            if self.even:
+                batch = batch[: len(batch) - len(batch) % self.world_size]
+                if not batch:
+                    continue
+            # each key carries the global batch's shares, for Batch.shards (see _collate)
+            shards = shard_sizes(len(batch), self.world_size)
+            yield [(i, shards) for i in batch[shard_slice(len(batch), self.rank, self.world_size)]]
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -263,11 +308,12 @@ class _Indexed(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        i, shards = key if isinstance(key, tuple) else (key, None)
         x, y = self.dataset[i]
-        return x, y, i
+        return x, y, i, shards
 
 
 def _collate(items):
-    xs, ys, idx = zip(*items)
-    return Batch(torch.stack(xs), torch.as_tensor(ys), torch.as_tensor(idx))
+    xs, ys, idx, shards = zip(*items)
+    return Batch(torch.stack(xs), torch.as_tensor(ys), torch.as_tensor(idx), shards=shards[0])

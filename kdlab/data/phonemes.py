@@ -224,6 +224,7 @@ class PhonemeLoader(WorkerBatches):
             feats, _pad([s["ids"][i] for i in ids], -1, labels), idx,
             {"input_lengths": self.lengths[idx], "wave": _pad(waves, 0, samples).float() / 32767.0,
              "wave_lengths": torch.tensor([len(w) for w in waves])},
+            shards=self.shares(len(every)),
         )
 
 

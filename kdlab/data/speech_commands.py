@@ -194,7 +194,7 @@ class KWSLoader(WorkerBatches):
         else:
             g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b))
             x = self._mel(self.clips.audio[idx], g, (len(every), self.my_first(len(every))))
-        return Batch(x, self.clips.labels[idx], idx)
+        return Batch(x, self.clips.labels[idx], idx, shards=self.shares(len(every)))
 
 
 def build(config: SpeechCommandsConfig, seed: int) -> DataBundle:

@@ -19,16 +19,20 @@ _cpu_group = None
 _holding_groups: dict[tuple[int, ...], object] = {}
 
 
-def shard_sizes(local: int) -> list[int]:
-    """Every rank's number of samples in this step: one small all-gather of CPU integers (a
-    gloo group beside NCCL, so the step does not wait for the GPU). Needed before the forward
-    pass, on every rank, even one whose share is empty."""
-    global _cpu_group
-    if _cpu_group is None:  # made once, by every rank at its first training step
-        _cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([local], dtype=torch.long), group=_cpu_group)
-    sizes = [int(s) for s in sizes]
+def shard_sizes(batch) -> list[int]:
+    """Every rank's number of samples in this step. A sharded loader gives them with the batch
+    (``Batch.shards``); for a loader that does not, one small all-gather of CPU integers (a gloo
+    group beside NCCL, so the step does not wait for the GPU) finds them. Called on every rank,
+    even one whose share is empty, before the forward pass."""
+    if batch.shards is not None:
+        sizes = list(batch.shards)
+    else:
+        global _cpu_group
+        if _cpu_group is None:  # made once, by every rank at its first training step
+            _cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        gathered = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, torch.tensor([len(batch.index)], dtype=torch.long), group=_cpu_group)
+        sizes = [int(s) for s in gathered]
     holding = tuple(r for r, n in enumerate(sizes) if n > 0)
     if 1 < len(holding) < len(sizes) and holding not in _holding_groups:
         # a last global batch smaller than the number of processes: the ranks holding its samples

@@ -126,7 +126,7 @@ def _train(stage: Stage, train_teachers: bool) -> None:
         for batch in stage.data.train:
             batch = stage.batch = batch.to(stage.device)
             if stage.world_size > 1:  # what stage.gather needs to rebuild the global batch
-                stage.shard_sizes = collective.shard_sizes(len(batch.index))
+                stage.shard_sizes = collective.shard_sizes(batch)
             if len(batch.index) == 0:
                 # only in distributed training: this rank's share of a last global batch smaller
                 # than the number of processes. It computes nothing but joins the gradient

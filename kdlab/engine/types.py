@@ -32,13 +32,16 @@ class Batch:
     # which of a sample's fixed augmentation draws this is (a loader's ``fix_views``, for the
     # augmentation-aware teacher cache); None when the inputs are not one of fixed views
     view: torch.Tensor | None = None
+    # under --nproc, every rank's number of samples in this global batch (a sharded loader knows
+    # them: kdlab.data.loader.BatchLoader.shares), so no collective is needed to learn them
+    shards: tuple[int, ...] | None = None
 
     def to(self, device: torch.device) -> Batch:
         if self.inputs.device == device:
             return self
         nb = device.type == "cuda"
         return Batch(self.inputs.to(device, non_blocking=nb), self.targets.to(device, non_blocking=nb), self.index,
-                     {k: t.to(device, non_blocking=nb) for k, t in self.extra.items()}, self.view)
+                     {k: t.to(device, non_blocking=nb) for k, t in self.extra.items()}, self.view, self.shards)
 
 
 def cat_padded(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:

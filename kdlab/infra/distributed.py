@@ -32,7 +32,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from kdlab import hookimpl
+import attrs
+
+from kdlab import KdlabError, hookimpl
 from kdlab.engine import collective
 from kdlab.engine.limits import torch_seed
 from kdlab.engine.types import run_model
@@ -88,10 +90,11 @@ class DataParallelStudent:
     student on generated text) calls the plain student: DDP allows one forward per backward, and
     the backward pass sums both uses of a parameter before DDP's hook sees its gradient."""
 
-    def __init__(self, student: torch.nn.Module, weight: list[float]):
+    def __init__(self, student: torch.nn.Module, weight: list[float], stock: bool = False):
         self.ddp = DistributedDataParallel(_BatchForward(student), broadcast_buffers=False,
                                            find_unused_parameters=True)
-        self.ddp.register_comm_hook(weight, _weighted_allreduce)
+        if not stock:  # even shards: DDP's own mean is the count-weighted one
+            self.ddp.register_comm_hook(weight, _weighted_allreduce)
         self.student = student
         self.used = False  # in this step; reset after the backward pass
 
@@ -171,8 +174,8 @@ def _synced_forward(bn, stage):
     return forward
 
 
-def broadcast_buffers(module: torch.nn.Module) -> None:
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
+def broadcast_buffers(buffers: list[torch.Tensor]) -> None:
+    """Rank 0's values of ``buffers`` on every rank, in one broadcast."""
     if not buffers:
         return
     flat = torch.cat([b.reshape(-1) for b in buffers])
@@ -183,20 +186,66 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         offset += b.numel()
 
 
+def _differing_buffers(roots: list[torch.nn.Module], synced: list[torch.nn.Module]):
+    """(buffers to broadcast after every step, buffers to broadcast after a step that one rank
+    held alone). Batch norm layers normalised with the global batch update their running
+    statistics identically on every rank, except in a step whose samples one rank holds (it
+    alone runs them). A module that declares ``buffers_synced = True`` updates its buffers from
+    the global batch itself (CRD's memory banks) and is never broadcast; any other module's
+    floating-point buffers are, after every step (what a module does with them is unknown)."""
+    every, lone, seen = [], [], set()
+    synced_ids = {id(m) for m in synced}
+    for root in roots:
+        skip: set[int] = set()
+        for module in root.modules():
+            if id(module) in skip or id(module) in seen:
+                continue
+            seen.add(id(module))
+            if getattr(module, "buffers_synced", False):
+                skip |= {id(m) for m in module.modules()}
+                continue
+            own = [b for b in module.buffers(recurse=False) if b.is_floating_point()]
+            (lone if id(module) in synced_ids else every).extend(own)
+    return every, lone
+
+
 def rank_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one rank's random stream in one epoch."""
     return torch_seed((seed * 1_000_003 + epoch) * 1009 + rank + 1)
 
 
+@attrs.frozen(kw_only=True)
+class DistributedConfig:
+    # true: every rank gets the same number of samples each step (each global batch is cut to a
+    # multiple of the process count; an epoch's last batch loses up to N - 1 samples), and DDP
+    # averages with its own mean, no communication hook. false: exactly the batches of one process.
+    even_shards: bool = False
+
+
 class Distributed:
     default_enabled = True
     distributed_only = True  # it joins a stage only under --nproc N (N > 1): nothing to do alone
+    config_class = DistributedConfig
 
-    def __init__(self):
+    def __init__(self, config):
+        self.config = config
         self.synced: list[torch.nn.Module] = []
+        # floating-point buffers that can differ between ranks after a step: every step, and only
+        # in a step whose samples one rank held alone (batch norm, normalised globally otherwise)
+        self.every_step: list[torch.Tensor] = []
+        self.lone_step: list[torch.Tensor] = []
         self.started = False
         self.decided = False  # whether DDP can average the student's gradients (see kdlab_backward)
         self.weight = [1.0]  # this step's share of the global batch, read by the DDP comm hook
+
+    @hookimpl
+    def kdlab_stage_start(self, stage):
+        if self.config.even_shards:
+            even = getattr(stage.data.train, "even_shards", None)
+            if even is None:
+                raise KdlabError(f"plugins.distributed.even_shards: the training loader of data set "
+                                 f"'{stage.recipe.data.name}' cannot make even shards (it has no even_shards())")
+            even()
 
     @hookimpl
     def kdlab_epoch_start(self, stage, epoch):
@@ -206,6 +255,7 @@ class Distributed:
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.forward = _synced_forward(module, stage)
                     self.synced.append(module)
+            self.every_step, self.lone_step = _differing_buffers([stage.student, stage.extra], self.synced)
         # Every rank starts from the same seed (identical initial weights); during training each
         # rank draws its own dropout masks and augmentation. Re-seeding at every epoch start, a
         # function of (seed, epoch, rank), keeps resume exact: checkpoints are taken between epochs.
@@ -232,7 +282,7 @@ class Distributed:
             self.decided = True
             student = [p for p in stage.student.parameters() if p.requires_grad]
             if student and all(p.grad is not None for p in student):
-                stage.data_parallel = DataParallelStudent(stage.student, self.weight)
+                stage.data_parallel = DataParallelStudent(stage.student, self.weight, stock=self.config.even_shards)
         return result
 
     @hookimpl(tryfirst=True)
@@ -240,8 +290,10 @@ class Distributed:
         for module in self.synced:  # the plain modules again, before the export copies them
             del module.forward
         self.synced, self.started, self.decided, stage.data_parallel = [], False, False, None
+        self.every_step, self.lone_step = [], []
 
     @hookimpl
     def kdlab_after_optimizer_step(self, stage):
-        broadcast_buffers(stage.student)
-        broadcast_buffers(stage.extra)
+        # only what can differ: every rank computed the same global statistics otherwise
+        lone = sum(n > 0 for n in stage.shard_sizes) == 1
+        broadcast_buffers(self.every_step + self.lone_step if lone else self.every_step)

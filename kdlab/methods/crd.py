@@ -55,6 +55,10 @@ class CRDConfig(FeaturePairConfig):
 class CRDHead(nn.Module):
     """The embedding heads, the two memory banks and the two normalisation constants."""
 
+    # the banks and constants are updated from the global batch (stage.gather), the same on
+    # every rank: the distributed plugin need not broadcast them after each step
+    buffers_synced = True
+
     def __init__(self, student_dim: int, teacher_dim: int, samples: int, feat_dim: int):
         super().__init__()
         self.embed_s = nn.Linear(student_dim, feat_dim)
@@ -111,8 +115,10 @@ class CRD:
         index = stage.gather(batch.index.to(v_s.device))
         samples = head.memory_s.shape[0]
         # the same negatives on every rank: a generator of the recipe seed and the step
-        g = torch.Generator().manual_seed(stage.recipe.seed * 1_000_003 + stage.step)
-        negatives = torch.randint(0, samples, (len(index), cfg.negatives), generator=g).to(index.device)
+        # drawn on the device, by a generator of the recipe seed and the step (on the CPU these
+        # are the numbers a CPU generator draws)
+        g = torch.Generator(device=index.device).manual_seed(stage.recipe.seed * 1_000_003 + stage.step)
+        negatives = torch.randint(0, samples, (len(index), cfg.negatives), generator=g, device=index.device)
         rows = torch.cat([index[:, None], negatives], dim=1)
         out_s = contrast(v_s, head.memory_t, rows, cfg.temperature)  # student anchor, teacher bank
         out_t = contrast(v_t, head.memory_s, rows, cfg.temperature)  # teacher anchor, student bank

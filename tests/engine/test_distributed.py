@@ -551,3 +551,95 @@ def test_batch_norm_with_one_sample_per_rank_matches_one_process(batch, write_re
     recipe = write_recipe(sgd.replace("epochs = 2", "epochs = 1").replace("batch_size = 64", f"batch_size = {batch}"))
     one, two = _one_and_two(recipe, tmp_path)
     _assert_trained_alike(one, two, parts=("student",))
+
+
+COUNTER = '''
+"""Counts the torch.distributed calls made during the training steps, by calling function."""
+import collections, json, os, sys
+import torch.distributed as dist
+from kdlab import hookimpl
+
+NAMES = ("all_reduce", "all_gather", "broadcast", "all_gather_object", "broadcast_object_list", "barrier",
+         "reduce_scatter", "all_to_all", "gather", "scatter", "reduce")
+
+
+class Counter:
+    def __init__(self):
+        self.calls, self.steps, self.counting, self.saved = collections.Counter(), 0, False, {}
+
+    @hookimpl
+    def kdlab_epoch_start(self, stage):
+        self.counting = True
+        if self.saved:
+            return
+        for name in NAMES:
+            real = self.saved[name] = getattr(dist, name)
+
+            def counted(*args, _real=real, _name=name, **kwargs):
+                if self.counting and stage.phase == "train":
+                    self.calls[f"{_name} from {sys._getframe(1).f_code.co_name}"] += 1
+                return _real(*args, **kwargs)
+
+            setattr(dist, name, counted)
+
+    @hookimpl
+    def kdlab_step_end(self, stage):
+        self.steps += 1
+        self.shares = sorted(set(map(tuple, [*getattr(self, "shares", []), stage.shard_sizes])))
+
+    @hookimpl(tryfirst=True)
+    def kdlab_epoch_end(self, stage):
+        self.counting = False
+
+    @hookimpl
+    def kdlab_stage_end(self, stage):
+        for name, real in self.saved.items():
+            setattr(dist, name, real)
+        with open(os.path.join(os.environ["COUNT_DIR"], f"{stage.name}.{stage.rank}.json"), "w") as f:
+            json.dump({"steps": self.steps, "calls": self.calls, "shares": self.shares}, f)
+'''
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_a_two_process_step_makes_no_collective_but_the_gradient_all_reduce(norm, write_recipe, tmp_path):
+    """Shard sizes come with the batch and buffers are broadcast only when they can differ, so a
+    step's only collectives are DDP's gradient all-reduce (its communication hook), after a first
+    step averaged by hand, and, with batch norm, the global statistics of each layer. Uneven
+    shares (26 + 25), as in most steps of real runs."""
+    import json
+
+    recipe = RECIPE if not norm else TINY
+    text = _student_methods(recipe, LOGIT_KD, "methods.count = {}", batch=51)
+    env = installed_plugin(tmp_path, "kdlab_count", COUNTER, "count = kdlab_count:Counter",
+                           {**os.environ, "COUNT_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    cmd = [sys.executable, "-m", "kdlab", "run", str(write_recipe(text)), "--out", str(tmp_path / "two"), "--nproc", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"student.{rank}.json").read_text())
+        steps, calls = seen["steps"], seen["calls"]
+        assert steps == 2 * 22
+        assert calls.pop("all_reduce from average_gradients") == 1  # the first step, by hand
+        assert calls.pop("all_reduce from _weighted_allreduce") >= steps - 1  # DDP's buckets, every later step
+        if norm:  # two all-reduces forward and two backward per batch-norm layer (the cnn has 2), per step
+            assert calls.pop("all_reduce from forward") == calls.pop("all_reduce from backward") == 2 * 2 * steps
+        assert calls == {}, calls  # no all-gather of shard sizes, no broadcast of unchanged buffers
+
+
+def test_even_shards_give_every_rank_the_same_share_and_stock_ddp_averages(write_recipe, tmp_path):
+    """``[plugins.distributed] even_shards = true``: batches of 51 are cut to 50 (25 + 25), and
+    DDP averages with its own mean (no communication hook: its all-reduce runs in C++)."""
+    import json
+
+    text = _student_methods(RECIPE, LOGIT_KD, "methods.count = {}", batch=51) + "\n[plugins.distributed]\neven_shards = true\n"
+    env = installed_plugin(tmp_path, "kdlab_count", COUNTER, "count = kdlab_count:Counter",
+                           {**os.environ, "COUNT_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    cmd = [sys.executable, "-m", "kdlab", "run", str(write_recipe(text)), "--out", str(tmp_path / "two"), "--nproc", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads((tmp_path / "student.1.json").read_text())
+    assert all(a == b for a, b in seen["shares"]) and [25, 25] in seen["shares"], seen["shares"]
+    assert seen["calls"] == {"all_reduce from average_gradients": 1}  # the first step by hand, then DDP's own
+    one = subprocess.run([sys.executable, "-m", "kdlab", "run", str(write_recipe(text)), "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True)
+    assert one.returncode == 0  # the setting is for --nproc; one process ignores it
