@@ -17,6 +17,7 @@ _PUBLIC = {
     "ModelOutput": "kdlab.engine.types",
     "Requirements": "kdlab.engine.types",
     "StageView": "kdlab.engine.types",
+    "TopK": "kdlab.engine.types",
     "Stage": "kdlab.engine.types",
     "KdlabError": "kdlab.engine.errors",
     "hookimpl": "kdlab.engine.hookspecs",

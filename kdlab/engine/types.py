@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,13 +56,49 @@ def cat_padded(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
 
 
 @attrs.frozen
+class TopK:
+    """A sparse target: the ``k`` largest log-probabilities of a distribution over
+    ``num_classes`` per position (``values``, ``index``: (..., k)), as a teacher cache with
+    ``topk`` stores them. The rest of the mass, ``1 - sum(exp(values))``, is the tail."""
+
+    values: torch.Tensor
+    index: torch.Tensor
+    num_classes: int
+
+    def tail(self) -> torch.Tensor:
+        """log of the mass outside the top k, (...,) (at least 1e-30, so that it is finite)."""
+        return torch.log((-torch.expm1(torch.logsumexp(self.values.float(), -1))).clamp(min=1e-30))
+
+    def dense(self) -> torch.Tensor:
+        """Full log-probabilities (..., num_classes), the tail spread evenly over the other
+        classes: for methods that need a dense vector (small class counts); token methods use
+        the k tokens and the tail bucket instead (kdlab.methods.token_kd)."""
+        values = self.values.float()
+        k = values.shape[-1]
+        rest = self.tail()[..., None] - math.log(max(1, self.num_classes - k))
+        full = rest.expand(*values.shape[:-1], self.num_classes).clone()
+        return full.scatter_(-1, self.index.long(), values)
+
+
+@attrs.frozen
 class ModelOutput:
     """What a forward produced: ``logits`` and the tapped ``features`` by alias. Sequence models
-    give per-frame logits (batch, frames, classes) and the valid ``lengths`` (batch,)."""
+    give per-frame logits (batch, frames, classes) and the valid ``lengths`` (batch,).
 
-    logits: torch.Tensor
+    A teacher read from a top-k cache gives ``topk`` (:class:`TopK`) instead of logits; reading
+    ``logits`` then expands it (:meth:`TopK.dense`), once. Methods that can, use ``topk``
+    directly and never build the (positions x vocabulary) tensor."""
+
+    _logits: torch.Tensor | None = attrs.field(alias="logits")
     features: dict[str, torch.Tensor] = attrs.field(factory=dict)
     lengths: torch.Tensor | None = None
+    topk: TopK | None = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None and self.topk is not None:
+            object.__setattr__(self, "_logits", self.topk.dense())  # expanded once, when asked for
+        return self._logits
 
     @staticmethod
     def cat(outputs: list[ModelOutput]) -> ModelOutput:

@@ -42,7 +42,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, ModelOutput, Requirements, hookimpl
+from kdlab import KdlabError, ModelOutput, Requirements, TopK, hookimpl
 from kdlab.engine.errors import writing
 from kdlab.engine.stage_store import code_digest
 from kdlab.methods.amp import autocast_dtype
@@ -120,14 +120,14 @@ class Store:
             if f"t{k}/lengths" in self.tensors:
                 out.append(self._sequence(k, idx, device))
                 continue
-            if f"t{k}/topk_values" in self.tensors:
-                logits = expand_topk(self.tensors[f"t{k}/topk_values"][idx].to(device, non_blocking=True),
-                                     self.tensors[f"t{k}/topk_index"][idx].to(device, non_blocking=True),
-                                     self.num_classes[f"t{k}"])
-            else:
-                logits = self.tensors[f"t{k}/logits"][idx].to(device, torch.float32, non_blocking=True)
             feats = {a: self.tensors[f"t{k}/{a}"][idx].to(device, torch.float32, non_blocking=True) for a in aliases[k]}
-            out.append(ModelOutput(logits, feats))
+            if f"t{k}/topk_values" in self.tensors:  # sparse: expanded only for a method that reads logits
+                top = TopK(self.tensors[f"t{k}/topk_values"][idx].to(device, non_blocking=True),
+                           self.tensors[f"t{k}/topk_index"][idx].to(device, non_blocking=True), self.num_classes[f"t{k}"])
+                out.append(ModelOutput(None, feats, topk=top))
+            else:
+                out.append(ModelOutput(self.tensors[f"t{k}/logits"][idx].to(device, torch.float32, non_blocking=True),
+                                       feats))
         return out
 
     def _sequence(self, k: int, idx: torch.Tensor, device) -> ModelOutput:
@@ -145,12 +145,8 @@ class Store:
 
 def expand_topk(values: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Top-k log-probabilities per frame -> full log-probabilities, the remaining mass spread
-    evenly over the other classes."""
-    values = values.float()
-    k = values.shape[-1]
-    rest = (1 - values.exp().sum(-1, keepdim=True)).clamp(min=1e-8) / max(1, num_classes - k)
-    full = rest.log().expand(*values.shape[:-1], num_classes).clone()
-    return full.scatter_(-1, index.long(), values)
+    evenly over the other classes (:meth:`kdlab.engine.types.TopK.dense`)."""
+    return TopK(values, index, num_classes).dense()
 
 
 def _compact_sequences(per_index: dict[int, torch.Tensor], dtype: torch.dtype, topk: int | None, k: int) -> dict:

@@ -65,7 +65,7 @@ class GKD:
         if not on_policy_step(stage.recipe.seed, stage.step, cfg.fraction):
             mask = batch.targets >= 0
             divisor = stage.mean_divisor(mask)
-            return {"gkd": sum(token_kd_loss(student_out.logits, t.logits, mask, divisor=divisor, **div)
+            return {"gkd": sum(token_kd_loss(student_out.logits, t, mask, divisor=divisor, **div)
                                for t in teacher_outs) / len(teacher_outs)}
         text = stage.data.extra["text"]
         prompts = text.splits["train"].prompt_lens[batch.index]

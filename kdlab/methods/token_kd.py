@@ -10,9 +10,23 @@ and the student's next-token distributions, on every valid target token:
   (1 - alpha) p_T), DistiLLM (Ko et al. 2024), bounded and stable early in training.
 
 Both distributions are softened by ``temperature`` (the divergence is multiplied by its square,
-as in Hinton's KD). Averaged over the tokens whose target is >= 0 and over the teachers. A teacher
-cache with ``topk`` feeds it top-k log-probabilities. Loss term: ``token_kd``; mix with ``lm``
-through ``loss_weights``.
+as in Hinton's KD). Averaged over the tokens whose target is >= 0 and over the teachers. Loss
+term: ``token_kd``; mix with ``lm`` through ``loss_weights``.
+
+From a teacher cache with ``topk = k`` (sparse targets, :class:`kdlab.TopK`), every divergence is
+computed over k + 1 buckets, never over the vocabulary: the teacher's k kept tokens and its
+tail (the mass 1 - sum of the k), against the student's probabilities of the same k tokens and
+the student's own mass outside them. This is the divergence between the two distributions
+coarsened to those buckets, so it is exact in the kept tokens and never larger than the full
+divergence (data processing); what it does not see is how each distributes its tail. Spreading
+the tail evenly over the other V - k tokens instead (what kdlab did before) distils towards a
+flattened teacher: on real text the top 32 hold about half the mass. ``topk_target =
+"renormalized"`` drops the tail and compares the two distributions renormalised over the k
+tokens (the choice of some offline-KD tools; it ignores how much mass the teacher leaves out).
+Use the tail (the default) unless the student's mass outside the top k should not be pushed
+down. With ``temperature`` != 1, the buckets are softened: the cache holds log-probabilities
+at temperature 1, so the tail's shape at another temperature is unknown and the bucket is
+softened as one token.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import Requirements, hookimpl
+from kdlab import ModelOutput, Requirements, hookimpl
 from kdlab.methods.lm import check_token_logits
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl"]
@@ -37,6 +51,8 @@ class TokenKDConfig:
     temperature: float = field(default=1.0, validator=v.gt(0))
     beta: float = field(default=0.5, validator=[v.gt(0), v.lt(1)])  # jsd
     alpha: float = field(default=0.1, validator=[v.gt(0), v.lt(1)])  # skew_kl, skew_rkl
+    # a top-k cache's targets: the k tokens and one tail bucket, or the k renormalised
+    topk_target: Literal["tail", "renormalized"] = "tail"
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -54,6 +70,34 @@ def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """Per-token divergence (..., vocab) -> (...), multiplied by temperature squared."""
     s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return divergence_of(s, t, divergence=divergence, beta=beta, alpha=alpha) * temperature**2
+
+
+_LOG_FLOOR = math.log(1e-30)  # the tail's floor, as in kdlab.TopK.tail
+
+
+def bucket_logprobs(student_logits: torch.Tensor, top, *, target: str = "tail",
+                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student, teacher) log-probabilities over the k + 1 buckets of a sparse target ``top``
+    (:class:`kdlab.TopK`): the k kept tokens and the tail, (..., k + 1); with ``target =
+    "renormalized"``, over the k tokens alone, (..., k). Softened by ``temperature`` as buckets."""
+    s_all = torch.log_softmax(student_logits.float(), dim=-1)
+    index = top.index.long()
+    s_k = s_all.gather(-1, index)
+    t_k = top.values.float()
+    if target == "renormalized":
+        s, t = s_k, t_k
+    else:
+        # the student's mass outside the teacher's k tokens, summed exactly over the other V - k
+        # (floored like the teacher's tail, so that k = V gives an empty bucket, not NaN)
+        s_tail = s_all.scatter(-1, index, float("-inf")).logsumexp(-1, keepdim=True).clamp(min=_LOG_FLOOR)
+        s, t = torch.cat([s_k, s_tail], -1), torch.cat([t_k, top.tail()[..., None]], -1)
+    return torch.log_softmax(s / temperature, -1), torch.log_softmax(t / temperature, -1)
+
+
+def divergence_of(s: torch.Tensor, t: torch.Tensor, *, divergence: Divergence, beta: float = 0.5,
+                  alpha: float = 0.1) -> torch.Tensor:
+    """The divergence between student and teacher log-probabilities ``s`` and ``t`` (..., n)."""
     if divergence == "forward_kl":
         d = _kl(t, s)
     elif divergence == "reverse_kl":
@@ -67,14 +111,22 @@ def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         d = _kl(s, _log_mix(alpha, s, t))
     else:
         raise ValueError(f"unknown divergence {divergence!r}")
-    return d * temperature**2
+    return d
 
 
-def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, *,
-                  divisor: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+def token_kd_loss(student_logits: torch.Tensor, teacher, mask: torch.Tensor, *,
+                  divisor: torch.Tensor | None = None, topk_target: str = "tail", **kwargs) -> torch.Tensor:
     """Mean of :func:`token_divergence` over the positions where ``mask`` is True (``divisor``
-    replaces their count: :meth:`~kdlab.engine.types.Stage.mean_divisor`)."""
-    d = token_divergence(student_logits, teacher_logits, **kwargs)
+    replaces their count: :meth:`~kdlab.engine.types.Stage.mean_divisor`). ``teacher``: its
+    logits, or its :class:`~kdlab.engine.types.ModelOutput`, whose sparse ``topk`` (from a cache)
+    is used as k + 1 buckets (:func:`bucket_logprobs`) rather than expanded."""
+    top = teacher.topk if isinstance(teacher, ModelOutput) else None
+    if top is not None:
+        temperature = kwargs.pop("temperature", 1.0)
+        s, t = bucket_logprobs(student_logits, top, target=topk_target, temperature=temperature)
+        d = divergence_of(s, t, **kwargs) * temperature**2
+    else:
+        d = token_divergence(student_logits, teacher.logits if isinstance(teacher, ModelOutput) else teacher, **kwargs)
     return (d * mask).sum() / (mask.sum().clamp(min=1) if divisor is None else divisor)
 
 
@@ -95,6 +147,7 @@ class TokenKD:
         check_token_logits(student_out.logits, batch.targets, "methods.token_kd")
         mask = batch.targets >= 0
         divisor = stage.mean_divisor(mask)
-        losses = [token_kd_loss(student_out.logits, t.logits, mask, divisor=divisor, divergence=cfg.divergence,
-                                temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha) for t in teacher_outs]
+        losses = [token_kd_loss(student_out.logits, t, mask, divisor=divisor, divergence=cfg.divergence,
+                                temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha,
+                                topk_target=cfg.topk_target) for t in teacher_outs]
         return {"token_kd": sum(losses) / len(losses)}

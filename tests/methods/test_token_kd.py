@@ -65,3 +65,95 @@ def test_lm_loss_averages_cross_entropy_over_valid_targets():
     x = torch.cat([logits(P_S), logits(P_T), logits(P_T)], 1)
     targets = torch.tensor([[0, -1, 2]])
     assert lm_loss(x, targets).item() == pytest.approx(-(math.log(0.4) + math.log(0.1)) / 2, rel=1e-5)
+
+
+# -- sparse targets: the teacher's top k and its tail ------------------------------------------
+
+from kdlab.engine.types import ModelOutput, TopK  # noqa: E402
+from kdlab.methods.token_kd import bucket_logprobs, divergence_of  # noqa: E402
+
+DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl"]
+
+
+def _peaked(shape, vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, vocab, generator=g) * 3  # a spread like a small LM's
+
+
+def _sparse(teacher_logits, k):
+    logp = torch.log_softmax(teacher_logits, -1)
+    values, index = logp.topk(k, -1)
+    return TopK(values.half(), index.to(torch.int32), teacher_logits.shape[-1]), logp
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_top_k_plus_tail_is_the_divergence_of_the_bucketed_distributions_values_and_gradients(divergence):
+    """Against the same divergence computed from the full teacher distribution summed into the
+    k + 1 buckets: equal values and student gradients (fp16 values aside: the teacher here is
+    exact in float32)."""
+    vocab, k = 300, 8
+    student = _peaked((4, 5), vocab, 0).requires_grad_()
+    teacher = _peaked((4, 5), vocab, 1)
+    logp = torch.log_softmax(teacher, -1)
+    values, index = logp.topk(k, -1)
+    top = TopK(values, index, vocab)
+    s, t = bucket_logprobs(student, top)
+    sparse = divergence_of(s, t, divergence=divergence).sum()
+    (g_sparse,) = torch.autograd.grad(sparse, student)
+
+    def bucket(logits):  # the full distribution, summed over the tail explicitly
+        lp = torch.log_softmax(logits, -1)
+        tail = torch.ones_like(lp, dtype=torch.bool).scatter(-1, index, False)
+        return torch.cat([lp.gather(-1, index), lp.masked_fill(~tail, float("-inf")).logsumexp(-1, keepdim=True)], -1)
+
+    dense = divergence_of(bucket(student), bucket(teacher), divergence=divergence).sum()
+    (g_dense,) = torch.autograd.grad(dense, student)
+    assert torch.allclose(sparse, dense, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(g_sparse, g_dense, atol=1e-6)
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_with_k_equal_to_the_vocabulary_the_sparse_divergence_is_the_full_one(divergence):
+    student, teacher = _peaked((3, 4), 50, 2), _peaked((3, 4), 50, 3)
+    top = TopK(*torch.log_softmax(teacher, -1).topk(50, -1), 50)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    sparse = token_kd_loss(student, ModelOutput(None, topk=top), mask, divergence=divergence)
+    full = token_kd_loss(student, teacher, mask, divergence=divergence)
+    assert torch.allclose(sparse, full, atol=1e-5)
+
+
+def test_the_tail_bucket_bounds_the_full_kl_from_below_and_even_spreading_does_not():
+    """Data processing: KL between the bucketed distributions <= the full KL. The old expansion
+    (the tail spread evenly over V - k tokens) is a different, flattened teacher: its KL to the
+    true teacher is large when the top k hold little mass."""
+    vocab, k = 2000, 32
+    student, teacher = _peaked((6, 16), vocab, 4), _peaked((6, 16), vocab, 5)
+    top, logp = _sparse(teacher, k)
+    mask = torch.ones(6, 16, dtype=torch.bool)
+    full = token_kd_loss(student, teacher, mask, divergence="forward_kl")
+    sparse = token_kd_loss(student, ModelOutput(None, topk=top), mask, divergence="forward_kl")
+    assert 0 < sparse <= full + 1e-4
+    flattened = top.dense()
+    mass = top.values.float().exp().sum(-1).mean()
+    assert mass < 0.9  # a teacher that leaves real mass outside its top 32
+    assert (logp.exp() * (logp - flattened)).sum(-1).mean() > 0.1  # the expansion is not the teacher
+
+
+def test_a_cached_top_k_teacher_is_never_expanded_by_token_kd():
+    vocab, k = 1000, 16
+    student, teacher = _peaked((2, 8), vocab, 6).requires_grad_(), _peaked((2, 8), vocab, 7)
+    out = ModelOutput(None, topk=_sparse(teacher, k)[0])
+    loss = token_kd_loss(student, out, torch.ones(2, 8, dtype=torch.bool), divergence="reverse_kl")
+    loss.backward()
+    assert out._logits is None  # no (positions x vocabulary) teacher tensor was built
+    assert out.logits.shape == (2, 8, vocab) and out._logits is not None  # on demand, for dense methods
+
+
+def test_renormalized_top_k_compares_the_k_tokens_alone():
+    vocab, k = 100, 5
+    student, teacher = _peaked((2, 3), vocab, 8), _peaked((2, 3), vocab, 9)
+    top, _ = _sparse(teacher, k)
+    s, t = bucket_logprobs(student, top, target="renormalized")
+    assert s.shape[-1] == k and torch.allclose(t.exp().sum(-1), torch.ones(2, 3))
+    expected = torch.log_softmax(torch.log_softmax(student, -1).gather(-1, top.index.long()), -1)
+    assert torch.allclose(s, expected, atol=1e-6)
