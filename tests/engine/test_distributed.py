@@ -585,7 +585,8 @@ class Counter:
     @hookimpl
     def kdlab_step_end(self, stage):
         self.steps += 1
-        self.shares = sorted(set(map(tuple, [*getattr(self, "shares", []), stage.shard_sizes])))
+        if stage.shard_sizes is not None:  # None in one process
+            self.shares = sorted(set(map(tuple, [*getattr(self, "shares", []), stage.shard_sizes])))
 
     @hookimpl(tryfirst=True)
     def kdlab_epoch_end(self, stage):
@@ -596,7 +597,7 @@ class Counter:
         for name, real in self.saved.items():
             setattr(dist, name, real)
         with open(os.path.join(os.environ["COUNT_DIR"], f"{stage.name}.{stage.rank}.json"), "w") as f:
-            json.dump({"steps": self.steps, "calls": self.calls, "shares": self.shares}, f)
+            json.dump({"steps": self.steps, "calls": self.calls, "shares": getattr(self, "shares", [])}, f)
 '''
 
 
