@@ -23,9 +23,9 @@
                 kdlab_before_optimizer_step(stage)
                 kdlab_optimizer_step(stage)                               # firstresult
                 kdlab_after_optimizer_step(stage)
-                kdlab_step_end(stage, loss, terms)
+                kdlab_step_end(stage, loss, terms)                        # scheduler.step() here with interval = "step"
             stop with an error if the loss is not finite                  # one sync per epoch
-            scheduler.step()
+            scheduler.step()                                              # with interval = "epoch"
             metrics = evaluate("val") -> kdlab_eval_metrics(...)          # every eval_every epochs
             kdlab_epoch_end(stage, epoch, metrics)                        # checkpoints written here
     on Ctrl-C / SIGTERM while training: kdlab_interrupted(stage), then the run stops
@@ -117,6 +117,7 @@ def fit(stage: Stage) -> dict[str, float]:
 def _train(stage: Stage, train_teachers: bool) -> None:
     """The epochs of the stage not done yet."""
     hook, cfg, weights = stage.hook, stage.config, stage.config.loss_weights
+    per_step = cfg.scheduler.interval == "step"
     for epoch in range(stage.epoch, cfg.epochs):
         stage.phase = "train"
         stage.data.train.set_epoch(epoch)  # shuffling is a function of (seed, epoch): resumable
@@ -150,13 +151,15 @@ def _train(stage: Stage, train_teachers: bool) -> None:
                                  "lower the learning rate; the last checkpoint is from before") from exc
             hook.kdlab_after_optimizer_step(stage=stage)
             stage.step += 1
+            if per_step and stage.scheduler is not None:
+                stage.scheduler.step()
             hook.kdlab_step_end(stage=stage, loss=loss.detach(), terms={k: t.detach() for k, t in terms.items()})
         # One sync per epoch: stop before a diverged state is checkpointed over the last good one.
         if not torch.isfinite(loss):
             raise KdlabError(f"stage {stage.name}: the loss became {loss.item()} in epoch {epoch + 1} "
                              f"(terms: {', '.join(f'{k}={t.item():.4g}' for k, t in terms.items())}); "
                              "lower the learning rate or a loss weight; the last checkpoint is from before")
-        if stage.scheduler is not None:
+        if stage.scheduler is not None and not per_step:
             stage.scheduler.step()
         due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         metrics = evaluate(stage, "val") if due else {}

@@ -55,13 +55,21 @@ class OptimizerConfig:
 
 @attrs.frozen(kw_only=True)
 class SchedulerConfig:
-    """Learning-rate schedule, stepped once per epoch."""
+    """Learning-rate schedule, stepped once per epoch, or after every optimizer step with
+    ``interval = "step"`` (cosine then decays smoothly over all the stage's steps, and
+    ``warmup_steps`` adds a warm-up counted in steps; milestones stay in epochs)."""
 
     name: Literal["constant", "cosine", "multistep"] = "constant"
     # multistep: epochs at which lr is multiplied by gamma
     milestones: tuple[int, ...] = field(default=(), validator=v.deep_iterable(v.ge(1)))
     gamma: float = field(default=0.1, validator=v.gt(0))
     warmup_epochs: int = field(default=0, validator=v.ge(0))
+    interval: Literal["epoch", "step"] = "epoch"
+    warmup_steps: int = field(default=0, validator=v.ge(0))
+
+    def __attrs_post_init__(self):
+        if self.warmup_steps and self.interval != "step":
+            raise ValueError("warmup_steps counts optimizer steps: set interval = \"step\" too")
 
 
 @attrs.frozen(kw_only=True)

@@ -26,16 +26,19 @@ def make_optimizer(config, params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fast)
 
 
-def lr_factor(config, epochs: int, epoch: int) -> float:
-    """Multiplier of the base learning rate for ``epoch`` (0-based): linear warm-up, then the
+def lr_factor(config, epochs: int, t: int, steps_per_epoch: int = 1) -> float:
+    """Multiplier of the base learning rate at ``t`` (0-based): the epoch, or with ``interval =
+    "step"`` the optimizer step (``steps_per_epoch`` of them an epoch). Linear warm-up, then the
     schedule. A pure function so that it can be tested and plotted."""
-    if epoch < config.warmup_epochs:
-        return (epoch + 1) / (config.warmup_epochs + 1)
+    per = steps_per_epoch if config.interval == "step" else 1
+    warmup = config.warmup_epochs * per + config.warmup_steps
+    if t < warmup:
+        return (t + 1) / (warmup + 1)
     if config.name == "cosine":
-        span = max(1, epochs - config.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - config.warmup_epochs) / span))
+        span = max(1, epochs * per - warmup)
+        return 0.5 * (1 + math.cos(math.pi * (t - warmup) / span))
     if config.name == "multistep":
-        return config.gamma ** sum(epoch >= m for m in config.milestones)
+        return config.gamma ** sum(t // per >= m for m in config.milestones)
     return 1.0
 
 
@@ -49,11 +52,13 @@ class Optim:
     @hookimpl(trylast=True)
     def kdlab_configure_scheduler(self, stage, optimizer):
         config = stage.config.scheduler
-        if config.name == "constant" and config.warmup_epochs == 0:
+        if config.name == "constant" and config.warmup_epochs == 0 and config.warmup_steps == 0:
             return None
-        # LambdaLR keeps the schedule a pure function of the epoch, so its state is just a counter
+        # LambdaLR keeps the schedule a pure function of the epoch (or step), so its state is just
+        # a counter; the loop steps it per epoch or per step (scheduler.interval)
+        per = len(stage.data.train)
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda epoch: lr_factor(config, stage.config.epochs, epoch)
+            optimizer, lambda t: lr_factor(config, stage.config.epochs, t, per)
         )
 
     @hookimpl(trylast=True)
