@@ -25,8 +25,13 @@ _memo: dict[str, str] | None = None
 _dirty = False
 
 
+def cache_root() -> Path:
+    """kdlab's per-user cache: ``$KDLAB_CACHE_DIR``, default ``~/.cache/kdlab``."""
+    return Path(os.environ.get("KDLAB_CACHE_DIR") or Path.home() / ".cache" / "kdlab")
+
+
 def _memo_path() -> Path:
-    return Path(os.environ.get("KDLAB_CACHE_DIR") or Path.home() / ".cache" / "kdlab") / "file-digests.json"
+    return cache_root() / "file-digests.json"
 
 
 def _load_memo() -> dict[str, str]:

@@ -6,7 +6,7 @@ JSON object per line with ``turns``, a list of ``{"speaker": "user" | "agent", "
 optional ``persona`` and ``recall``, as :mod:`kdlab.data.dialogue_corpus` writes them) or
 ``<split>.txt`` (plain text: lines are documents).
 
-Tokeniser: ``tokenizer = "bpe"`` trains a byte-level BPE of ``vocab_size`` on the training split
+Tokeniser: ``tokenizer = "bpe"`` trains (once per corpus and settings: :func:`cached_bpe`) a byte-level BPE of ``vocab_size`` on the training split
 (deterministic; well under a second for the generated corpus) and the run keeps it as
 ``tokenizer.json``; or a path to a ``tokenizer.json`` or a Hugging Face model directory holding
 one. Dialogues need four special tokens (padding, user, agent, end of turn); a loaded tokeniser
@@ -39,8 +39,9 @@ import torch
 from attrs import field
 from attrs import validators as v
 
+from kdlab.data.fingerprint import cache_root
 from kdlab.data.loader import TensorLoader
-from kdlab.engine import limits
+from kdlab.engine import checkpoint, limits
 from kdlab.data.files import read_utf8
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.types import DataBundle
@@ -143,6 +144,41 @@ def train_bpe(texts: list[str], vocab_size: int):
     return tok
 
 
+_BPE_CODE: str | None = None
+
+
+def cached_bpe(texts: list[str], vocab_size: int):
+    """:func:`train_bpe`, trained once per corpus and settings: kept in
+    ``$KDLAB_CACHE_DIR/tokenizers`` (default ``~/.cache/kdlab``) under a hash of the training
+    texts, the vocabulary size, the special tokens, the tokenizers version and this module's
+    training code, and read back by every later run (sweeps, seeds, resumes) instead of being
+    trained again. A damaged file is trained again; a cache that cannot be written only costs
+    the training next time."""
+    global _BPE_CODE
+    if _BPE_CODE is None:  # read once: the training code is part of the key
+        import inspect
+
+        _BPE_CODE = inspect.getsource(train_bpe)
+    tk = _tokenizers()
+    digest = hashlib.sha256(json.dumps([vocab_size, SPECIALS, tk.__version__, _BPE_CODE]).encode())
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little") + data)
+    path = cache_root() / "tokenizers" / f"bpe-{digest.hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            return tk.Tokenizer.from_str(path.read_text(encoding="utf-8"))
+        except Exception as exc:  # noqa: BLE001 - any damage: train it again
+            log.warning("%s: a damaged cached tokenizer (%s); training it again", path, str(exc).splitlines()[0][:200])
+    tok = train_bpe(texts, vocab_size)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_text(tok.to_str(), path)
+    except (OSError, KdlabError) as exc:  # read-only or full: it is trained again next time
+        log.warning("the trained tokenizer is not cached (%s)", exc)
+    return tok
+
+
 def load_tokenizer(ref: str):
     """A ``tokenizer.json`` file, or the one in a Hugging Face model directory; specials added."""
     tk = _tokenizers()
@@ -235,7 +271,7 @@ def build(cfg: TextConfig, seed: int) -> DataBundle:
     if cfg.tokenizer == "bpe":
         texts = ([t["text"] for d in raw["train"] for t in d["turns"]] if is_dialogue
                  else raw["train"].splitlines())
-        tok = train_bpe(texts, cfg.vocab_size)
+        tok = cached_bpe(texts, cfg.vocab_size)
     else:
         tok = load_tokenizer(cfg.tokenizer)
     ids = {s: tok.token_to_id(s) for s in SPECIALS}

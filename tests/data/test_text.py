@@ -119,9 +119,11 @@ def test_missing_split_and_mixed_formats_are_refused(tmp_path):
         text.build(text.TextConfig(dir=str(root)), seed=0)
 
 
-def test_bpe_is_deterministic_and_a_saved_tokenizer_loads_back(tmp_path):
+def test_bpe_is_deterministic_and_a_saved_tokenizer_loads_back(tmp_path, monkeypatch):
     root = make_dialogues(tmp_path / "d")
+    monkeypatch.setenv("KDLAB_CACHE_DIR", str(tmp_path / "cache_a"))  # each trains its own
     a = text.build(text.TextConfig(dir=str(root), vocab_size=400), seed=0)
+    monkeypatch.setenv("KDLAB_CACHE_DIR", str(tmp_path / "cache_b"))
     b = text.build(text.TextConfig(dir=str(root), vocab_size=400), seed=1)
     assert a.extra["text"].tokenizer.to_str() == b.extra["text"].tokenizer.to_str()
     assert a.key["tokenizer"] == b.key["tokenizer"]
@@ -131,6 +133,28 @@ def test_bpe_is_deterministic_and_a_saved_tokenizer_loads_back(tmp_path):
     assert torch.equal(a.train.x, c.train.x) and torch.equal(a.train.y, c.train.y)
     with pytest.raises(KdlabError, match="no tokenizer.json there"):
         text.build(text.TextConfig(dir=str(root), tokenizer=str(tmp_path / "nowhere")), seed=0)
+
+
+def test_the_bpe_is_trained_once_per_corpus_and_settings_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLAB_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_dialogues(tmp_path / "d")
+    first = text.build(text.TextConfig(dir=str(root), vocab_size=400), seed=0)
+    trained = []
+    real = text.train_bpe
+    monkeypatch.setattr(text, "train_bpe", lambda *a: trained.append(a) or real(*a))
+    again = text.build(text.TextConfig(dir=str(root), vocab_size=400, seq_len=64), seed=3)
+    assert trained == []  # read from the cache: the same corpus and vocabulary
+    assert again.extra["text"].tokenizer.to_str() == first.extra["text"].tokenizer.to_str()
+    text.build(text.TextConfig(dir=str(root), vocab_size=420), seed=0)
+    assert len(trained) == 1  # another vocabulary size: trained
+    make_dialogues(root, n=41)  # another corpus: trained
+    text.build(text.TextConfig(dir=str(root), vocab_size=400), seed=0)
+    assert len(trained) == 2
+    for path in (tmp_path / "cache" / "tokenizers").iterdir():  # a damaged file: trained again, same result
+        path.write_text("{not json", encoding="utf-8")
+    redone = text.build(text.TextConfig(dir=str(root), vocab_size=400), seed=0)
+    assert len(trained) == 3
+    assert redone.extra["text"].tokenizer.to_str() == real(*trained[-1]).to_str()
 
 
 def test_the_data_key_follows_seq_len_and_loss_on(tmp_path):
