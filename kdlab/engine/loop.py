@@ -118,13 +118,18 @@ def _train(stage: Stage, train_teachers: bool) -> None:
     """The epochs of the stage not done yet."""
     hook, cfg, weights = stage.hook, stage.config, stage.config.loss_weights
     per_step = cfg.scheduler.interval == "step"
+    budget = cfg.max_steps
     for epoch in range(stage.epoch, cfg.epochs):
+        if budget is not None and stage.step >= budget:
+            break  # the step budget ran out first (also on a resume after it)
         stage.phase = "train"
         stage.data.train.set_epoch(epoch)  # shuffling is a function of (seed, epoch): resumable
         stage.student.train()
         stage.extra.train()
         hook.kdlab_epoch_start(stage=stage, epoch=epoch)
         for batch in stage.data.train:
+            if budget is not None and stage.step >= budget:
+                break
             batch = stage.batch = batch.to(stage.device)
             if stage.world_size > 1:  # what stage.gather needs to rebuild the global batch
                 stage.shard_sizes = collective.shard_sizes(batch)
@@ -161,7 +166,8 @@ def _train(stage: Stage, train_teachers: bool) -> None:
                              "lower the learning rate or a loss weight; the last checkpoint is from before")
         if stage.scheduler is not None and not per_step:
             stage.scheduler.step()
-        due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        last = epoch + 1 == cfg.epochs or (budget is not None and stage.step >= budget)
+        due = (epoch + 1) % cfg.eval_every == 0 or last
         metrics = evaluate(stage, "val") if due else {}
         stage.epoch = epoch + 1
         hook.kdlab_epoch_end(stage=stage, epoch=epoch, metrics=metrics)

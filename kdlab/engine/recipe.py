@@ -97,6 +97,10 @@ class StageConfig:
     # arrives trained, such as a Hugging Face teacher), e.g. to reuse a teacher from another run
     epochs: int = field(validator=v.ge(0))
     model: ModelSpec
+    # a budget of optimizer steps besides the epochs: the stage stops at whichever comes first
+    # (mid-epoch: that epoch is then evaluated and checkpointed as usual); a per-step cosine
+    # schedule decays over the budget
+    max_steps: int | None = field(default=None, validator=v.optional(v.ge(1)))
     teachers: tuple[str, ...] = ()  # earlier stage names or exported model files
     init: str | None = None  # start the student from an earlier stage's (or a file's) weights
     optimizer: OptimizerConfig = Factory(OptimizerConfig)

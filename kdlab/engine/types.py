@@ -279,6 +279,13 @@ class Stage:
         return self.pm.hook
 
     @property
+    def training_over(self) -> bool:
+        """True once the stage has trained all it will: its epochs, or its step budget
+        (``max_steps``) if that came first. The evaluations after training see True."""
+        return self.epoch >= self.config.epochs or (self.config.max_steps is not None
+                                                     and self.step >= self.config.max_steps)
+
+    @property
     def is_main(self) -> bool:
         """True in the one process that writes files (rank 0; the only process without
         ``--nproc``). Every rank may read them."""

@@ -83,7 +83,7 @@ class Checkpoint:
         is_best = cfg.best and value is not None and self._improved(stage, value)
         if is_best:
             self.best_value = value
-        due = (stage.epoch == stage.config.epochs or time.monotonic() - self.last_write >= cfg.every_s
+        due = (stage.training_over or time.monotonic() - self.last_write >= cfg.every_s
                or (cfg.every is not None and stage.epoch % cfg.every == 0))
         state = stage.state_dict()  # after best_value was updated, so resume keeps it
         if due:

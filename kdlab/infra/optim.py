@@ -26,16 +26,18 @@ def make_optimizer(config, params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fast)
 
 
-def lr_factor(config, epochs: int, t: int, steps_per_epoch: int = 1) -> float:
+def lr_factor(config, epochs: int, t: int, steps_per_epoch: int = 1, max_steps: int | None = None) -> float:
     """Multiplier of the base learning rate at ``t`` (0-based): the epoch, or with ``interval =
-    "step"`` the optimizer step (``steps_per_epoch`` of them an epoch). Linear warm-up, then the
-    schedule. A pure function so that it can be tested and plotted."""
+    "step"`` the optimizer step (``steps_per_epoch`` of them an epoch; ``max_steps``: the stage's
+    step budget, when it ends the stage first). Linear warm-up, then the schedule. A pure
+    function so that it can be tested and plotted."""
     per = steps_per_epoch if config.interval == "step" else 1
     warmup = config.warmup_epochs * per + config.warmup_steps
     if t < warmup:
         return (t + 1) / (warmup + 1)
     if config.name == "cosine":
-        span = max(1, epochs * per - warmup)
+        total = epochs * per if max_steps is None or config.interval != "step" else min(epochs * per, max_steps)
+        span = max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * (t - warmup) / span))
     if config.name == "multistep":
         return config.gamma ** sum(t // per >= m for m in config.milestones)
@@ -58,7 +60,7 @@ class Optim:
         # a counter; the loop steps it per epoch or per step (scheduler.interval)
         per = len(stage.data.train)
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda t: lr_factor(config, stage.config.epochs, t, per)
+            optimizer, lambda t: lr_factor(config, stage.config.epochs, t, per, stage.config.max_steps)
         )
 
     @hookimpl(trylast=True)

@@ -144,7 +144,7 @@ class LMMetrics:
         ppl, acc = perplexity_and_accuracy(output.logits, targets)
         metrics = {"perplexity": ppl, "token_accuracy": acc}
         cfg = self.config
-        final = stage.epoch >= stage.config.epochs  # the evaluations after training
+        final = stage.training_over  # the evaluations after training
         if split in text.splits and (final or cfg.every_eval):
             batch = getattr(stage.recipe.data.config, "eval_batch_size", 64)
             with torch.no_grad():

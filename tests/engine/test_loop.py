@@ -249,3 +249,31 @@ def test_teachers_run_in_training_only_for_a_loss_that_takes_them(write_recipe, 
     assert calls == []
     run(write_recipe(TINY), out=tmp_path / "b", catalogue=counting)
     assert calls and set(calls) == {"student"}
+
+
+def test_a_step_budget_ends_the_stage_mid_epoch_and_a_resume_does_not_train_past_it(write_recipe, tmp_path,
+                                                                                     catalogue):
+    """``max_steps`` stops the stage at that many optimizer steps (17 a digits epoch at batch 64):
+    the partial epoch is evaluated, checkpointed and exported; resuming the finished stage's
+    checkpoint trains nothing more."""
+    import json
+
+    import torch
+
+    from kdlab.engine.runner import run
+    from tests.conftest import TINY
+
+    text = TINY.replace("epochs = 2", "epochs = 5").replace("[stages.student]", "[stages.student]\nmax_steps = 25")
+    result = run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+    state = torch.load(result.run_dir / "checkpoints" / "student" / "last.pt", weights_only=True)
+    assert state["step"] == 25 and state["epoch"] == 2  # one full epoch of 17, then 8 steps of the second
+    lines = (result.run_dir / "history" / "student.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2] and "val/accuracy" in json.loads(lines[-1])
+    assert "test/accuracy" in result.metrics["student"]
+    teacher = torch.load(result.run_dir / "checkpoints" / "teacher" / "last.pt", weights_only=True)
+    assert teacher["epoch"] == 5  # the budget is the student stage's alone
+    # the stage's checkpoint, resumed as if the export had been lost: nothing more is trained
+    (result.run_dir / "models" / "student.pt").unlink()
+    again = run(write_recipe(text), out=tmp_path / "runs", resume=result.run_dir, catalogue=catalogue)
+    assert torch.load(result.run_dir / "checkpoints" / "student" / "last.pt", weights_only=True)["step"] == 25
+    assert again.metrics["student"]["test/accuracy"] == result.metrics["student"]["test/accuracy"]
