@@ -28,7 +28,9 @@ Bad lines (not JSON, no turns, an unknown speaker, empty text) are reported with
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -144,7 +146,10 @@ def train_bpe(texts: list[str], vocab_size: int):
     return tok
 
 
-_BPE_CODE: str | None = None
+@functools.cache
+def _bpe_code() -> str:
+    """The source of :func:`train_bpe` (part of the cache key), read once."""
+    return inspect.getsource(train_bpe)
 
 
 def cached_bpe(texts: list[str], vocab_size: int):
@@ -154,13 +159,8 @@ def cached_bpe(texts: list[str], vocab_size: int):
     training code, and read back by every later run (sweeps, seeds, resumes) instead of being
     trained again. A damaged file is trained again; a cache that cannot be written only costs
     the training next time."""
-    global _BPE_CODE
-    if _BPE_CODE is None:  # read once: the training code is part of the key
-        import inspect
-
-        _BPE_CODE = inspect.getsource(train_bpe)
     tk = _tokenizers()
-    digest = hashlib.sha256(json.dumps([vocab_size, SPECIALS, tk.__version__, _BPE_CODE]).encode())
+    digest = hashlib.sha256(json.dumps([vocab_size, SPECIALS, tk.__version__, _bpe_code()]).encode())
     for text in texts:
         data = text.encode("utf-8")
         digest.update(len(data).to_bytes(8, "little") + data)

@@ -294,6 +294,7 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
     for name, obj in (extra or {}).items():
         found[name] = (obj, f"{_qualname(obj)} (registered in-process)")
 
+    takes: dict[str, tuple[str, ...]] = {}  # what each class's __init__ takes, inspected once
     pm = new_manager()
     for name, (obj, origin) in list(found.items()):
         problem = _undecorated(obj)
@@ -301,8 +302,8 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
             try:
                 # a plugin built with its config is registered here without one (its __init__
                 # not run): discovery only reads its hooks and declarations
-                pm.register((obj.__new__(obj) if _constructor_takes(obj) else obj()) if inspect.isclass(obj) else obj,
-                            name=name)
+                takes[name] = _constructor_takes(obj)
+                pm.register((obj.__new__(obj) if takes[name] else obj()) if inspect.isclass(obj) else obj, name=name)
             except Exception as exc:  # noqa: BLE001 - pluggy's validation, or the class's __init__
                 problem = str(exc).split("\n")[0]
         if problem is not None:
@@ -335,7 +336,7 @@ def discover(extra: dict[str, object] | None = None) -> Catalogue:
             default_enabled=bool(getattr(obj, "default_enabled", False)),
             config_class=config_classes.get(name, getattr(obj, "config_class", None)),
             hooks=hooks,
-            takes=_constructor_takes(obj),
+            takes=takes[name],
             data_kinds=None if getattr(obj, "data_kinds", None) is None else frozenset(obj.data_kinds),
             distributed_only=bool(getattr(obj, "distributed_only", False)),
         )

@@ -48,6 +48,7 @@ import torch
 
 from kdlab.engine import checkpoint
 from kdlab.engine.errors import writing
+from kdlab.engine.plan import stage_plugins
 from kdlab.engine.recipe import Recipe, recipe_to_dict
 
 log = logging.getLogger("kdlab")
@@ -110,10 +111,9 @@ def _stage_code(recipe: Recipe, catalogue, name: str) -> dict[str, str]:
     stage = recipe.stages[name]
     if catalogue is None:
         return code_digest([])
-    used = [*stage.methods, *(n for n, p in catalogue.plugins.items() if p.default_enabled and n not in recipe.disabled)]
-    objects = [catalogue.plugins[n].factory for n in used if n in catalogue.plugins]
+    objects = [catalogue.plugins[n].factory for n in stage_plugins(recipe, catalogue, name) if n in catalogue.plugins]
     for registry, key in ((catalogue.models, getattr(stage.model, "arch", None)), (catalogue.datasets, recipe.data.name)):
-        if key in registry and registry[key].build is not None:
+        if key in registry:
             objects.append(registry[key].build)
     return code_digest(objects)
 

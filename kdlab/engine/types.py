@@ -65,9 +65,12 @@ class TopK:
     index: torch.Tensor
     num_classes: int
 
+    # the least mass a tail bucket holds (its log stays finite when the k hold everything)
+    TAIL_FLOOR = 1e-30
+
     def tail(self) -> torch.Tensor:
-        """log of the mass outside the top k, (...,) (at least 1e-30, so that it is finite)."""
-        return torch.log((-torch.expm1(torch.logsumexp(self.values.float(), -1))).clamp(min=1e-30))
+        """log of the mass outside the top k, (...,) (at least ``TAIL_FLOOR``)."""
+        return torch.log((-torch.expm1(torch.logsumexp(self.values.float(), -1))).clamp(min=self.TAIL_FLOOR))
 
     def dense(self) -> torch.Tensor:
         """Full log-probabilities (..., num_classes), the tail spread evenly over the other

@@ -135,18 +135,12 @@ class Store:
         lengths, offsets = t[f"t{k}/lengths"][idx], t[f"t{k}/offsets"][idx]
         spans = [slice(int(o), int(o) + int(n)) for o, n in zip(offsets, lengths)]
         if f"t{k}/topk_values" in t:
-            frames = [expand_topk(t[f"t{k}/topk_values"][s], t[f"t{k}/topk_index"][s], self.num_classes[f"t{k}"])
+            frames = [TopK(t[f"t{k}/topk_values"][s], t[f"t{k}/topk_index"][s], self.num_classes[f"t{k}"]).dense()
                       for s in spans]
         else:
             frames = [t[f"t{k}/logits"][s].float() for s in spans]
         logits = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)
         return ModelOutput(logits.to(device, non_blocking=True), {}, lengths.to(device))
-
-
-def expand_topk(values: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Top-k log-probabilities per frame -> full log-probabilities, the remaining mass spread
-    evenly over the other classes (:meth:`kdlab.engine.types.TopK.dense`)."""
-    return TopK(values, index, num_classes).dense()
 
 
 def _compact_sequences(per_index: dict[int, torch.Tensor], dtype: torch.dtype, topk: int | None, k: int) -> dict:

@@ -73,9 +73,6 @@ def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return divergence_of(s, t, divergence=divergence, beta=beta, alpha=alpha) * temperature**2
 
 
-_LOG_FLOOR = math.log(1e-30)  # the tail's floor, as in kdlab.TopK.tail
-
-
 def bucket_logprobs(student_logits: torch.Tensor, top, *, target: str = "tail",
                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(student, teacher) log-probabilities over the k + 1 buckets of a sparse target ``top``
@@ -90,7 +87,7 @@ def bucket_logprobs(student_logits: torch.Tensor, top, *, target: str = "tail",
     else:
         # the student's mass outside the teacher's k tokens, summed exactly over the other V - k
         # (floored like the teacher's tail, so that k = V gives an empty bucket, not NaN)
-        s_tail = s_all.scatter(-1, index, float("-inf")).logsumexp(-1, keepdim=True).clamp(min=_LOG_FLOOR)
+        s_tail = s_all.scatter(-1, index, float("-inf")).logsumexp(-1, keepdim=True).clamp(min=math.log(top.TAIL_FLOOR))
         s, t = torch.cat([s_k, s_tail], -1), torch.cat([t_k, top.tail()[..., None]], -1)
     return torch.log_softmax(s / temperature, -1), torch.log_softmax(t / temperature, -1)
 

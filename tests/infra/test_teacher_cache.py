@@ -158,7 +158,7 @@ def test_topk_classifier_cache_keeps_the_distillation_target(write_recipe, tmp_p
 def test_sequence_teacher_cache_gives_identical_students_and_topk_is_close(tmp_path, catalogue):
     from kdlab.engine import checkpoint
     from kdlab.engine.runner import run
-    from kdlab.infra.teacher_cache import expand_topk
+    from kdlab.engine.types import TopK
     from tests.data.test_phonemes import make_phoneme_corpus
 
     manifest = make_phoneme_corpus(tmp_path / "corpus", per_split=(8, 2, 2))
@@ -193,7 +193,7 @@ methods.teacher_cache = {{ dir = "{tmp_path / 'cache'}" }}
     # top-k keeps the k largest log-probabilities exactly and the total mass at 1
     logp = torch.log_softmax(torch.randn(5, 7), -1)
     values, index = logp.topk(3, -1)
-    full = expand_topk(values, index, 7)
+    full = TopK(values, index, 7).dense()
     assert torch.allclose(full.exp().sum(-1), torch.ones(5), atol=1e-5)
     assert torch.allclose(full.gather(-1, index), values)
 
@@ -252,7 +252,8 @@ def test_a_tap_alias_with_double_underscores_is_read_back_from_the_disk_cache(wr
 
 def test_sequence_top_k_indices_fit_a_gpt2_sized_vocabulary():
     """Top-k indices were int16: past 32,767 (GPT-2's 50,257 tokens) they came back negative."""
-    from kdlab.infra.teacher_cache import _compact_sequences, expand_topk
+    from kdlab.engine.types import TopK
+    from kdlab.infra.teacher_cache import _compact_sequences
 
     vocab = 50_257
     frames = torch.full((3, vocab), -20.0)
@@ -261,7 +262,7 @@ def test_sequence_top_k_indices_fit_a_gpt2_sized_vocabulary():
     out = _compact_sequences({0: frames[:2], 1: frames[2:]}, torch.float32, 2, 0)
     index = out["t0/topk_index"]
     assert int(index.min()) >= 0 and int(index[0, 0]) == 50_000 and int(index[1, 0]) == 40_000
-    full = expand_topk(out["t0/topk_values"][:2], index[:2], vocab)
+    full = TopK(out["t0/topk_values"][:2], index[:2], vocab).dense()
     assert full.argmax(-1).tolist() == [50_000, 40_000]
 
 
