@@ -284,15 +284,42 @@ def kdlab_step_end(stage: Stage, loss: torch.Tensor, terms: dict[str, torch.Tens
 
 
 @hookspec
-def kdlab_eval_metrics(
-    stage: Stage, split: str, output: ModelOutput, targets: torch.Tensor, teacher_outputs: list[ModelOutput]
-) -> dict[str, float] | None:
-    """Compute metrics on a whole split (``"val"`` or ``"test"``).
+def kdlab_eval_start(stage: Stage, split: str) -> None:
+    """An evaluation of ``split`` (``"val"`` or ``"test"``) begins: reset what a metric
+    accumulates over it.
 
-    Fires: after each evaluated epoch (val) and at stage end (val and test). ``output`` holds the
-    student's outputs for the split, concatenated over batches (logits and tapped features);
-    ``targets`` likewise; ``teacher_outputs`` the same for each teacher (empty without teachers).
-    The teachers are run over the split only if some implementation takes ``teacher_outputs``.
+    Fires: before the split's first batch, after each evaluated epoch (val) and at stage end
+    (val, then test). Notification.
+    """
+
+
+@hookspec
+def kdlab_eval_batch(
+    stage: Stage, split: str, batch: Batch, output: ModelOutput, teacher_outputs: list[ModelOutput]
+) -> None:
+    """One batch of the split: accumulate what the metric needs (sums and counts, per-sample
+    scalars), and keep nothing of the size of ``output``: the core drops the batch afterwards,
+    so the memory of an evaluation does not grow with the split.
+
+    Fires: per evaluation batch, under ``torch.no_grad()``, the models in eval mode. ``output``
+    is the student's output (logits, tapped features, lengths), ``batch.targets`` the targets;
+    ``teacher_outputs`` one output per teacher, only computed if some implementation takes
+    ``teacher_outputs`` (empty otherwise, and without teachers). In distributed training every
+    process evaluates the whole split. Notification.
+    """
+
+
+@hookspec
+def kdlab_eval_metrics(
+    stage: Stage, split: str, output: ModelOutput | None, targets: torch.Tensor | None,
+    teacher_outputs: list[ModelOutput],
+) -> dict[str, float] | None:
+    """Return the metrics of the split from what ``kdlab_eval_batch`` accumulated.
+
+    Fires: after the split's last batch. Implement it as ``kdlab_eval_metrics(self, stage,
+    split)``. Deprecated: an implementation that names ``output``, ``targets`` or
+    ``teacher_outputs`` gets the whole split's outputs concatenated (the only case where the
+    core holds a split in memory) and a ``PluginDeprecationWarning``; they are None otherwise.
 
     Returns: ``{metric: number}`` (collected and merged; the core prefixes ``<split>/``).
     """
@@ -344,6 +371,6 @@ FIRING_ORDER = (
     "kdlab_configure_scheduler", "kdlab_resume_state", "kdlab_load_state_dict",
     "kdlab_epoch_start", "kdlab_student_forward", "kdlab_teacher_outputs", "kdlab_loss_terms",
     "kdlab_backward", "kdlab_before_optimizer_step", "kdlab_optimizer_step", "kdlab_after_optimizer_step",
-    "kdlab_step_end", "kdlab_eval_metrics", "kdlab_epoch_end", "kdlab_state_dict", "kdlab_interrupted",
+    "kdlab_step_end", "kdlab_eval_start", "kdlab_eval_batch", "kdlab_eval_metrics", "kdlab_epoch_end", "kdlab_state_dict", "kdlab_interrupted",
     "kdlab_stage_end", "kdlab_stage_summary",
 )

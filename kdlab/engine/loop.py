@@ -26,7 +26,10 @@
                 kdlab_step_end(stage, loss, terms)                        # scheduler.step() here with interval = "step"
             stop with an error if the loss is not finite                  # one sync per epoch
             scheduler.step()                                              # with interval = "epoch"
-            metrics = evaluate("val") -> kdlab_eval_metrics(...)          # every eval_every epochs
+            metrics = evaluate("val"):                                    # every eval_every epochs
+                kdlab_eval_start(stage, split)
+                for batch in val: kdlab_eval_batch(stage, split, batch, output, teacher_outputs)
+                kdlab_eval_metrics(stage, split)                          # collected, merged
             kdlab_epoch_end(stage, epoch, metrics)                        # checkpoints written here
     on Ctrl-C / SIGTERM while training: kdlab_interrupted(stage), then the run stops
         metrics = evaluate("val") + evaluate("test")
@@ -38,12 +41,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from kdlab.engine import checkpoint, collective
 from kdlab.engine.errors import KdlabError
 from kdlab.engine.recipe import CONVERTER, structure_stored
+from kdlab.engine.registry import PluginDeprecationWarning
 from kdlab.engine.stats import model_stats
 from kdlab.engine.types import ModelOutput, ModelSpec, Stage, Taps, cat_padded
 
@@ -174,31 +179,51 @@ def _train(stage: Stage, train_teachers: bool) -> None:
 
 
 def evaluate(stage: Stage, split: str) -> dict[str, float]:
-    """Run the student (and the teachers, if any) over a whole split and ask the plugins for
-    metrics on the concatenated outputs."""
+    """Run the student (and the teachers, if a metric takes their outputs) over a split, batch by
+    batch: each batch goes to ``kdlab_eval_batch`` and is dropped, so nothing of a split is held
+    here; then the plugins give their metrics from what they accumulated. (A plugin whose
+    ``kdlab_eval_metrics`` still takes the whole split's outputs gets them concatenated, with a
+    deprecation warning: only it makes this function hold a split.)"""
     loader = getattr(stage.data, split)
     if loader is None:
         return {}
-    stage.student.train(False)
-    phase, stage.phase = stage.phase, split
+    hook = stage.hook
+    legacy = [impl for impl in hook.kdlab_eval_metrics.get_hookimpls()
+              if {"output", "targets", "teacher_outputs"} & set(impl.argnames)]
+    for impl in legacy:
+        warnings.warn(f"plugin '{impl.plugin_name}': kdlab_eval_metrics takes the whole split's outputs "
+                      "(output, targets, teacher_outputs), which holds a split in memory; accumulate them "
+                      "in kdlab_eval_batch and return the metrics from kdlab_eval_metrics(stage, split) "
+                      "(see CONTRIBUTING.md)", PluginDeprecationWarning, stacklevel=2)
     # the teachers run only if a metric plugin takes their outputs
     with_teachers = bool(stage.teachers) and any(
-        "teacher_outputs" in impl.argnames for impl in stage.hook.kdlab_eval_metrics.get_hookimpls())
-    outputs, teacher_outputs, targets = [], [], []
+        "teacher_outputs" in impl.argnames
+        for impl in [*hook.kdlab_eval_batch.get_hookimpls(), *legacy])
+    stage.student.train(False)
+    phase, stage.phase = stage.phase, split
+    hook.kdlab_eval_start(stage=stage, split=split)
+    outputs, teacher_outputs, targets = [], [], []  # only for the deprecated whole-split plugins
+    seen = False
     with torch.no_grad():
         for batch in loader:
             batch = batch.to(stage.device)
-            outputs.append(stage.hook.kdlab_student_forward(stage=stage, batch=batch))
-            if with_teachers:
-                teacher_outputs.append(stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch))
-            targets.append(batch.targets)
+            output = hook.kdlab_student_forward(stage=stage, batch=batch)
+            teachers = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if with_teachers else []
+            hook.kdlab_eval_batch(stage=stage, split=split, batch=batch, output=output, teacher_outputs=teachers)
+            seen = True
+            if legacy:
+                outputs.append(output)
+                teacher_outputs.append(teachers)
+                targets.append(batch.targets)
     stage.phase = phase
-    if not outputs:
+    if not seen:
         return {}
-    per_teacher = [ModelOutput.cat(list(outs)) for outs in zip(*teacher_outputs)]
+    whole = {"output": None, "targets": None, "teacher_outputs": []}
+    if legacy:
+        whole = {"output": ModelOutput.cat(outputs), "targets": cat_padded(targets, -1),
+                 "teacher_outputs": [ModelOutput.cat(list(outs)) for outs in zip(*teacher_outputs)]}
     metrics = {}
-    for result in stage.hook.kdlab_eval_metrics(stage=stage, split=split, output=ModelOutput.cat(outputs),
-                                                targets=cat_padded(targets, -1), teacher_outputs=per_teacher):
+    for result in hook.kdlab_eval_metrics(stage=stage, split=split, **whole):
         metrics.update({f"{split}/{k}": float(val) for k, val in result.items()})
     return metrics
 

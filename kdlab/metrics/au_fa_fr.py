@@ -38,13 +38,31 @@ def au_fa_fr_class(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 class AuFaFr:
+    """Keeps one keyword probability and one label per clip of the split (the curve needs them
+    all, sorted); nothing of a clip's size."""
+
     default_enabled = True
     data_kinds = {"keyword_spotting"}
 
+    def __init__(self):
+        self.probs: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
     @hookimpl
-    def kdlab_eval_metrics(self, stage, split, output, targets):
+    def kdlab_eval_start(self):
+        self.probs, self.labels = [], []
+
+    @hookimpl
+    def kdlab_eval_batch(self, batch, output):
         if output.logits.ndim != 2 or output.logits.shape[1] != 2:
+            return
+        self.probs.append(torch.softmax(output.logits.float(), dim=1)[:, 1])
+        self.labels.append(batch.targets)
+
+    @hookimpl
+    def kdlab_eval_metrics(self):
+        if not self.probs:
             return None
-        probs = torch.softmax(output.logits.float(), dim=1)[:, 1].cpu().numpy()
-        labels = targets.cpu().numpy()
+        probs, labels = torch.cat(self.probs).cpu().numpy(), torch.cat(self.labels).cpu().numpy()
+        self.probs, self.labels = [], []
         return {"au_fa_fr": au_fa_fr(probs, labels), "au_fa_fr_class": au_fa_fr_class(probs, labels)}

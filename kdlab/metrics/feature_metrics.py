@@ -6,7 +6,8 @@
 - ``cka``: linear centred kernel alignment (Kornblith et al. 2019, "Similarity of Neural Network
   Representations Revisited", arXiv:1905.00414) between the tapped student and teacher features.
 
-The similarity matrices of the test split are also written to TensorBoard as images
+Both are computed from moments summed batch by batch (:class:`Moments`), exactly as from the
+whole split's features. The similarity matrices of the test split are also written to TensorBoard as images
 (``geometry/student``, ``geometry/teacher``).
 """
 
@@ -47,6 +48,47 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((y.t() @ x).norm() ** 2 / ((x.t() @ x).norm() * (y.t() @ y).norm()).clamp(min=1e-12))
 
 
+class Moments:
+    """What both metrics need of a split, summed batch by batch (float64): per class, the sum of
+    each model's features and the count; over all samples, the feature sums and the products
+    X^T X, Y^T Y, Y^T X. Memory is O(C D + D^2) whatever the split's size."""
+
+    def __init__(self):
+        self.n = 0
+        self.class_sums: list[torch.Tensor] | None = None
+        self.counts: torch.Tensor | None = None
+        self.sums: list[torch.Tensor] | None = None
+        self.products: dict[str, torch.Tensor] = {}
+
+    def add(self, s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        x, y = as_vector(s).double(), as_vector(t).double()
+        onehot = torch.nn.functional.one_hot(labels, num_classes).double()
+        parts = {"xx": x.t() @ x, "yy": y.t() @ y, "yx": y.t() @ x}
+        if self.sums is None:
+            self.class_sums, self.counts = [onehot.t() @ x, onehot.t() @ y], onehot.sum(0)
+            self.sums, self.products = [x.sum(0), y.sum(0)], parts
+        else:
+            self.class_sums = [self.class_sums[0] + onehot.t() @ x, self.class_sums[1] + onehot.t() @ y]
+            self.counts = self.counts + onehot.sum(0)
+            self.sums = [self.sums[0] + x.sum(0), self.sums[1] + y.sum(0)]
+            self.products = {k: self.products[k] + v for k, v in parts.items()}
+        self.n += len(x)
+
+    def geometry_preservation(self) -> tuple[float, torch.Tensor, torch.Tensor]:
+        present = self.counts > 0
+        s, t = (c[present] / self.counts[present, None] for c in self.class_sums)
+        s_sim, t_sim = similarity_matrix(s), similarity_matrix(t)
+        return pearson(off_diagonal(s_sim), off_diagonal(t_sim)), s_sim, t_sim
+
+    def linear_cka(self) -> float:
+        """:func:`linear_cka` from the moments: Xc^T Xc = X^T X - n mx mx^T, and so on."""
+        mx, my = (v / self.n for v in self.sums)
+        xx = self.products["xx"] - self.n * torch.outer(mx, mx)
+        yy = self.products["yy"] - self.n * torch.outer(my, my)
+        yx = self.products["yx"] - self.n * torch.outer(my, mx)
+        return float(yx.norm() ** 2 / (xx.norm() * yy.norm()).clamp(min=1e-12))
+
+
 def _image(matrix: torch.Tensor, scale: int = 16) -> torch.Tensor:
     """(1, H, W) grey image of a similarity matrix in [-1, 1], each entry a scale x scale block."""
     img = ((matrix.float().cpu() + 1) / 2).clamp(0, 1)
@@ -57,6 +99,7 @@ class FeatureMetrics:
     def __init__(self, config):
         self.config = config
         self.matrices: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.moments = Moments()
 
     config_class = FeatureMetricsConfig
 
@@ -65,14 +108,23 @@ class FeatureMetrics:
         return feature_pair_requirements(config, stage, ())
 
     @hookimpl
-    def kdlab_eval_metrics(self, stage, split, output, targets, teacher_outputs):
+    def kdlab_eval_start(self):
+        self.moments = Moments()
+
+    @hookimpl
+    def kdlab_eval_batch(self, stage, batch, output, teacher_outputs):
         cfg = self.config
-        s = output.features[cfg.student]
-        t = teacher_outputs[cfg.teacher_index].features[cfg.teacher]
-        gp, s_sim, t_sim = geometry_preservation(s, t, targets, stage.data.num_classes)
+        self.moments.add(output.features[cfg.student], teacher_outputs[cfg.teacher_index].features[cfg.teacher],
+                         batch.targets, stage.data.num_classes)
+
+    @hookimpl
+    def kdlab_eval_metrics(self, split):
+        if not self.moments.n:
+            return None
+        gp, s_sim, t_sim = self.moments.geometry_preservation()
         if split == "test":
             self.matrices = (s_sim, t_sim)
-        return {"geometry_preservation": gp, "cka": linear_cka(s, t)}
+        return {"geometry_preservation": gp, "cka": self.moments.linear_cka()}
 
     @hookimpl
     def kdlab_stage_summary(self, stage):

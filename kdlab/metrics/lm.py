@@ -1,7 +1,11 @@
 """Language-model metrics (the text data set):
 
-* every evaluation: ``perplexity`` (exp of the mean next-token cross-entropy over the valid
-  targets) and ``token_accuracy`` (next-token top-1);
+* every evaluation, summed batch by batch (a split of any size costs one batch of logits):
+  ``perplexity`` (exp of the mean next-token cross-entropy over the valid targets),
+  ``token_accuracy`` (next-token top-1), and the tokenizer-free ``bits_per_byte`` and
+  ``bits_per_char``: the summed cross-entropy in bits over the UTF-8 bytes (characters) of the
+  text the valid targets spell (each sequence's valid target tokens decoded, special tokens
+  dropped), so that models with different tokenizers compare on the same text;
 * at the stage's final evaluation (or every one with ``every_eval = true``), on the first
   ``dialogues`` dialogues of the split, from the model itself:
   ``hits@1``: the reference response ranked first among ``candidates`` responses by the total
@@ -17,11 +21,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
 import attrs
 import torch
+import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
@@ -38,11 +44,19 @@ class LMMetricsConfig:
     every_eval: bool = False  # generation metrics at every evaluation, not only the final one
 
 
-def perplexity_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+def token_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(summed cross-entropy in nats, correct next tokens, valid targets) of one batch, float64."""
     valid = targets >= 0
-    nll = lm_loss(logits, targets)
-    acc = ((logits.argmax(-1) == targets) & valid).sum() / valid.sum().clamp(min=1)
-    return float(nll.exp()), float(acc)
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1, reduction="sum")
+    correct = ((logits.argmax(-1) == targets) & valid).sum()
+    return torch.stack([nll.double(), correct.double(), valid.sum().double()])
+
+
+def text_size(tokenizer, targets: torch.Tensor) -> tuple[int, int]:
+    """(UTF-8 bytes, characters) of the text that each row's valid targets spell."""
+    rows = [row[row >= 0].tolist() for row in targets.cpu()]
+    texts = tokenizer.decode_batch(rows, skip_special_tokens=True)
+    return sum(len(t.encode("utf-8")) for t in texts), sum(len(t) for t in texts)
 
 
 def words(text: str) -> list[str]:
@@ -135,14 +149,38 @@ class LMMetrics:
     def __init__(self, config):
         self.config = config
         self.tokens, self.seconds, self.started, self.in_epoch = 0, 0.0, 0.0, 0
+        self.sums: torch.Tensor | None = None
+        self.sizes = [0, 0]  # bytes, characters of this evaluation's targets
+        self.text_sizes: dict[str, tuple[int, int]] = {}  # per split: its targets do not change
 
     @hookimpl
-    def kdlab_eval_metrics(self, stage, split, output, targets):
+    def kdlab_eval_start(self):
+        self.sums, self.sizes = None, [0, 0]
+
+    @hookimpl
+    def kdlab_eval_batch(self, stage, split, batch, output):
         text = stage.data.extra.get("text")
         if text is None or output.logits.ndim != 3:
+            return
+        sums = token_sums(output.logits, batch.targets)  # on the device: no sync per batch
+        self.sums = sums if self.sums is None else self.sums + sums
+        if split not in self.text_sizes:
+            size = text_size(text.tokenizer, batch.targets)
+            self.sizes = [self.sizes[0] + size[0], self.sizes[1] + size[1]]
+
+    @hookimpl
+    def kdlab_eval_metrics(self, stage, split):
+        text = stage.data.extra.get("text")
+        if text is None or self.sums is None:
             return None
-        ppl, acc = perplexity_and_accuracy(output.logits, targets)
-        metrics = {"perplexity": ppl, "token_accuracy": acc}
+        nll, correct, count = self.sums.tolist()
+        if split not in self.text_sizes:
+            self.text_sizes[split] = tuple(self.sizes)
+        n_bytes, n_chars = self.text_sizes[split]
+        bits = nll / math.log(2)
+        metrics = {"perplexity": math.exp(nll / max(count, 1)), "token_accuracy": correct / max(count, 1)}
+        if n_bytes:
+            metrics.update(bits_per_byte=bits / n_bytes, bits_per_char=bits / max(n_chars, 1))
         cfg = self.config
         final = stage.training_over  # the evaluations after training
         if split in text.splits and (final or cfg.every_eval):

@@ -1,7 +1,7 @@
 """Phoneme error rate for CTC models, on by default for sequence outputs.
 
 PER = sum of edit distances (torchaudio.functional.edit_distance) between decoded and reference
-phoneme sequences / sum of reference lengths. Greedy decoding is vectorised over the batch
+phoneme sequences / sum of reference lengths, both summed batch by batch. Greedy decoding is vectorised over the batch
 (argmax per frame, repeats merged, blanks dropped, frames past the valid length ignored). With
 ``[plugins.per] beam_size = N`` (N > 0), the test split is also decoded by torchaudio's
 flashlight-text beam search (``ctc_decoder``, lexicon-free, no language model) and reported as
@@ -31,11 +31,15 @@ def references(targets: torch.Tensor) -> list[list[int]]:
     return [row[row >= 0].tolist() for row in targets]
 
 
-def error_rate(hyps: list[list[int]], refs: list[list[int]]) -> float:
+def edit_distance(hyps: list[list[int]], refs: list[list[int]]) -> int:
+    """The summed edit distance of the pairs."""
     import torchaudio  # here, not at import: a torchaudio that fails to load stops only speech runs
 
-    errors = sum(torchaudio.functional.edit_distance(r, h) for h, r in zip(hyps, refs))
-    return errors / max(1, sum(len(r) for r in refs))
+    return sum(torchaudio.functional.edit_distance(r, h) for h, r in zip(hyps, refs))
+
+
+def error_rate(hyps: list[list[int]], refs: list[list[int]]) -> float:
+    return edit_distance(hyps, refs) / max(1, sum(len(r) for r in refs))
 
 
 class PER:
@@ -46,6 +50,7 @@ class PER:
 
     def __init__(self, config):
         self.config = config
+        self.counts: dict[str, tuple[int, int]] = {}
 
     @hookimpl
     def kdlab_stage_start(self, stage):
@@ -53,12 +58,25 @@ class PER:
             require_beam_search("plugins.per.beam_size")
 
     @hookimpl
-    def kdlab_eval_metrics(self, stage, split, output, targets):
+    def kdlab_eval_start(self):
+        self.counts = {}  # metric -> [edit distance, reference length], summed over the batches
+
+    @hookimpl
+    def kdlab_eval_batch(self, split, batch, output):
         if output.lengths is None or output.logits.ndim != 3:
-            return None
-        refs = references(targets)
-        metrics = {"per": error_rate(greedy_decode(output.logits, output.lengths), refs)}
+            return
+        refs = references(batch.targets)
+        self._add("per", greedy_decode(output.logits, output.lengths), refs)
         cfg = self.config
         if cfg.beam_size and split in cfg.beam_splits:
-            metrics["beam_per"] = error_rate(beam_decode(output.logits, output.lengths, cfg.beam_size), refs)
-        return metrics
+            self._add("beam_per", beam_decode(output.logits, output.lengths, cfg.beam_size), refs)
+
+    def _add(self, name: str, hyps: list[list[int]], refs: list[list[int]]) -> None:
+        errors, length = self.counts.get(name, (0, 0))
+        self.counts[name] = (errors + edit_distance(hyps, refs), length + sum(len(r) for r in refs))
+
+    @hookimpl
+    def kdlab_eval_metrics(self):
+        if not self.counts:
+            return None
+        return {name: errors / max(1, length) for name, (errors, length) in self.counts.items()}

@@ -277,3 +277,99 @@ def test_a_step_budget_ends_the_stage_mid_epoch_and_a_resume_does_not_train_past
     again = run(write_recipe(text), out=tmp_path / "runs", resume=result.run_dir, catalogue=catalogue)
     assert torch.load(result.run_dir / "checkpoints" / "student" / "last.pt", weights_only=True)["step"] == 25
     assert again.metrics["student"]["test/accuracy"] == result.metrics["student"]["test/accuracy"]
+
+
+def test_evaluation_streams_the_split_and_a_whole_split_metric_still_works_with_a_warning(write_recipe, tmp_path):
+    from kdlab.engine.registry import PluginDeprecationWarning
+
+    seen = {}
+
+    class Streaming:
+        default_enabled = True
+
+        @hookimpl
+        def kdlab_eval_start(self, split):
+            self.n, self.batches = 0, 0
+
+        @hookimpl
+        def kdlab_eval_batch(self, split, batch, output, teacher_outputs):
+            assert output.logits.shape[0] == len(batch.targets) <= 64 and not torch.is_grad_enabled()
+            self.n += len(batch.targets)
+            self.batches += 1
+            seen["teachers"] = len(teacher_outputs)
+
+        @hookimpl
+        def kdlab_eval_metrics(self, split):
+            return {"samples": self.n, "batches": self.batches}
+
+    class Whole:  # the previous release's way
+        default_enabled = True
+
+        @hookimpl
+        def kdlab_eval_metrics(self, split, output, targets):
+            return {"whole": len(targets), "whole_logits": output.logits.shape[0]}
+
+    cat = discover(extra={"streaming": Streaming, "whole": Whole})
+    with pytest.warns(PluginDeprecationWarning, match="plugin 'whole': kdlab_eval_metrics takes the whole split"):
+        metrics = run(write_recipe(TINY.replace("batch_size = 64", "batch_size = 64\neval_batch_size = 64")),
+                      out=tmp_path / "runs", catalogue=cat).metrics
+    student = metrics["student"]
+    assert student["val/samples"] == student["val/whole"] == student["val/whole_logits"] > 64
+    assert student["val/batches"] == -(-student["val/samples"] // 64) >= 2
+    assert seen["teachers"] == 1  # the student stage's teacher ran for the metric that takes it
+    assert student["test/accuracy"] > 0.1  # the built-in metrics alongside
+
+
+MEASURE_EVALUATION_PEAK = """
+import resource, sys
+from pathlib import Path
+from kdlab.engine.registry import discover
+from kdlab.engine.runner import run
+metrics = run(Path(sys.argv[1]), out=Path(sys.argv[2]), catalogue=discover()).metrics
+assert metrics["lm"]["test/perplexity"] > 1000  # an untrained model on a 50,257-word vocabulary
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_the_peak_memory_of_evaluation_does_not_grow_with_the_split(tmp_path):
+    """A 50,257-token vocabulary: one split's float32 logits at 1x are 1,024 x 50,257 x 4 B =
+    206 MB, at 10x 2 GB; evaluated batch by batch (16 x 16 tokens), the process peaks the same."""
+    import subprocess
+    import sys
+
+    from tests.conftest import word_corpus
+
+    vocab, seq, rows = 50_257, 16, 64
+    logits_bytes = rows * seq * vocab * 4
+    peaks = []
+    for scale in (1, 10):
+        root = word_corpus(tmp_path / f"x{scale}", vocab, {"train": 2 * seq + 1, "val": scale * rows * seq + 1,
+                                                           "test": scale * rows * seq + 1})
+        recipe = tmp_path / f"x{scale}.toml"
+        recipe.write_text(f"""
+name = "evalpeak"
+seed = 0
+device = "cpu"
+[data]
+dataset = "text"
+dir = "{root}"
+tokenizer = "{root / 'tokenizer.json'}"
+seq_len = {seq}
+batch_size = 2
+eval_batch_size = 16
+[plugins.progress]
+enabled = false
+[plugins.tensorboard]
+enabled = false
+[stages.lm]
+epochs = 0
+model = {{ arch = "conv_lm", width = 8, layers = 1, receptive_field = 2, dropout = 0.0 }}
+optimizer = {{ name = "adam", lr = 0.01 }}
+methods.supervised = {{}}
+""")
+        done = subprocess.run([sys.executable, "-c", MEASURE_EVALUATION_PEAK, str(recipe), str(tmp_path / f"runs{scale}")],
+                              capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        peaks.append(int(done.stdout.split()[-1]))
+    # holding the split (the previous release) adds 9 x 206 MB at least; streaming, only noise
+    assert peaks[1] - peaks[0] < 0.25 * logits_bytes, (peaks, logits_bytes)

@@ -22,10 +22,19 @@ def test_hand_computed_values():
     assert au_fa_fr(probs, labels) == pytest.approx(1 / 16)
 
 
-def test_plugin_only_for_two_classes():
+def test_plugin_accumulates_the_split_batch_by_batch_and_only_for_two_classes():
+    from kdlab import Batch
+
     plugin = AuFaFr()
-    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
-    out = plugin.kdlab_eval_metrics(stage=None, split="val", output=ModelOutput(logits), targets=torch.tensor([0, 1]))
-    assert out == {"au_fa_fr": 0.0, "au_fa_fr_class": 0.0}
-    assert plugin.kdlab_eval_metrics(stage=None, split="val", output=ModelOutput(torch.zeros(2, 3)),
-                                     targets=torch.tensor([0, 1])) is None
+    torch.manual_seed(0)
+    logits, labels = torch.randn(10, 2), torch.arange(10) % 2
+    plugin.kdlab_eval_start()
+    for part in torch.arange(10).split(4):
+        plugin.kdlab_eval_batch(batch=Batch(None, labels[part], part), output=ModelOutput(logits[part]))
+    probs = torch.softmax(logits, 1)[:, 1].numpy()
+    assert plugin.kdlab_eval_metrics() == {"au_fa_fr": pytest.approx(au_fa_fr(probs, labels.numpy())),
+                                           "au_fa_fr_class": pytest.approx(au_fa_fr_class(probs, labels.numpy()))}
+    assert au_fa_fr(probs, labels.numpy()) > 0
+    plugin.kdlab_eval_start()
+    plugin.kdlab_eval_batch(batch=Batch(None, labels[:2], torch.arange(2)), output=ModelOutput(torch.zeros(2, 3)))
+    assert plugin.kdlab_eval_metrics() is None

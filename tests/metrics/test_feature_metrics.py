@@ -34,3 +34,22 @@ def test_linear_cka_invariances_and_value():
     b = torch.tensor([[1.0], [3.0], [2.0], [4.0]])
     r = pearson(a.flatten(), b.flatten())
     assert linear_cka(a, b) == pytest.approx(r**2)
+
+
+def test_the_moments_summed_batch_by_batch_give_the_whole_split_metrics():
+    from kdlab.metrics.feature_metrics import Moments
+
+    torch.manual_seed(0)
+    s, t = torch.randn(90, 6, 3, 3), torch.randn(90, 10) + 2
+    t[:, :6] += 0.5 * s.mean(dim=(2, 3))  # related, so the metrics are not ~0
+    labels = torch.arange(90) % 7
+    labels[labels == 6] = 5  # a class absent from the split
+    moments = Moments()
+    for part in torch.arange(90).split(16):
+        moments.add(s[part], t[part], labels[part], 7)
+    gp, s_sim, _ = moments.geometry_preservation()
+    gp_whole, s_sim_whole, _ = geometry_preservation(s, t, labels, 7)
+    assert gp == pytest.approx(gp_whole, abs=1e-9) and s_sim.shape == (6, 6)
+    assert torch.allclose(s_sim, s_sim_whole, atol=1e-9)
+    assert moments.linear_cka() == pytest.approx(linear_cka(s, t), abs=1e-9)
+    assert 0.05 < moments.linear_cka() < 0.99

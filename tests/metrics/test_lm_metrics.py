@@ -8,15 +8,30 @@ import pytest
 import torch
 
 from kdlab.data.text import SplitText
-from kdlab.metrics.lm import contains_fact, perplexity_and_accuracy, pick_candidates, token_f1
+from kdlab.metrics.lm import contains_fact, pick_candidates, text_size, token_f1, token_sums
 
 
-def test_perplexity_and_accuracy_over_valid_targets():
+def test_token_sums_over_valid_targets():
     probs = torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])
     targets = torch.tensor([[0, 2, -1]])
-    ppl, acc = perplexity_and_accuracy(probs.log(), targets)
-    assert ppl == pytest.approx(math.exp(-(math.log(0.5) + math.log(0.1)) / 2), rel=1e-5)
-    assert acc == pytest.approx(0.5)
+    nll, correct, count = token_sums(probs.log(), targets).tolist()
+    assert nll == pytest.approx(-(math.log(0.5) + math.log(0.1)), rel=1e-6)
+    assert (correct, count) == (1, 2)
+
+
+def test_text_size_counts_the_bytes_and_characters_the_valid_targets_spell():
+    from kdlab.data.text import SPECIALS, train_bpe
+
+    lines = ["Твою кошку зовут Мурка.", "the cat sat on the mat", "кошка и cat"] * 5
+    tok = train_bpe(lines, 300)
+    end = tok.token_to_id(SPECIALS[3])
+    a, b = tok.encode(lines[0]).ids, tok.encode(" " + lines[1]).ids
+    rows = torch.full((2, max(len(a), len(b)) + 1), -1)
+    rows[0, :len(a) + 1] = torch.tensor(a + [end])  # the end token spells nothing
+    rows[1, :len(b)] = torch.tensor(b)
+    n_bytes, n_chars = text_size(tok, rows)
+    assert n_bytes == len(lines[0].encode()) + len((" " + lines[1]).encode())
+    assert n_chars == len(lines[0]) + len(" " + lines[1]) and n_chars < n_bytes
 
 
 @pytest.mark.parametrize(("pred", "ref", "f1"), [
