@@ -14,6 +14,7 @@ from torch import nn
 
 from kdlab.engine import collective
 from kdlab.engine.errors import KdlabError
+from kdlab.models.heads import HiddenStates
 
 
 @attrs.frozen
@@ -89,19 +90,40 @@ class ModelOutput:
     give per-frame logits (batch, frames, classes) and the valid ``lengths`` (batch,).
 
     A teacher read from a top-k cache gives ``topk`` (:class:`TopK`) instead of logits; reading
-    ``logits`` then expands it (:meth:`TopK.dense`), once. Methods that can, use ``topk``
-    directly and never build the (positions x vocabulary) tensor."""
+    ``logits`` then expands it (:meth:`TopK.dense`), once. A language model that splits its head
+    gives ``hidden`` (:class:`HiddenStates`; pass them as ``logits``); reading ``logits`` then
+    applies the head, once. Methods that can, use ``topk`` or ``hidden`` directly and never
+    build the (positions x vocabulary) tensor."""
 
     _logits: torch.Tensor | None = attrs.field(alias="logits")
     features: dict[str, torch.Tensor] = attrs.field(factory=dict)
     lengths: torch.Tensor | None = None
     topk: TopK | None = None
+    hidden: HiddenStates | None = None
+
+    def __attrs_post_init__(self):
+        if isinstance(self._logits, HiddenStates):
+            object.__setattr__(self, "hidden", self._logits)
+            object.__setattr__(self, "_logits", None)
 
     @property
     def logits(self) -> torch.Tensor:
         if self._logits is None and self.topk is not None:
             object.__setattr__(self, "_logits", self.topk.dense())  # expanded once, when asked for
+        elif self._logits is None and self.hidden is not None:
+            object.__setattr__(self, "_logits", self.hidden.logits())  # the head applied once, when asked for
         return self._logits
+
+    @property
+    def logits_shape(self) -> tuple[int, ...]:
+        """The shape of ``logits``, without building them from ``topk`` or ``hidden``."""
+        if self._logits is not None:
+            return tuple(self._logits.shape)
+        if self.hidden is not None:
+            return (*self.hidden.hidden.shape[:-1], self.hidden.weight.shape[0])
+        if self.topk is not None:
+            return (*self.topk.values.shape[:-1], self.topk.num_classes)
+        return ()
 
     @staticmethod
     def cat(outputs: list[ModelOutput]) -> ModelOutput:
@@ -389,6 +411,8 @@ def run_model(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tenso
     ``batch.extra["wave"]``, a Conformer student the features and their lengths)."""
     if hasattr(model, "forward_batch"):
         return model.forward_batch(batch)
+    if getattr(model, "splits_head", False):  # a language model: HiddenStates, see ModelOutput
+        return model(batch.inputs, head=False), None
     return model(batch.inputs), None
 
 

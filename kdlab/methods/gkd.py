@@ -19,9 +19,10 @@ from attrs import validators as v
 
 from kdlab import Batch, Requirements, hookimpl
 from kdlab.data.loader import batch_seed
+from kdlab.engine.types import run_model
 from kdlab.methods.lm import check_token_logits
 from kdlab.methods.seq_kd import require_text
-from kdlab.methods.token_kd import Divergence, token_kd_loss
+from kdlab.methods.token_kd import Divergence, token_kd_term
 from kdlab.models.generation import generate, gumbel_noise, response_mask
 
 
@@ -60,13 +61,12 @@ class GKD:
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = self.config
-        check_token_logits(student_out.logits, batch.targets, "methods.gkd")
+        check_token_logits(student_out, batch.targets, "methods.gkd")
         div = {"divergence": cfg.divergence, "temperature": cfg.temperature, "beta": cfg.beta, "alpha": cfg.alpha}
         if not on_policy_step(stage.recipe.seed, stage.step, cfg.fraction):
             mask = batch.targets >= 0
             divisor = stage.mean_divisor(mask)
-            return {"gkd": sum(token_kd_loss(student_out.logits, t, mask, divisor=divisor, **div)
-                               for t in teacher_outs) / len(teacher_outs)}
+            return {"gkd": token_kd_term(student_out, teacher_outs, mask, divisor=divisor, **div)}
         text = stage.data.extra["text"]
         prompts = text.splits["train"].prompt_lens[batch.index]
         noise = None
@@ -76,7 +76,7 @@ class GKD:
             generator = torch.Generator().manual_seed(batch_seed(stage.recipe.seed, -3, stage.step))
             first = sum(sizes[: stage.rank])
             noise = gumbel_noise(generator, sum(sizes), cfg.max_new_tokens,
-                                 student_out.logits.shape[-1])[first: first + len(batch.index)]
+                                 student_out.logits_shape[-1])[first: first + len(batch.index)]
         was_training = stage.student.training
         stage.student.train(False)  # the student's policy, without dropout
         seq = generate(stage.student, batch.inputs, prompts, max_new_tokens=cfg.max_new_tokens, end_id=text.end_id,
@@ -87,6 +87,6 @@ class GKD:
         own = Batch(x, torch.where(mask, seq[:, 1:], -1), batch.index)
         out = stage.hook.kdlab_student_forward(stage=stage, batch=own)
         with torch.no_grad():
-            scores = [teacher(x) for teacher in stage.teachers]
+            scores = [run_model(teacher, own)[0] for teacher in stage.teachers]  # hidden states, if it splits its head
         divisor = stage.mean_divisor(mask)
-        return {"gkd": sum(token_kd_loss(out.logits, t, mask, divisor=divisor, **div) for t in scores) / len(scores)}
+        return {"gkd": token_kd_term(out, scores, mask, divisor=divisor, **div)}

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, Requirements, hookimpl
+from kdlab import KdlabError, ModelOutput, Requirements, hookimpl
+from kdlab.methods.vocab_chunks import rows_loss
 
 
 @attrs.frozen(kw_only=True)
@@ -19,20 +20,27 @@ class LMConfig:
     label_smoothing: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0,
-            divisor: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over the tokens whose target is >= 0; logits (B, L, V), targets (B, L).
-    Zero, with a gradient path, when there is none (a batch of prompts cut at the context end).
-    ``divisor`` replaces the local token count (``stage.mean_divisor``: the global batch's under --nproc)."""
-    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
-                            label_smoothing=label_smoothing, reduction="sum")
-    return total / ((targets >= 0).sum().clamp(min=1) if divisor is None else divisor)
+def lm_loss(logits: torch.Tensor | ModelOutput, targets: torch.Tensor, *, label_smoothing: float = 0.0,
+            divisor: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the tokens whose target is >= 0; logits (B, L, V) or a model's
+    output (a language model's hidden states: computed in chunks, :mod:`kdlab.methods.vocab_chunks`),
+    targets (B, L). Zero, with a gradient path, when there is none (a batch of prompts cut at the
+    context end). ``divisor`` replaces the local token count (``stage.mean_divisor``: the global
+    batch's under --nproc)."""
+    out = logits if isinstance(logits, ModelOutput) else ModelOutput(logits=logits)
+    flat = targets.flatten()
+
+    def per_token(logits, rows):
+        return F.cross_entropy(logits.float(), flat[rows], label_smoothing=label_smoothing, reduction="none")
+
+    return rows_loss(out, targets >= 0, per_token, divisor, chunk)
 
 
-def check_token_logits(logits: torch.Tensor, targets: torch.Tensor, plugin: str) -> None:
-    if logits.ndim != 3 or targets.shape != logits.shape[:2]:
+def check_token_logits(logits: torch.Tensor | ModelOutput, targets: torch.Tensor, plugin: str) -> None:
+    shape = logits.logits_shape if isinstance(logits, ModelOutput) else tuple(logits.shape)
+    if len(shape) != 3 or tuple(targets.shape) != shape[:2]:
         raise KdlabError(f"{plugin}: needs a language model's logits (batch, length, vocab) and per-token targets "
-                         f"(the text data set); got logits {tuple(logits.shape)}, targets {tuple(targets.shape)}")
+                         f"(the text data set); got logits {shape}, targets {tuple(targets.shape)}")
 
 
 class LM:
@@ -48,6 +56,6 @@ class LM:
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out):
-        check_token_logits(student_out.logits, batch.targets, "methods.lm")
-        return {"lm": lm_loss(student_out.logits, batch.targets, label_smoothing=self.config.label_smoothing,
+        check_token_logits(student_out, batch.targets, "methods.lm")
+        return {"lm": lm_loss(student_out, batch.targets, label_smoothing=self.config.label_smoothing,
                               divisor=stage.mean_divisor(batch.targets >= 0))}

@@ -39,8 +39,9 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import ModelOutput, Requirements, hookimpl
+from kdlab import ModelOutput, Requirements, TopK, hookimpl
 from kdlab.methods.lm import check_token_logits
+from kdlab.methods.vocab_chunks import rows_loss, teacher_rows
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl"]
 
@@ -111,20 +112,36 @@ def divergence_of(s: torch.Tensor, t: torch.Tensor, *, divergence: Divergence, b
     return d
 
 
-def token_kd_loss(student_logits: torch.Tensor, teacher, mask: torch.Tensor, *,
-                  divisor: torch.Tensor | None = None, topk_target: str = "tail", **kwargs) -> torch.Tensor:
-    """Mean of :func:`token_divergence` over the positions where ``mask`` is True (``divisor``
-    replaces their count: :meth:`~kdlab.engine.types.Stage.mean_divisor`). ``teacher``: its
-    logits, or its :class:`~kdlab.engine.types.ModelOutput`, whose sparse ``topk`` (from a cache)
-    is used as k + 1 buckets (:func:`bucket_logprobs`) rather than expanded."""
-    top = teacher.topk if isinstance(teacher, ModelOutput) else None
-    if top is not None:
-        temperature = kwargs.pop("temperature", 1.0)
-        s, t = bucket_logprobs(student_logits, top, target=topk_target, temperature=temperature)
-        d = divergence_of(s, t, **kwargs) * temperature**2
-    else:
-        d = token_divergence(student_logits, teacher.logits if isinstance(teacher, ModelOutput) else teacher, **kwargs)
-    return (d * mask).sum() / (mask.sum().clamp(min=1) if divisor is None else divisor)
+def token_kd_term(student: ModelOutput, teachers: list, mask: torch.Tensor, *, divisor: torch.Tensor | None = None,
+                  divergence: Divergence = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
+                  alpha: float = 0.1, topk_target: str = "tail", chunk: int | None = None) -> torch.Tensor:
+    """The mean over ``teachers`` and over the positions where ``mask`` is True of
+    :func:`token_divergence` (``divisor`` replaces their count:
+    :meth:`~kdlab.engine.types.Stage.mean_divisor`). ``student``: its output, whose hidden
+    states (a language model that splits its head) are taken in chunks of positions
+    (:mod:`kdlab.methods.vocab_chunks`). ``teachers``: their outputs (or logits); a sparse
+    ``topk`` (from a cache) is used as k + 1 buckets (:func:`bucket_logprobs`), not expanded."""
+    teachers = [t if isinstance(t, ModelOutput) else ModelOutput(logits=t) for t in teachers]
+    div = {"divergence": divergence, "beta": beta, "alpha": alpha}
+
+    def per_token(logits, rows):
+        total = 0.0
+        for teacher in teachers:
+            target = teacher_rows(teacher, rows)
+            if isinstance(target, TopK):
+                s, t = bucket_logprobs(logits, target, target=topk_target, temperature=temperature)
+                total = total + divergence_of(s, t, **div) * temperature**2
+            else:
+                total = total + token_divergence(logits, target, temperature=temperature, **div)
+        return total / len(teachers)
+
+    return rows_loss(student, mask, per_token, divisor, chunk)
+
+
+def token_kd_loss(student_logits: torch.Tensor | ModelOutput, teacher, mask: torch.Tensor, **kwargs) -> torch.Tensor:
+    """:func:`token_kd_term` with one teacher (its logits or output)."""
+    student = student_logits if isinstance(student_logits, ModelOutput) else ModelOutput(logits=student_logits)
+    return token_kd_term(student, [teacher], mask, **kwargs)
 
 
 class TokenKD:
@@ -141,10 +158,8 @@ class TokenKD:
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = self.config
-        check_token_logits(student_out.logits, batch.targets, "methods.token_kd")
+        check_token_logits(student_out, batch.targets, "methods.token_kd")
         mask = batch.targets >= 0
-        divisor = stage.mean_divisor(mask)
-        losses = [token_kd_loss(student_out.logits, t, mask, divisor=divisor, divergence=cfg.divergence,
-                                temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha,
-                                topk_target=cfg.topk_target) for t in teacher_outs]
-        return {"token_kd": sum(losses) / len(losses)}
+        return {"token_kd": token_kd_term(student_out, teacher_outs, mask, divisor=stage.mean_divisor(mask),
+                                          divergence=cfg.divergence, temperature=cfg.temperature, beta=cfg.beta,
+                                          alpha=cfg.alpha, topk_target=cfg.topk_target)}

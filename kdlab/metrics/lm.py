@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import hookimpl
-from kdlab.methods.lm import lm_loss
+from kdlab import ModelOutput, hookimpl
+from kdlab.methods.vocab_chunks import map_rows
 from kdlab.models.generation import generate, response_tokens, sequence_logprob
 
 
@@ -44,12 +44,23 @@ class LMMetricsConfig:
     every_eval: bool = False  # generation metrics at every evaluation, not only the final one
 
 
-def token_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(summed cross-entropy in nats, correct next tokens, valid targets) of one batch, float64."""
-    valid = targets >= 0
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1, reduction="sum")
-    correct = ((logits.argmax(-1) == targets) & valid).sum()
-    return torch.stack([nll.double(), correct.double(), valid.sum().double()])
+def token_sums(output: ModelOutput | torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(summed cross-entropy in nats, correct next tokens, valid targets) of one batch, float64;
+    from a language model's hidden states a chunk of positions at a time (no batch x length x
+    vocabulary logits)."""
+    out = output if isinstance(output, ModelOutput) else ModelOutput(logits=output)
+    flat = targets.flatten()
+
+    def sums(logits, rows):
+        target = flat[rows]
+        nll = F.cross_entropy(logits.float(), target, reduction="sum")
+        return torch.stack([nll.double(), (logits.argmax(-1) == target).sum().double()])
+
+    rows = flat.ge(0).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return torch.zeros(3, dtype=torch.float64, device=targets.device)
+    nll, correct = map_rows(out, rows, sums)
+    return torch.stack([nll, correct, torch.tensor(float(len(rows)), dtype=torch.float64, device=nll.device)])
 
 
 def text_size(tokenizer, targets: torch.Tensor) -> tuple[int, int]:
@@ -160,9 +171,9 @@ class LMMetrics:
     @hookimpl
     def kdlab_eval_batch(self, stage, split, batch, output):
         text = stage.data.extra.get("text")
-        if text is None or output.logits.ndim != 3:
+        if text is None or len(output.logits_shape) != 3:
             return
-        sums = token_sums(output.logits, batch.targets)  # on the device: no sync per batch
+        sums = token_sums(output, batch.targets)  # kept on the device
         self.sums = sums if self.sums is None else self.sums + sums
         if split not in self.text_sizes:
             size = text_size(text.tokenizer, batch.targets)

@@ -21,6 +21,8 @@ from attrs import validators as v
 from torch import nn
 from torch.nn import functional as F
 
+from kdlab.models.heads import HiddenStates
+
 
 @attrs.frozen(kw_only=True)
 class ConvLMConfig:
@@ -56,6 +58,8 @@ class GatedBlock(nn.Module):
 
 
 class ConvLM(nn.Module):
+    splits_head = True  # forward(tokens, head=False): the final hidden states and the head's weight
+
     def __init__(self, vocab: int, context: int, cfg: ConvLMConfig):
         super().__init__()
         self.context = context
@@ -66,11 +70,13 @@ class ConvLM(nn.Module):
         self.head.weight = self.embed.weight  # tied, as in most small language models
         nn.init.normal_(self.embed.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, head: bool = True):
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        x = self.norm(x)
+        # a view of the weight: it stays in the forward's graph (DistributedDataParallel's check)
+        return self.head(x) if head else HiddenStates(x, self.head.weight[:])
 
     def example_input(self) -> torch.Tensor:
         """One sequence of the data's length (what ``macs`` counts; per token: divide by it)."""

@@ -27,7 +27,11 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab.engine.errors import KdlabError
+from kdlab.models.heads import HiddenStates
 from kdlab.models.hf_files import from_pretrained
+
+# the families whose logits are the LM head applied to the base model's last hidden state
+HEAD_ONLY_FAMILIES = frozenset({"llama", "gpt2", "qwen2", "qwen3", "mistral"})
 
 
 @attrs.frozen(kw_only=True)
@@ -73,8 +77,17 @@ class TransformerLM(nn.Module):
     def __init__(self, hf: nn.Module, vocab: int, context: int):
         super().__init__()
         self.hf, self.vocab, self.context = hf, vocab, context
+        # forward(tokens, head=False) gives the final hidden states and the head's weight, for
+        # losses in chunks: only where the logits are exactly lm_head(hidden) (no bias, scale or
+        # soft-capping after it, as in the families below; others always give logits)
+        head = hf.get_output_embeddings()
+        self.splits_head = (getattr(hf.config, "model_type", None) in HEAD_ONLY_FAMILIES
+                            and isinstance(head, nn.Linear) and head.bias is None)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, head: bool = True):
+        if not head and self.splits_head:
+            hidden = self.hf.base_model(input_ids=tokens, use_cache=False).last_hidden_state
+            return HiddenStates(hidden, self.hf.get_output_embeddings().weight[: self.vocab])
         logits = self.hf(input_ids=tokens, use_cache=False).logits
         return logits[..., : self.vocab] if logits.shape[-1] > self.vocab else logits
 

@@ -337,7 +337,7 @@ def test_the_peak_memory_of_evaluation_does_not_grow_with_the_split(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import word_corpus
+    from kdlab.data.word_corpus import generate as word_corpus
 
     vocab, seq, rows = 50_257, 16, 64
     logits_bytes = rows * seq * vocab * 4

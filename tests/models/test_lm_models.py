@@ -121,3 +121,22 @@ methods.token_kd = {{}}
     exported = checkpoint.load_model_file(result.run_dir / "models" / "teacher.pt")["state_dict"]
     assert all(torch.equal(exported[f"hf.{k}"], v) for k, v in hf.state_dict().items())
     assert result.metrics["teacher"]["test/perplexity"] > 1 and result.metrics["student"]["test/perplexity"] > 1
+
+
+@pytest.mark.parametrize("family", ["conv", "llama", "gpt2"])
+def test_a_language_model_without_its_head_gives_hidden_states_whose_logits_are_its_own(family):
+    torch.manual_seed(0)
+    if family == "conv":
+        model = conv_lm.build(conv_lm.ConvLMConfig(width=16, layers=2, receptive_field=5, dropout=0.0), _data())
+    else:
+        pytest.importorskip("transformers")
+        model = transformer_lm.build(transformer_lm.TransformerLMConfig(family=family, layers=1, width=16, heads=2),
+                                     _data())
+    model.train(False)
+    assert model.splits_head
+    tokens = torch.randint(0, 50, (2, 24))
+    split = model(tokens, head=False)
+    assert split.hidden.shape == (2, 24, 16) and split.weight.shape == (50, 16)
+    torch.testing.assert_close(split.logits(), model(tokens), rtol=1e-5, atol=1e-5)
+    split.logits().sum().backward()  # the head's weight is in the graph
+    assert model.hf.get_output_embeddings().weight.grad is not None if family != "conv" else model.head.weight.grad is not None
