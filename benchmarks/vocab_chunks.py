@@ -1,7 +1,7 @@
 """Vocabulary losses in chunks (kdlab.methods.vocab_chunks) against the same losses over whole
 logits, at a real LLM vocabulary (151,936, Qwen2's), on small hidden sizes so that it runs on a CPU.
 
-    python -m benchmarks.vocab_chunks [--repeats 3] [--run-steps 20] [--baseline-rev REV]
+    python -m benchmarks.vocab_chunks [--repeats 3] [--run-steps 20] [--baseline-rev REV] [--only step|run]
 
 Two measurements, every variant in its own process (its peak resident memory, ``ru_maxrss``, is
 that process's), the variants interleaved ``--repeats`` times and reported as medians:
@@ -10,7 +10,8 @@ that process's), the variants interleaved ``--repeats`` times and reported as me
   ConvLM student (width 128) distilled from a ConvLM teacher (width 256), 16 x 256 = 4,096 target
   tokens, token_kd (forward KL) alone and lm + token_kd; ``whole``: the models return logits
   (what every release before the chunked losses did), ``chunked``: they return their hidden
-  states and the losses take 128 MiB of logits at a time. Time: the median of 3 steps after one
+  states and the losses take 32 MiB of logits at a time (:data:`~kdlab.methods.vocab_chunks.CHUNK_BYTES`),
+  both terms in one pass, as the training loop runs them. Time: the median of 3 steps after one
   warm-up step.
 * ``run``: ``kdlab run`` of a recipe, a transformer student (width 128) distilled live from a
   transformer teacher (width 256, a stage of zero epochs), lm + token_kd, 8 x 256 tokens a step,
@@ -40,6 +41,7 @@ from kdlab import ModelOutput
 from kdlab.engine.types import DataBundle
 from kdlab.methods.lm import lm_loss
 from kdlab.methods.token_kd import token_kd_term
+from kdlab.methods.vocab_chunks import RowsTerm
 from kdlab.models import conv_lm
 
 variant, terms, vocab = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -59,9 +61,10 @@ for step in range(4):
     with torch.no_grad():
         t_out = ModelOutput(logits=teacher(x, head=head))
     s_out = ModelOutput(logits=student(x, head=head))
-    loss = token_kd_term(s_out, [t_out], mask)
+    deferred = [token_kd_term(s_out, [t_out], mask, defer=True)]
     if terms == "lm+kd":
-        loss = loss + lm_loss(s_out, y)
+        deferred.append(lm_loss(s_out, y, defer=True))
+    loss, _ = RowsTerm.evaluate(deferred, [1.0] * len(deferred))  # what the loop does: one pass for both
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -90,6 +93,7 @@ tokenizer = "{corpus}/tokenizer.json"
 seq_len = 256
 batch_size = 8
 eval_batch_size = 8
+train_limit = {sequences}  # one epoch of exactly the steps asked for (both revisions time whole epochs)
 [plugins.progress]
 enabled = false
 [plugins.tensorboard]
@@ -107,7 +111,6 @@ optimizer = {{ name = "adamw", lr = 0.001 }}
 methods.lm = {{}}
 [stages.student]
 epochs = 1
-max_steps = {steps}
 model = {{ arch = "transformer_lm", layers = 2, width = 128, heads = 4 }}
 optimizer = {{ name = "adamw", lr = 0.001 }}
 teachers = ["teacher"]
@@ -138,16 +141,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run-steps", type=int, default=20)
     parser.add_argument("--baseline-rev", default="b36dc9c")
-    parser.add_argument("--skip-run", action="store_true")
+    parser.add_argument("--only", choices=("step", "run"), help="run one of the two measurements")
     args = parser.parse_args()
+    if args.only != "run":
+        step_table(args.repeats)
+    if args.only != "step":
+        run_table(args.repeats, args.run_steps, args.baseline_rev)
+
+
+def step_table(repeats: int) -> None:
     steps: dict[tuple[str, str], list[dict]] = {}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for terms in ("kd", "lm+kd"):
             for variant in ("whole", "chunked"):
                 r = peak_of(STEP, [variant, terms, str(VOCAB)], ROOT)
                 steps.setdefault((terms, variant), []).append(r)
                 print(f"step {terms} {variant}: {r['step_s']:.2f} s, peak {r['peak'] / 2**30:.2f} GiB", flush=True)
-    print(f"\none step, vocabulary {VOCAB:,}, 4,096 tokens, {args.repeats} processes per variant (median)")
+    print(f"\none step, vocabulary {VOCAB:,}, 4,096 tokens, {repeats} processes per variant (median)")
     print("| loss | whole: peak GiB | chunked: peak GiB | peak ratio | whole: s/step | chunked: s/step | time ratio |")
     print("|---|---|---|---|---|---|---|")
     for terms in ("kd", "lm+kd"):
@@ -156,21 +166,22 @@ def main() -> None:
         print(f"| {terms} | {med(w, 'peak') / 2**30:.2f} | {med(c, 'peak') / 2**30:.2f} | "
               f"{med(c, 'peak') / med(w, 'peak'):.3f} | {med(w, 'step_s'):.2f} | {med(c, 'step_s'):.2f} | "
               f"{statistics.median(a['step_s'] / b['step_s'] for a, b in zip(c, w)):.2f} |")
-    if args.skip_run:
-        return
+
+
+def run_table(repeats: int, run_steps: int, baseline_rev: str) -> None:
     from kdlab.data import word_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tokens = 8 * 256 * args.run_steps + 1
+        tokens = 8 * 256 * (run_steps + 1) + 1
         corpus = word_corpus.generate(tmp / "corpus", VOCAB, {"train": tokens, "val": 4 * 256 + 1, "test": 4 * 256 + 1})
         recipe = tmp / "r.toml"
-        recipe.write_text(RECIPE.format(corpus=corpus, steps=args.run_steps))
+        recipe.write_text(RECIPE.format(corpus=corpus, sequences=8 * run_steps))
         base = tmp / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.baseline_rev], check=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), baseline_rev], check=True)
         try:
             runs: dict[str, list[dict]] = {}
-            for i in range(args.repeats):
+            for i in range(repeats):
                 for name, cwd in (("baseline", base), ("this", ROOT)):
                     r = peak_of(RUN, [str(recipe), str(tmp / f"{name}{i}")], cwd)
                     runs.setdefault(name, []).append(r)
@@ -179,10 +190,10 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
         b, t = runs["baseline"], runs["this"]
         med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
-        print(f"\nkdlab run, {args.run_steps} steps of 8 x 256 tokens, vocabulary {VOCAB:,} (median of {args.repeats})")
+        print(f"\nkdlab run, {run_steps} steps of 8 x 256 tokens, vocabulary {VOCAB:,} (median of {repeats})")
         print("| code | peak GiB | train tokens/s |")
         print("|---|---|---|")
-        print(f"| {args.baseline_rev} (whole logits) | {med(b, 'peak') / 2**30:.2f} | {med(b, 'tokens_s'):.0f} |")
+        print(f"| {baseline_rev} (whole logits) | {med(b, 'peak') / 2**30:.2f} | {med(b, 'tokens_s'):.0f} |")
         print(f"| this checkout (chunked) | {med(t, 'peak') / 2**30:.2f} | {med(t, 'tokens_s'):.0f} |")
         print(f"ratios: peak {med(t, 'peak') / med(b, 'peak'):.3f}, tokens/s {med(t, 'tokens_s') / med(b, 'tokens_s'):.2f}")
 

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Batch": "kdlab.engine.types",
     "DataBundle": "kdlab.engine.types",
+    "DeferredTerm": "kdlab.engine.types",
     "ModelOutput": "kdlab.engine.types",
     "Requirements": "kdlab.engine.types",
     "StageView": "kdlab.engine.types",

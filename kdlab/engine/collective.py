@@ -19,6 +19,21 @@ _cpu_group = None
 _holding_groups: dict[tuple[int, ...], object] = {}
 
 
+def _cpu():
+    """A gloo group beside NCCL, for small CPU integers that must not wait for the GPU."""
+    global _cpu_group
+    if _cpu_group is None:  # made once, by every rank at its first training step
+        _cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _cpu_group
+
+
+def sum_counts(counts: list[int]) -> list[int]:
+    """Integers summed over all ranks (one all-reduce of CPU integers); called on every rank."""
+    t = torch.tensor(counts, dtype=torch.long)
+    dist.all_reduce(t, group=_cpu())
+    return [int(c) for c in t]
+
+
 def shard_sizes(batch) -> list[int]:
     """Every rank's number of samples in this step. A sharded loader gives them with the batch
     (``Batch.shards``); for a loader that does not, one small all-gather of CPU integers (a gloo
@@ -27,11 +42,8 @@ def shard_sizes(batch) -> list[int]:
     if batch.shards is not None:
         sizes = list(batch.shards)
     else:
-        global _cpu_group
-        if _cpu_group is None:  # made once, by every rank at its first training step
-            _cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
         gathered = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, torch.tensor([len(batch.index)], dtype=torch.long), group=_cpu_group)
+        dist.all_gather(gathered, torch.tensor([len(batch.index)], dtype=torch.long), group=_cpu())
         sizes = [int(s) for s in gathered]
     holding = tuple(r for r, n in enumerate(sizes) if n > 0)
     if 1 < len(holding) < len(sizes) and holding not in _holding_groups:

@@ -228,6 +228,10 @@ def kdlab_loss_terms(
 
     Fires: every step. The core sums all terms of all methods, each multiplied by
     ``stage.config.loss_weights.get(name, 1.0)``; two methods returning the same name is an error.
+    A term may also be a :class:`~kdlab.engine.types.DeferredTerm`, which the core evaluates
+    with the others of its kind: a vocabulary loss returns
+    :class:`kdlab.methods.vocab_chunks.RowsTerm`, so that all of a step's share one pass over
+    the LM head.
 
     Returns: a dict (collected).
     """

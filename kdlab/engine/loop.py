@@ -14,12 +14,13 @@
             stage.load_state_dict(state) -> kdlab_load_state_dict(stage, state) per plugin
         for epoch in range(stage.epoch, epochs):
             kdlab_epoch_start(stage, epoch)
-            for batch in train:                                # stage.batch = batch
+            for step in train, `accumulate` batches at a time:  # stage.micro_batches
+              for batch in step:                               # stage.batch = batch
                 student_out  = kdlab_student_forward(stage, batch)       # firstresult
                 teacher_outs = kdlab_teacher_outputs(stage, batch)       # firstresult, if a loss plugin takes them
                 terms = kdlab_loss_terms(stage, batch, student_out, teacher_outs)   # collected
-                loss  = sum(loss_weights[name] * term)
-                kdlab_backward(stage, loss)                               # firstresult
+                loss  = sum(loss_weights[name] * term)        # deferred terms: one call per group
+                kdlab_backward(stage, loss * batch's share of step)      # firstresult
                 kdlab_before_optimizer_step(stage)
                 kdlab_optimizer_step(stage)                               # firstresult
                 kdlab_after_optimizer_step(stage)
@@ -50,7 +51,7 @@ from kdlab.engine.errors import KdlabError
 from kdlab.engine.recipe import CONVERTER, structure_stored
 from kdlab.engine.registry import PluginDeprecationWarning
 from kdlab.engine.stats import model_stats
-from kdlab.engine.types import ModelOutput, ModelSpec, Stage, Taps, cat_padded
+from kdlab.engine.types import Accumulation, Batch, DeferredTerm, ModelOutput, ModelSpec, Stage, Taps, cat_padded
 
 
 def fit(stage: Stage) -> dict[str, float]:
@@ -132,25 +133,14 @@ def _train(stage: Stage, train_teachers: bool) -> None:
         stage.student.train()
         stage.extra.train()
         hook.kdlab_epoch_start(stage=stage, epoch=epoch)
-        for batch in stage.data.train:
+        for window in _windows(stage.data.train, cfg.accumulate):
             if budget is not None and stage.step >= budget:
                 break
-            batch = stage.batch = batch.to(stage.device)
-            if stage.world_size > 1:  # what stage.gather needs to rebuild the global batch
-                stage.shard_sizes = collective.shard_sizes(batch)
-            if len(batch.index) == 0:
-                # only in distributed training: this rank's share of a last global batch smaller
-                # than the number of processes. It computes nothing but joins the gradient
-                # exchange in kdlab_backward, so every rank steps on the same averaged gradient.
-                terms, loss = {}, torch.zeros((), device=stage.device, requires_grad=True)
+            stage.micro_batches = tuple(window)
+            if cfg.accumulate > 1:
+                loss, terms = _accumulated_step(stage, window, train_teachers, weights)
             else:
-                student_out = hook.kdlab_student_forward(stage=stage, batch=batch)
-                teacher_outs = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if train_teachers else []
-                terms = _merge_terms(stage, hook.kdlab_loss_terms(
-                    stage=stage, batch=batch, student_out=student_out, teacher_outs=teacher_outs))
-                loss = _weighted_sum(terms, weights)
-            stage.optimizer.zero_grad(set_to_none=True)
-            hook.kdlab_backward(stage=stage, loss=loss)
+                loss, terms = _micro_step(stage, window[0], train_teachers, weights)
             hook.kdlab_before_optimizer_step(stage=stage)
             try:
                 hook.kdlab_optimizer_step(stage=stage)
@@ -176,6 +166,80 @@ def _train(stage: Stage, train_teachers: bool) -> None:
         metrics = evaluate(stage, "val") if due else {}
         stage.epoch = epoch + 1
         hook.kdlab_epoch_end(stage=stage, epoch=epoch, metrics=metrics)
+
+
+def _windows(loader, n: int):
+    """The loader's batches in lists of ``n`` (one optimizer step each; the last may be shorter)."""
+    window = []
+    for batch in loader:
+        window.append(batch)
+        if len(window) == n:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _valid(batch: Batch) -> int:
+    """A batch's valid targets: those >= 0 (tokens, frames; -1 pads), or its samples."""
+    t = batch.targets
+    return len(batch.index) if t.is_floating_point() else int((t >= 0).sum())
+
+
+def _accumulated_step(stage: Stage, window: list[Batch], train_teachers: bool, weights: dict):
+    """One optimizer step's gradient over the micro-batches of ``window``, each loss weighted by
+    the micro-batch's share of the step's samples (Stage.mean_divisor has the token losses).
+    The valid targets of every micro-batch are counted first (on a GPU: one wait per micro-batch)."""
+    sizes = [collective.shard_sizes(b) if stage.world_size > 1 else [len(b.index)] for b in window]
+    valid = [_valid(b) for b in window]
+    if stage.world_size > 1:
+        valid = collective.sum_counts(valid)
+    samples, valid_total = sum(map(sum, sizes)), sum(valid)
+    loss, terms = None, {}
+    stage.optimizer.zero_grad(set_to_none=True)
+    try:
+        for batch, size, n in zip(window, sizes, valid):
+            acc = Accumulation(share=sum(size) / max(samples, 1), valid=n, valid_total=valid_total)
+            part, part_terms = _micro_step(stage, batch, train_teachers, weights, acc, size, zero_grad=False)
+            loss = part if loss is None else loss + part
+            for name, term in part_terms.items():
+                terms[name] = terms[name] + term if name in terms else term
+    finally:
+        stage.accumulation = None
+    return loss, terms
+
+
+def _micro_step(stage: Stage, batch: Batch, train_teachers: bool, weights: dict, acc: Accumulation | None = None,
+                size: list[int] | None = None, zero_grad: bool = True):
+    """Forward, loss and backward of one (micro-)batch -> (its loss, its terms), both weighted by
+    its share of the step under accumulation."""
+    hook = stage.hook
+    batch = stage.batch = batch.to(stage.device)
+    stage.accumulation = acc
+    if stage.world_size > 1:  # what stage.gather needs to rebuild the global batch
+        stage.shard_sizes = size if size is not None else collective.shard_sizes(batch)
+    if len(batch.index) == 0:
+        # only in distributed training: this rank's share of a last global batch smaller
+        # than the number of processes. It computes nothing but joins the gradient
+        # exchange in kdlab_backward, so every rank steps on the same averaged gradient.
+        terms, loss = {}, torch.zeros((), device=stage.device, requires_grad=True)
+    else:
+        student_out = hook.kdlab_student_forward(stage=stage, batch=batch)
+        teacher_outs = hook.kdlab_teacher_outputs(stage=stage, batch=batch) if train_teachers else []
+        terms = _merge_terms(stage, hook.kdlab_loss_terms(
+            stage=stage, batch=batch, student_out=student_out, teacher_outs=teacher_outs))
+        terms, loss = _weighted_sum(terms, weights)
+        if stage.step == 0:
+            _check_finite(stage, terms)
+        if acc is not None:
+            # a token loss's divisor already holds the share (Stage.mean_divisor); a per-sample
+            # mean's does not: the share weights both alike
+            loss = loss * acc.share
+            terms = {name: term * acc.share for name, term in terms.items()}
+    if zero_grad:
+        stage.optimizer.zero_grad(set_to_none=True)
+    hook.kdlab_backward(stage=stage, loss=loss)
+    return loss, terms
 
 
 def evaluate(stage: Stage, split: str) -> dict[str, float]:
@@ -291,20 +355,33 @@ def _merge_terms(stage: Stage, results: list[dict[str, torch.Tensor]]) -> dict[s
                 f"stages.{stage.name}.loss_weights names {', '.join(unknown)}, but the methods "
                 f"return only: {', '.join(sorted(terms))}"
             )
-        for name, term in terms.items():
-            if not math.isfinite(float(term.detach())):
-                raise KdlabError(f"stage {stage.name}: loss term '{name}' is not finite at the first step")
     return terms
 
 
-def _weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+def _check_finite(stage: Stage, terms: dict[str, torch.Tensor]) -> None:
+    for name, term in terms.items():
+        if not math.isfinite(float(term.detach())):
+            raise KdlabError(f"stage {stage.name}: loss term '{name}' is not finite at the first step")
+
+
+def _weighted_sum(terms: dict, weights: dict[str, float]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """-> (every term's value, the weighted sum). A :class:`DeferredTerm` is evaluated with the
+    others of its group in one call, which gives the group's weighted sum and each one's value."""
     # written out rather than sum(): no 0 + tensor, no multiplication by a weight of 1
-    loss = None
+    loss, values, groups = None, {}, {}
     for name, term in terms.items():
         weight = weights.get(name, 1.0)
+        if isinstance(term, DeferredTerm):
+            groups.setdefault((type(term), term.group_key()), []).append((name, term, weight))
+            continue
+        values[name] = term
         term = term if weight == 1.0 else weight * term
         loss = term if loss is None else loss + term
-    return loss
+    for (kind, _), members in groups.items():
+        part, parts = kind.evaluate([t for _, t, _ in members], [w for _, _, w in members])
+        values.update((name, value) for (name, _, _), value in zip(members, parts))
+        loss = part if loss is None else loss + part
+    return {name: values[name] for name in terms}, loss
 
 
 def plain_config(config) -> dict:

@@ -101,6 +101,9 @@ class StageConfig:
     # (mid-epoch: that epoch is then evaluated and checkpointed as usual); a per-step cosine
     # schedule decays over the budget
     max_steps: int | None = field(default=None, validator=v.optional(v.ge(1)))
+    # micro-batches per optimizer step (gradient accumulation): a step's gradient is that of the
+    # whole accumulated batch, token losses averaged over its tokens (Stage.mean_divisor)
+    accumulate: int = field(default=1, validator=v.ge(1))
     teachers: tuple[str, ...] = ()  # earlier stage names or exported model files
     init: str | None = None  # start the student from an earlier stage's (or a file's) weights
     optimizer: OptimizerConfig = Factory(OptimizerConfig)

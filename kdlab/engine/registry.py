@@ -20,6 +20,7 @@ import torch
 
 from kdlab.engine import hookspecs
 from kdlab.engine.errors import KdlabError
+from kdlab.engine.types import DeferredTerm
 
 ENTRY_POINT_GROUP = "kdlab.plugins"
 MODEL_GROUP = "kdlab.models"  # name -> (config class, build(config, data))
@@ -243,6 +244,8 @@ def _checked_loss_terms(function: Callable, plugin: str) -> Callable:
             raise KdlabError(f"plugin '{plugin}': kdlab_loss_terms returned a {type(result).__name__}; "
                              "return a dict of term name -> scalar tensor, or None")
         for name, term in result.items():
+            if isinstance(name, str) and isinstance(term, DeferredTerm):
+                continue  # evaluated by the core with the others of its kind
             if not isinstance(name, str) or not torch.is_tensor(term) or term.dim() != 0 or not term.is_floating_point():
                 got = (f"a tensor of shape {tuple(term.shape)} and dtype {term.dtype}" if torch.is_tensor(term)
                        else f"a {type(term).__name__}")

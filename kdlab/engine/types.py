@@ -135,6 +135,35 @@ class ModelOutput:
         )
 
 
+@attrs.frozen
+class Accumulation:
+    """Where a micro-batch stands in its optimizer step under gradient accumulation: ``share``,
+    its share of the step's samples (its loss is weighted by it), and the valid targets
+    (``targets >= 0``) of this micro-batch and of the whole step, over all processes."""
+
+    share: float
+    valid: float
+    valid_total: float
+
+
+class DeferredTerm:
+    """A loss term that a method returns instead of a scalar tensor when the core can compute
+    it more cheaply together with others of its kind (:class:`kdlab.methods.vocab_chunks.RowsTerm`:
+    every vocabulary loss of a step in one pass over the LM head). The core groups the deferred
+    terms of a step by ``(type(term), term.group_key())`` and calls the type's
+    :meth:`evaluate` once per group with the terms' weights; the term's value in the history
+    and the logs is what ``evaluate`` reports for it."""
+
+    def group_key(self) -> object:
+        """Terms of one type with equal keys are evaluated in one call."""
+        return id(self)
+
+    @classmethod
+    def evaluate(cls, terms: list[DeferredTerm], weights: list[float]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """-> (sum of weight * term, differentiable; each term's value, detached)."""
+        raise NotImplementedError
+
+
 class Loader(Protocol):
     """What a data set supplies per split: iterable over :class:`Batch`, sized, and re-seedable
     per epoch (like ``DistributedSampler.set_epoch``) so that shuffling is a function of
@@ -289,12 +318,17 @@ class Stage:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     batch: Batch | None = None  # the training batch of the current step (this rank's share of it)
+    # the step's batches: (batch,), or its micro-batches under gradient accumulation
+    micro_batches: tuple[Batch, ...] = ()
     _configs: dict = attrs.field(factory=dict, init=False, repr=False)  # plugin id -> its table (deprecated path)
     phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
     rank: int = 0  # this process's rank in distributed training (0 alone writes files)
     world_size: int = 1
     # every rank's number of samples in the current training step (distributed training only)
     shard_sizes: list[int] | None = None
+    # under gradient accumulation (stages.<s>.accumulate > 1), the current micro-batch's place in
+    # its optimizer step (see Accumulation); None otherwise
+    accumulation: Accumulation | None = None
     # the student in DistributedDataParallel, a callable of a batch (set by the distributed
     # plugin under --nproc, see run_student): it averages the gradients during the backward pass
     data_parallel: Any = None
@@ -338,17 +372,37 @@ class Stage:
         what one process computes. The identity in one process."""
         return collective.gather(x, self.shard_sizes, self.rank)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in a training epoch: the loader's batches over ``accumulate``."""
+        return -(-len(self.data.train) // self.config.accumulate)
+
     def mean_divisor(self, weights: torch.Tensor) -> torch.Tensor:
         """What a sum over this rank's positions (tokens, frames), weighted by ``weights`` (a
         mask or weights, first dimension = samples), is divided by to give the weighted mean over
         the *global* batch: the distributed plugin weights each rank's gradient by its share of
         the samples, while such a mean weighs every position alike, and shares hold different
         numbers of positions. In one process: the sum of the weights (at least 1e-8). Otherwise:
-        the global batch's sum of weights (one all-gather) times this rank's share of its samples."""
+        the global batch's sum of weights (one all-gather) times this rank's share of its samples.
+
+        Under gradient accumulation the loop weights each micro-batch's loss by its share of the
+        step's samples, as ranks are weighted; the divisor is then the weight sum over the whole
+        accumulated batch times that share, so the step's gradient is that of one mean over all
+        its positions (not a mean of the micro-batches' means, which over-weights the tokens of
+        short micro-batches). The accumulated batch's weight sum is exact for the valid-target
+        mask (``targets >= 0``, what the token losses use: counted for every micro-batch before
+        the step); for other weights it is this micro-batch's sum scaled by its share of the
+        step's valid targets."""
         if self.world_size == 1 or self.shard_sizes is None:
-            return weights.sum().clamp(min=1e-8)
-        per_sample = self.gather(weights.flatten(1).sum(1).float())
-        return per_sample.sum().clamp(min=1e-8) * (len(weights) / len(per_sample))
+            total, share = weights.sum(), 1.0
+        else:
+            per_sample = self.gather(weights.flatten(1).sum(1).float())
+            total, share = per_sample.sum(), len(weights) / len(per_sample)
+        acc = self.accumulation
+        if acc is not None:
+            scale = acc.valid_total / acc.valid if acc.valid > 0 else 1.0
+            total, share = total * scale, share * acc.share
+        return total.clamp(min=1e-8) * share
 
     def run_student(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The student on ``batch`` -> (logits, lengths or None), see :func:`run_model`. In a

@@ -58,7 +58,7 @@ class Optim:
             return None
         # LambdaLR keeps the schedule a pure function of the epoch (or step), so its state is just
         # a counter; the loop steps it per epoch or per step (scheduler.interval)
-        per = len(stage.data.train)
+        per = stage.steps_per_epoch
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda t: lr_factor(config, stage.config.epochs, t, per, stage.config.max_steps)
         )

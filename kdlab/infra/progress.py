@@ -44,7 +44,7 @@ class Progress:
         if self.config.bar and sys.stderr.isatty() and not self.quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=len(stage.data.train), desc=desc, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=stage.steps_per_epoch, desc=desc, leave=False, dynamic_ncols=True)
         self.last_log = time.monotonic()
 
     @hookimpl

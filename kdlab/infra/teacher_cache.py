@@ -19,9 +19,13 @@ the size. The size is estimated, logged, and checked against ``max_gb`` before a
 
 Sequence teachers (CTC: per-frame outputs with lengths) are stored ragged: each utterance's valid
 frames, concatenated, with offsets and lengths; lookups pad a batch back
-together. ``topk = k`` stores only the k most probable classes per frame (values fp16, indices
-int32, for vocabularies past 32,767) and spreads the remaining probability mass evenly over the other classes on lookup:
-4 bytes per kept class, V / k times smaller than float32 for V classes. BENCHMARKS.md measures the effect on PER.
+together. ``topk = k`` stores only the k most probable classes per position (log-probabilities fp16,
+indices int32): 6 bytes per kept class, 4V / 6k times smaller than float32 for V classes. A
+lookup gives a :class:`kdlab.TopK` (the k values, their indices and the tail mass they leave
+out), which the token methods compare as k tokens plus a tail bucket; a method that reads
+``.logits`` gets it expanded, the tail spread evenly over the other classes (CTC: BENCHMARKS.md
+measures the effect on PER). Built for the training split, the share of the teacher's mass the
+top k keep is logged and is the stage metric ``teacher_cache/train_topk_mass`` (and ``_min``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from kdlab import KdlabError, ModelOutput, Requirements, TopK, hookimpl
 from kdlab.engine.errors import writing
 from kdlab.engine.stage_store import code_digest
 from kdlab.methods.amp import autocast_dtype
+from kdlab.methods.vocab_chunks import topk_logprobs
 
 log = logging.getLogger("kdlab")
 NAME = "teacher_cache"
@@ -170,6 +175,7 @@ class TeacherCache:
         self.stores: dict[str, Store] = {}
         self.building = False
         self.teacher_hashes: list[str] | None = None  # hashed once per stage, not once per split
+        self.kept: dict[str, tuple[float, float]] = {}  # split -> (mean, least) top-k mass, first teacher
 
     config_class = TeacherCacheConfig
 
@@ -185,6 +191,7 @@ class TeacherCache:
 
     @hookimpl
     def kdlab_stage_start(self, stage):
+        self.kept = {}
         where = f"stages.{stage.name}.methods.{NAME}"
         if not stage.teachers:
             raise KdlabError(f"{where}: the stage has no teachers to cache")
@@ -224,6 +231,13 @@ class TeacherCache:
             store = _read(target, stage, split, views)
         else:
             store = self._build(stage, split, cfg, target, views)
+        values = store.tensors.get("t0/topk_values")
+        if values is not None and values.dim() == 3:  # per-token top-k (sequence stores are ragged frames)
+            kept = values.float().exp().sum(-1)
+            self.kept[split] = (float(kept.mean()), float(kept.min()))
+            log.info("%s: the top %d keep %.3f of the teacher's probability on average over the %s split "
+                     "(least %.3f); the tail bucket holds the rest", NAME, cfg.topk, self.kept[split][0], split,
+                     self.kept[split][1])
         if stage.device.type == "cuda" and not any(k.endswith("/lengths") for k in store.tensors):
             # on the GPU a lookup is then one gather there, not a gather on the host and a
             # copy from pageable memory that waits for the GPU every step (sequence stores,
@@ -255,14 +269,15 @@ class TeacherCache:
                     if outs[0].lengths is not None:
                         self._collect_sequences(stage, outs, batch, sequences, cfg, split, loader)
                         continue
-                    items = {f"t{k}/logits": o.logits for k, o in enumerate(outs)}
+                    items = {} if cfg.topk is not None else {f"t{k}/logits": o.logits for k, o in enumerate(outs)}
                     items.update({f"t{k}/{a}": f for k, o in enumerate(outs) for a, f in o.features.items()})
                     if cfg.topk is not None:
                         for k, o in enumerate(outs):
-                            del items[f"t{k}/logits"]
-                            values, index = torch.log_softmax(o.logits.float(), -1).topk(min(cfg.topk, o.logits.shape[-1]), -1)
+                            # from a language model's hidden states a chunk of positions at a time:
+                            # never a batch's (tokens x vocabulary) logits
+                            values, index = topk_logprobs(o, cfg.topk)
                             items[f"t{k}/topk_values"], items[f"t{k}/topk_index"] = values, index
-                            classes[f"t{k}/classes"] = torch.tensor([o.logits.shape[-1]])
+                            classes[f"t{k}/classes"] = torch.tensor([o.logits_shape[-1]])
                     if not tensors:
                         n = (getattr(loader, "num_samples", None) or _split_size(loader)) * (views or 1)
                         gb = sum(math.prod(t.shape[1:]) for t in items.values()) * n * dtype.itemsize / 2**30
@@ -312,9 +327,16 @@ class TeacherCache:
             for j, i in enumerate(batch.index.tolist()):
                 store[i] = frames[j, : int(o.lengths[j])]
 
+    @hookimpl(tryfirst=True)  # before the writers read the metrics
+    def kdlab_stage_summary(self, stage, metrics):
+        # what a sparse target leaves out: the tail bucket's share is 1 - this
+        for split, (mean, least) in self.kept.items():
+            metrics[f"{NAME}/{split}_topk_mass"] = mean
+            metrics[f"{NAME}/{split}_topk_mass_min"] = least
+
     @hookimpl
     def kdlab_stage_end(self, stage):
-        self.stores.clear()
+        self.stores.clear()  # (self.kept stays for the stage summary, which comes after)
         if self.config.views is not None:
             stage.data.train.fix_views(None)
 

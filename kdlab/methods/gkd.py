@@ -66,7 +66,7 @@ class GKD:
         if not on_policy_step(stage.recipe.seed, stage.step, cfg.fraction):
             mask = batch.targets >= 0
             divisor = stage.mean_divisor(mask)
-            return {"gkd": token_kd_term(student_out, teacher_outs, mask, divisor=divisor, **div)}
+            return {"gkd": token_kd_term(student_out, teacher_outs, mask, divisor=divisor, defer=True, **div)}
         text = stage.data.extra["text"]
         prompts = text.splits["train"].prompt_lens[batch.index]
         noise = None
@@ -89,4 +89,4 @@ class GKD:
         with torch.no_grad():
             scores = [run_model(teacher, own)[0] for teacher in stage.teachers]  # hidden states, if it splits its head
         divisor = stage.mean_divisor(mask)
-        return {"gkd": token_kd_term(out, scores, mask, divisor=divisor, **div)}
+        return {"gkd": token_kd_term(out, scores, mask, divisor=divisor, defer=True, **div)}

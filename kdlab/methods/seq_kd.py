@@ -114,7 +114,7 @@ class SeqKD:
         idx = batch.index.to(self.inputs.device)
         own = Batch(self.inputs[idx], self.targets[idx], batch.index)
         out = stage.hook.kdlab_student_forward(stage=stage, batch=own)
-        return {"seq_kd": lm_loss(out, own.targets, divisor=stage.mean_divisor(own.targets >= 0))}
+        return {"seq_kd": lm_loss(out, own.targets, divisor=stage.mean_divisor(own.targets >= 0), defer=True)}
 
     @hookimpl
     def kdlab_stage_end(self, stage):

@@ -38,10 +38,11 @@ import attrs
 import torch
 from attrs import field
 from attrs import validators as v
+from torch.autograd.function import once_differentiable
 
 from kdlab import ModelOutput, Requirements, TopK, hookimpl
 from kdlab.methods.lm import check_token_logits
-from kdlab.methods.vocab_chunks import rows_loss, teacher_rows
+from kdlab.methods.vocab_chunks import RowsTerm, teacher_rows
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl"]
 
@@ -66,11 +67,43 @@ def _log_mix(w: float, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(logp + math.log(w), logq + math.log(1 - w))
 
 
+class _ForwardKL(torch.autograd.Function):
+    """KL(softmax(t) || softmax(s)) per row of (n, V) logits, with its gradient in closed form,
+    softmax(s) - softmax(t), kept from the forward pass: autograd through log_softmax would make
+    four more passes over the (n, V) chunk, and at a large vocabulary these passes, not the
+    head's matmul, are most of a distillation step's time on a CPU."""
+
+    @staticmethod
+    def forward(ctx, s, t):
+        log_s, log_t = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+        p_t = log_t.exp()
+        kl = torch.linalg.vecdot(p_t, log_t - log_s)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(log_s.exp_().sub_(p_t))
+        return kl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (diff,) = ctx.saved_tensors
+        return diff * grad[:, None], None
+
+
+def _soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = logits.float()
+    return logits if temperature == 1 else logits / temperature  # no copy of a (n, V) chunk at T = 1
+
+
 def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, divergence: Divergence,
                      temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
     """Per-token divergence (..., vocab) -> (...), multiplied by temperature squared."""
-    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if divergence == "forward_kl" and not teacher_logits.requires_grad:
+        shape = student_logits.shape
+        s = _soften(student_logits, temperature).reshape(-1, shape[-1])
+        kl = _ForwardKL.apply(s, _soften(teacher_logits, temperature).reshape(-1, shape[-1]))
+        return kl.reshape(shape[:-1]) * temperature**2
+    s = torch.log_softmax(_soften(student_logits, temperature), dim=-1)
+    t = torch.log_softmax(_soften(teacher_logits, temperature), dim=-1)
     return divergence_of(s, t, divergence=divergence, beta=beta, alpha=alpha) * temperature**2
 
 
@@ -114,13 +147,15 @@ def divergence_of(s: torch.Tensor, t: torch.Tensor, *, divergence: Divergence, b
 
 def token_kd_term(student: ModelOutput, teachers: list, mask: torch.Tensor, *, divisor: torch.Tensor | None = None,
                   divergence: Divergence = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
-                  alpha: float = 0.1, topk_target: str = "tail", chunk: int | None = None) -> torch.Tensor:
+                  alpha: float = 0.1, topk_target: str = "tail", chunk: int | None = None,
+                  defer: bool = False) -> torch.Tensor:
     """The mean over ``teachers`` and over the positions where ``mask`` is True of
     :func:`token_divergence` (``divisor`` replaces their count:
     :meth:`~kdlab.engine.types.Stage.mean_divisor`). ``student``: its output, whose hidden
     states (a language model that splits its head) are taken in chunks of positions
     (:mod:`kdlab.methods.vocab_chunks`). ``teachers``: their outputs (or logits); a sparse
-    ``topk`` (from a cache) is used as k + 1 buckets (:func:`bucket_logprobs`), not expanded."""
+    ``topk`` (from a cache) is used as k + 1 buckets (:func:`bucket_logprobs`), not expanded.
+    ``defer``: return it as a :class:`~kdlab.methods.vocab_chunks.RowsTerm` (for ``kdlab_loss_terms``)."""
     teachers = [t if isinstance(t, ModelOutput) else ModelOutput(logits=t) for t in teachers]
     div = {"divergence": divergence, "beta": beta, "alpha": alpha}
 
@@ -135,7 +170,8 @@ def token_kd_term(student: ModelOutput, teachers: list, mask: torch.Tensor, *, d
                 total = total + token_divergence(logits, target, temperature=temperature, **div)
         return total / len(teachers)
 
-    return rows_loss(student, mask, per_token, divisor, chunk)
+    term = RowsTerm(student, mask, per_token, divisor, chunk)
+    return term if defer else term.value()
 
 
 def token_kd_loss(student_logits: torch.Tensor | ModelOutput, teacher, mask: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -162,4 +198,4 @@ class TokenKD:
         mask = batch.targets >= 0
         return {"token_kd": token_kd_term(student_out, teacher_outs, mask, divisor=stage.mean_divisor(mask),
                                           divergence=cfg.divergence, temperature=cfg.temperature, beta=cfg.beta,
-                                          alpha=cfg.alpha, topk_target=cfg.topk_target)}
+                                          alpha=cfg.alpha, topk_target=cfg.topk_target, defer=True)}

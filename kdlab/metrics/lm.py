@@ -211,9 +211,9 @@ class LMMetrics:
     def kdlab_step_end(self, stage):
         if stage.data.extra.get("text") is None:
             return
-        self.tokens += stage.batch.inputs.numel() * stage.world_size
+        self.tokens += sum(b.inputs.numel() for b in stage.micro_batches) * stage.world_size
         self.in_epoch += 1
-        if self.in_epoch == len(stage.data.train):  # the epoch's last step: wait for the device once
+        if self.in_epoch == stage.steps_per_epoch or stage.training_over:  # the epoch's last step: wait for the device once
             if stage.device.type == "cuda":
                 torch.cuda.synchronize(stage.device)
             self.seconds += time.perf_counter() - self.started

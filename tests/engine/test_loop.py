@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdlab import KdlabError, ModelOutput, hookimpl
+from kdlab import DeferredTerm, KdlabError, ModelOutput, hookimpl
 from kdlab.engine.registry import discover
 from kdlab.engine.runner import run
 from tests.conftest import TINY
@@ -54,10 +54,45 @@ class Adapter:
         return {"hint": torch.nn.functional.mse_loss(mapped, teacher_outs[0].features["emb"])}
 
 
+class Constant(DeferredTerm):
+    """A deferred term of a known value; every group evaluation is recorded."""
+
+    calls: list[list[float]] = []
+
+    def __init__(self, value, like):
+        self.value, self.like = value, like
+
+    def group_key(self):
+        return "all"
+
+    @classmethod
+    def evaluate(cls, terms, weights):
+        cls.calls.append(list(weights))
+        values = [t.like.sum() * 0 + t.value for t in terms]
+        return sum(w * v for w, v in zip(weights, values)), [v.detach() for v in values]
+
+
+class DeferredTerms:
+    @hookimpl
+    def kdlab_loss_terms(self, student_out):
+        return {"c": Constant(4.0, student_out.logits), "d": Constant(5.0, student_out.logits)}
+
+
 @pytest.fixture
 def cat():
-    Recorder.losses, Recorder.features = [], []
-    return discover(extra={"fixed": FixedTerms, "recorder": Recorder, "adapter": Adapter})
+    Recorder.losses, Recorder.features, Constant.calls = [], [], []
+    return discover(extra={"fixed": FixedTerms, "recorder": Recorder, "adapter": Adapter, "deferred": DeferredTerms})
+
+
+def test_deferred_terms_are_evaluated_once_per_group_with_their_weights(write_recipe, tmp_path, cat):
+    text = ONE_STAGE.replace("methods.supervised = {}",
+                             "methods.fixed = {}\nmethods.deferred = {}\nloss_weights = { a = 0.5, d = 3.0 }")
+    run(write_recipe(text), out=tmp_path / "runs", catalogue=cat)
+    assert Recorder.losses and len(Constant.calls) == len(Recorder.losses)  # one call per step for both
+    assert all(weights == [1.0, 3.0] for weights in Constant.calls)
+    for loss, terms in Recorder.losses:
+        assert terms == {"a": 1.0, "b": 2.0, "c": 4.0, "d": 5.0}
+        assert loss == pytest.approx(0.5 * 1.0 + 2.0 + 4.0 + 3.0 * 5.0)
 
 
 def test_loss_is_weighted_sum_of_terms(write_recipe, tmp_path, cat):

@@ -236,6 +236,11 @@ def test_language_model_teacher_cache_top_k(write_recipe, tmp_path, catalogue):
     w = {s: checkpoint.load_model_file(result.run_dir / "models" / f"{s}.pt")["state_dict"] for s in ("live", "full", "top_all", "top2")}
     gap = {s: max(float((w["live"][k] - w[s][k]).abs().max()) for k in w["live"]) for s in ("full", "top_all", "top2")}
     assert gap["full"] < 1e-6 and gap["top_all"] < 5e-3 and gap["top2"] > 1.5 * gap["top_all"], gap
+    # the share of the teacher's mass the top k keep is a stage metric: all of it at k = V
+    m = result.metrics
+    assert m["top_all"]["teacher_cache/train_topk_mass"] == pytest.approx(1.0, abs=2e-3)
+    assert 0 < m["top2"]["teacher_cache/train_topk_mass_min"] <= m["top2"]["teacher_cache/train_topk_mass"] < 0.99
+    assert "teacher_cache/train_topk_mass" not in m["full"]
 
 
 def test_a_tap_alias_with_double_underscores_is_read_back_from_the_disk_cache(write_recipe, tmp_path, catalogue):

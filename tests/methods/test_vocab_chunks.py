@@ -119,3 +119,88 @@ def test_token_sums_from_hidden_states_equal_those_from_logits(monkeypatch):
 def test_chunk_rows_fit_the_budget():
     assert vocab_chunks.chunk_rows(151_936) * 4 * 151_936 <= vocab_chunks.CHUNK_BYTES
     assert vocab_chunks.chunk_rows(151_936, budget=4 * 151_936 * 100) == 100
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_closed_form_forward_kl_has_the_value_and_gradient_of_autograd_through_log_softmax(temperature):
+    g = torch.Generator().manual_seed(5)
+    s = (torch.randn(2, 6, 30, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    t = torch.randn(2, 6, 30, generator=g, dtype=torch.float64) * 3
+    from kdlab.methods.token_kd import token_divergence
+
+    got = token_divergence(s, t, divergence="forward_kl", temperature=temperature)
+    ref = torch.nn.functional.kl_div(torch.log_softmax(s.float() / temperature, -1),
+                                     torch.log_softmax(t.float() / temperature, -1), log_target=True,
+                                     reduction="none").sum(-1) * temperature**2
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    weights = torch.rand(2, 6, generator=g, dtype=torch.float64).float()
+    (a,) = torch.autograd.grad((got * weights).sum(), s)
+    (b,) = torch.autograd.grad((ref * weights).sum(), s)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_loops_deferred_terms_share_one_pass_and_equal_the_separate_losses():
+    hidden, weight = _student()
+    targets = _targets()
+    mask = targets >= 0
+    teachers = _teachers("hidden", hidden.shape, weight.shape[0])
+    out = ModelOutput(logits=HiddenStates(hidden, weight))
+    lm = lm_loss(out, targets, label_smoothing=0.1)
+    kd = token_kd_term(out, teachers, mask, temperature=2.0)
+    separate = 0.3 * lm + 0.7 * kd
+    seen = []
+
+    def spy(fn):
+        def wrapped(logits, rows):
+            seen.append((fn.__qualname__, logits))
+            return fn(logits, rows)
+        return wrapped
+
+    deferred = [lm_loss(out, targets, label_smoothing=0.1, defer=True, chunk=4),
+                token_kd_term(out, teachers, targets >= 0, temperature=2.0, defer=True, chunk=4)]
+    assert deferred[0].group_key() == deferred[1].group_key()
+    deferred = [vocab_chunks.RowsTerm(d.out, d.mask, spy(d.per_token), d.divisor, d.chunk) for d in deferred]
+    fused, values = vocab_chunks.RowsTerm.evaluate(deferred, [0.3, 0.7])
+    assert fused.item() == pytest.approx(separate.item(), rel=1e-6)
+    assert [v.item() for v in values] == pytest.approx([lm.item(), kd.item()], rel=1e-6)
+    for a, b in zip(_grads(separate, hidden, weight), _grads(fused, hidden, weight)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    # both terms got the same logits tensor of every chunk: the head ran once per chunk
+    chunks = -(-int(mask.sum()) // 4)
+    assert len(seen) == 2 * chunks
+    assert all(seen[2 * i][1] is seen[2 * i + 1][1] for i in range(chunks))
+
+
+def test_deferred_terms_with_different_masks_each_keep_their_own_mean():
+    hidden, weight = _student()
+    targets = _targets()
+    other = targets.clone()
+    other[1] = -1
+    out = ModelOutput(logits=HiddenStates(hidden, weight))
+    deferred = [lm_loss(out, targets, defer=True), lm_loss(out, other, defer=True)]
+    fused, values = vocab_chunks.RowsTerm.evaluate(deferred, [1.0, 2.0])
+    a, b = lm_loss(out, targets), lm_loss(out, other)
+    assert [v.item() for v in values] == pytest.approx([a.item(), b.item()], rel=1e-6)
+    assert fused.item() == pytest.approx(a.item() + 2 * b.item(), rel=1e-6)
+
+
+def test_a_teacher_head_gets_no_gradient_and_makes_no_graph():
+    hidden, weight = _student()
+    mask = _targets() >= 0
+    (teacher,) = _teachers("hidden", hidden.shape, weight.shape[0])
+    teacher.hidden.weight.requires_grad_(True)  # a teacher's parameters require grad; its forward ran without a graph
+    loss = token_kd_term(ModelOutput(logits=HiddenStates(hidden, weight)), [teacher], mask, chunk=4)
+    loss.backward()
+    assert teacher.hidden.weight.grad is None
+    assert vocab_chunks.teacher_rows(teacher, torch.arange(3)).requires_grad is False
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_a_caches_top_k_from_hidden_states_equals_the_top_k_of_the_whole_logits(monkeypatch):
+    hidden, weight = _student(batch=2, length=5, vocab=40)
+    monkeypatch.setattr(vocab_chunks, "chunk_rows", lambda vocab, budget=None: 3)  # 4 chunks of 10 rows
+    values, index = vocab_chunks.topk_logprobs(ModelOutput(logits=HiddenStates(hidden, weight)), 6)
+    ref_values, ref_index = torch.log_softmax(hidden @ weight.t(), -1).topk(6, -1)
+    assert values.shape == (2, 5, 6) and not values.requires_grad
+    torch.testing.assert_close(values, ref_values.detach())
+    assert torch.equal(index, ref_index)
