@@ -1,9 +1,9 @@
 """Vocabulary losses in chunks (kdlab.methods.vocab_chunks) against the same losses over whole
 logits, at a real LLM vocabulary (151,936, Qwen2's), on small hidden sizes so that it runs on a CPU.
 
-    python -m benchmarks.vocab_chunks [--repeats 3] [--run-steps 20] [--baseline-rev REV] [--only step|run]
+    python -m benchmarks.vocab_chunks [--repeats 3] [--run-steps 20] [--baseline-rev REV] [--only step|run|chunks]
 
-Two measurements, every variant in its own process (its peak resident memory, ``ru_maxrss``, is
+Three measurements, every variant in its own process (its peak resident memory, ``ru_maxrss``, is
 that process's), the variants interleaved ``--repeats`` times and reported as medians:
 
 * ``step``: one training step (teacher forward, student forward, loss, backward, AdamW) of a
@@ -18,6 +18,8 @@ that process's), the variants interleaved ``--repeats`` times and reported as me
   ``--run-steps`` steps, with this checkout against the code at ``--baseline-rev`` (default: the
   commit before the chunked losses), both on the same generated corpus (kdlab.data.word_corpus).
   tokens/s is the lm_metrics plugin's ``train_tokens_per_s``.
+* ``chunks`` (only with ``--only chunks``): the lm + token_kd step of the ``run`` models
+  (8 x 256 tokens) at chunks of 16, 32, 64 and 128 MiB, the choice of ``CHUNK_BYTES``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,39 @@ for step in range(4):
     del s_out, t_out, loss
     times.append(time.perf_counter() - start)
 print(json.dumps({"step_s": statistics.median(times[1:]), "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+CHUNKS = r"""
+import json, statistics, sys, time
+import torch
+import kdlab.methods.vocab_chunks as vc
+from kdlab import ModelOutput
+from kdlab.engine.types import DataBundle
+from kdlab.methods.lm import lm_loss
+from kdlab.methods.token_kd import token_kd_term
+from kdlab.models import transformer_lm as tl
+
+vc.CHUNK_BYTES = int(sys.argv[1]) << 20
+vocab, batch, length = int(sys.argv[2]), 8, 256
+data = DataBundle(train=None, val=None, test=None, num_classes=vocab, input_shape=(length,))
+torch.manual_seed(0)
+student = tl.build(tl.TransformerLMConfig(layers=2, width=128, heads=4), data)
+teacher = tl.build(tl.TransformerLMConfig(layers=2, width=256, heads=4), data).train(False)
+opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+x, y = torch.randint(4, vocab, (batch, length)), torch.randint(4, vocab, (batch, length))
+times = []
+for step in range(4):
+    start = time.perf_counter()
+    with torch.no_grad():
+        t_out = ModelOutput(logits=teacher(x, head=False))
+    s_out = ModelOutput(logits=student(x, head=False))
+    terms = [token_kd_term(s_out, [t_out], y >= 0, defer=True), lm_loss(s_out, y, defer=True)]
+    loss, _ = vc.RowsTerm.evaluate(terms, [1.0, 1.0])
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"step_s": statistics.median(times[1:])}))
 """
 
 RUN = r"""
@@ -141,8 +176,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run-steps", type=int, default=20)
     parser.add_argument("--baseline-rev", default="b36dc9c")
-    parser.add_argument("--only", choices=("step", "run"), help="run one of the two measurements")
+    parser.add_argument("--only", choices=("step", "run", "chunks"), help="run one of the measurements")
     args = parser.parse_args()
+    if args.only == "chunks":
+        return chunk_table(args.repeats)
     if args.only != "run":
         step_table(args.repeats)
     if args.only != "step":
@@ -166,6 +203,20 @@ def step_table(repeats: int) -> None:
         print(f"| {terms} | {med(w, 'peak') / 2**30:.2f} | {med(c, 'peak') / 2**30:.2f} | "
               f"{med(c, 'peak') / med(w, 'peak'):.3f} | {med(w, 'step_s'):.2f} | {med(c, 'step_s'):.2f} | "
               f"{statistics.median(a['step_s'] / b['step_s'] for a, b in zip(c, w)):.2f} |")
+
+
+def chunk_table(repeats: int) -> None:
+    times: dict[int, list[float]] = {}
+    for _ in range(repeats):
+        for mb in (16, 32, 64, 128):
+            r = peak_of(CHUNKS, [str(mb), str(VOCAB)], ROOT)
+            times.setdefault(mb, []).append(r["step_s"])
+            print(f"chunks of {mb} MiB: {r['step_s']:.2f} s/step", flush=True)
+    print(f"\nlm + token_kd step of the transformers, 8 x 256 tokens, vocabulary {VOCAB:,} (median of {repeats})")
+    print("| CHUNK_BYTES | rows per chunk | s/step |")
+    print("|---|---|---|")
+    for mb, ts in times.items():
+        print(f"| {mb} MiB | {(mb << 20) // (4 * VOCAB)} | {statistics.median(ts):.2f} |")
 
 
 def run_table(repeats: int, run_steps: int, baseline_rev: str) -> None:

@@ -124,19 +124,18 @@ def _train(stage: Stage, train_teachers: bool) -> None:
     """The epochs of the stage not done yet."""
     hook, cfg, weights = stage.hook, stage.config, stage.config.loss_weights
     per_step = cfg.scheduler.interval == "step"
-    budget = cfg.max_steps
     for epoch in range(stage.epoch, cfg.epochs):
-        if budget is not None and stage.step >= budget:
-            break  # the step budget ran out first (also on a resume after it)
+        if stage.budget_spent:
+            break  # the step or token budget ran out first (also on a resume after it)
         stage.phase = "train"
         stage.data.train.set_epoch(epoch)  # shuffling is a function of (seed, epoch): resumable
         stage.student.train()
         stage.extra.train()
         hook.kdlab_epoch_start(stage=stage, epoch=epoch)
         for window in _windows(stage.data.train, cfg.accumulate):
-            if budget is not None and stage.step >= budget:
+            if stage.budget_spent:
                 break
-            stage.micro_batches = tuple(window)
+            stage.micro_batches, stage.step_samples = tuple(window), 0
             if cfg.accumulate > 1:
                 loss, terms = _accumulated_step(stage, window, train_teachers, weights)
             else:
@@ -151,6 +150,7 @@ def _train(stage: Stage, train_teachers: bool) -> None:
                                  "lower the learning rate; the last checkpoint is from before") from exc
             hook.kdlab_after_optimizer_step(stage=stage)
             stage.step += 1
+            stage.tokens += _positions(stage, window)
             if per_step and stage.scheduler is not None:
                 stage.scheduler.step()
             hook.kdlab_step_end(stage=stage, loss=loss.detach(), terms={k: t.detach() for k, t in terms.items()})
@@ -161,7 +161,7 @@ def _train(stage: Stage, train_teachers: bool) -> None:
                              "lower the learning rate or a loss weight; the last checkpoint is from before")
         if stage.scheduler is not None and not per_step:
             stage.scheduler.step()
-        last = epoch + 1 == cfg.epochs or (budget is not None and stage.step >= budget)
+        last = epoch + 1 == cfg.epochs or stage.budget_spent
         due = (epoch + 1) % cfg.eval_every == 0 or last
         metrics = evaluate(stage, "val") if due else {}
         stage.epoch = epoch + 1
@@ -178,6 +178,14 @@ def _windows(loader, n: int):
             window = []
     if window:
         yield window
+
+
+def _positions(stage: Stage, window: list[Batch]) -> int:
+    """The input positions of a step, all processes (for text: its sequences x seq_len)."""
+    per_sample = math.prod(stage.data.input_shape) if stage.data.input_shape else 1
+    if stage.world_size == 1:
+        return sum(len(b.index) for b in window) * per_sample
+    return stage.step_samples * per_sample
 
 
 def _valid(batch: Batch) -> int:
@@ -218,6 +226,7 @@ def _micro_step(stage: Stage, batch: Batch, train_teachers: bool, weights: dict,
     stage.accumulation = acc
     if stage.world_size > 1:  # what stage.gather needs to rebuild the global batch
         stage.shard_sizes = size if size is not None else collective.shard_sizes(batch)
+        stage.step_samples += sum(stage.shard_sizes)
     if len(batch.index) == 0:
         # only in distributed training: this rank's share of a last global batch smaller
         # than the number of processes. It computes nothing but joins the gradient

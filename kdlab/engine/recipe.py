@@ -101,6 +101,10 @@ class StageConfig:
     # (mid-epoch: that epoch is then evaluated and checkpointed as usual); a per-step cosine
     # schedule decays over the budget
     max_steps: int | None = field(default=None, validator=v.optional(v.ge(1)))
+    # a budget of training tokens (the inputs' positions, all processes: for text, sequences x
+    # seq_len): the stage stops after the step that reaches it; a per-step schedule decays over
+    # the steps it takes at full batches
+    max_tokens: int | None = field(default=None, validator=v.optional(v.ge(1)))
     # micro-batches per optimizer step (gradient accumulation): a step's gradient is that of the
     # whole accumulated batch, token losses averaged over its tokens (Stage.mean_divisor)
     accumulate: int = field(default=1, validator=v.ge(1))

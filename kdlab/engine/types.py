@@ -317,9 +317,11 @@ class Stage:
     scheduler: Any = None
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    tokens: int = 0  # training input positions seen (all processes; for text, tokens), for max_tokens
     batch: Batch | None = None  # the training batch of the current step (this rank's share of it)
     # the step's batches: (batch,), or its micro-batches under gradient accumulation
     micro_batches: tuple[Batch, ...] = ()
+    step_samples: int = 0  # under --nproc, the global samples of the step so far (all micro-batches)
     _configs: dict = attrs.field(factory=dict, init=False, repr=False)  # plugin id -> its table (deprecated path)
     phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
     rank: int = 0  # this process's rank in distributed training (0 alone writes files)
@@ -339,10 +341,28 @@ class Stage:
 
     @property
     def training_over(self) -> bool:
-        """True once the stage has trained all it will: its epochs, or its step budget
-        (``max_steps``) if that came first. The evaluations after training see True."""
-        return self.epoch >= self.config.epochs or (self.config.max_steps is not None
-                                                     and self.step >= self.config.max_steps)
+        """True once the stage has trained all it will: its epochs, or its step or token budget
+        (``max_steps``, ``max_tokens``) if that came first. The evaluations after training see True."""
+        return self.epoch >= self.config.epochs or self.budget_spent
+
+    @property
+    def budget_spent(self) -> bool:
+        """The step budget (``max_steps``) or the token budget (``max_tokens``) is used up."""
+        cfg = self.config
+        return ((cfg.max_steps is not None and self.step >= cfg.max_steps)
+                or (cfg.max_tokens is not None and self.tokens >= cfg.max_tokens))
+
+    @property
+    def step_budget(self) -> int | None:
+        """The steps the budgets allow (None: the epochs decide): ``max_steps``, or the steps of
+        full batches that ``max_tokens`` takes, whichever is fewer (for the schedule's length)."""
+        cfg, steps = self.config, [self.config.max_steps]
+        if cfg.max_tokens is not None:
+            per_sample = math.prod(self.data.input_shape) if self.data.input_shape else 1
+            per_step = getattr(self.data.train, "batch_size", 1) * cfg.accumulate * per_sample
+            steps.append(-(-cfg.max_tokens // max(per_step, 1)))
+        steps = [s for s in steps if s is not None]
+        return min(steps) if steps else None
 
     @property
     def is_main(self) -> bool:
@@ -431,6 +451,7 @@ class Stage:
         return {
             "epoch": self.epoch,
             "step": self.step,
+            "tokens": self.tokens,
             "student": self.student.state_dict(),
             "extra": self.extra.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -444,6 +465,7 @@ class Stage:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = state["epoch"], state["step"]
+        self.tokens = int(state.get("tokens", 0))  # absent from checkpoints before max_tokens
         self.student.load_state_dict(state["student"])
         self.extra.load_state_dict(state["extra"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -60,7 +60,7 @@ class Optim:
         # a counter; the loop steps it per epoch or per step (scheduler.interval)
         per = stage.steps_per_epoch
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda t: lr_factor(config, stage.config.epochs, t, per, stage.config.max_steps)
+            optimizer, lambda t: lr_factor(config, stage.config.epochs, t, per, stage.step_budget)
         )
 
     @hookimpl(trylast=True)

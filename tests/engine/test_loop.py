@@ -314,6 +314,28 @@ def test_a_step_budget_ends_the_stage_mid_epoch_and_a_resume_does_not_train_past
     assert again.metrics["student"]["test/accuracy"] == result.metrics["student"]["test/accuracy"]
 
 
+def test_a_token_budget_ends_the_stage_after_the_step_that_reaches_it_and_survives_a_resume(write_recipe, tmp_path,
+                                                                                            catalogue):
+    """``max_tokens`` counts the inputs' positions (a digit: 64 pixels, 17 batches an epoch, the
+    last one short): 100,000 positions end the stage in its second epoch, after step 25; the
+    per-step schedule decays over the 25 steps of full batches the budget takes."""
+    import torch
+
+    text = TINY.replace("epochs = 2", "epochs = 5").replace(
+        "[stages.student]", "[stages.student]\nmax_tokens = 100000\nscheduler = { name = \"cosine\", interval = \"step\" }")
+    result = run(write_recipe(text), out=tmp_path / "runs", catalogue=catalogue)
+    state = torch.load(result.run_dir / "checkpoints" / "student" / "last.pt", weights_only=True)
+    assert state["step"] == 25 and state["epoch"] == 2
+    # the step that reached the budget was the last: one batch (64 digits x 64 pixels) earlier it was short
+    assert state["tokens"] >= 100_000 > state["tokens"] - 64 * 64
+    assert state["scheduler"]["last_epoch"] == 25
+    assert state["optimizer"]["param_groups"][0]["lr"] < 1e-9  # the cosine ended with the budget, not at 5 epochs
+    (result.run_dir / "models" / "student.pt").unlink()
+    again = run(write_recipe(text), out=tmp_path / "runs", resume=result.run_dir, catalogue=catalogue)
+    assert torch.load(result.run_dir / "checkpoints" / "student" / "last.pt", weights_only=True)["step"] == 25
+    assert again.metrics["student"]["test/accuracy"] == result.metrics["student"]["test/accuracy"]
+
+
 def test_evaluation_streams_the_split_and_a_whole_split_metric_still_works_with_a_warning(write_recipe, tmp_path):
     from kdlab.engine.registry import PluginDeprecationWarning
 
