@@ -42,6 +42,7 @@ import torch
 from kdlab.engine.hookspecs import hookimpl
 from kdlab.engine.registry import discover
 from kdlab.engine.runner import run
+from kdlab.engine.types import DeferredTerm
 
 __all__ = ["check_method"]
 
@@ -94,6 +95,8 @@ class _TermProbe:
         results = yield
         if stage.name == "student" and stage.step == 0 and _TermProbe.seen is None:
             terms = {k: v for r in results for k, v in r.items()}
+            # a deferred term (a vocabulary loss) is evaluated here on its own, as the loop would
+            terms = {k: type(v).evaluate([v], [1.0])[0] if isinstance(v, DeferredTerm) else v for k, v in terms.items()}
             own = {k: v for k, v in terms.items() if k not in _TermProbe.base}
             params = [p for p in stage.student.parameters() if p.requires_grad]
             live = [v for v in own.values() if v.requires_grad]

@@ -7,9 +7,14 @@ samples of a batch, measured with a Gaussian RBF kernel:
 
 The paper approximates the kernel by its P-order Taylor series; the exact kernel is computed here
 (a b x b matrix is cheap), so values differ slightly from a Taylor implementation. RepDistiller's
-"CC" is a different, simplified loss (products of neighbouring samples' embedding differences);
-torchdistill follows the paper. Defaults: gamma 0.4 (the paper's), weight 0.02 (RepDistiller's
-CC weight). Because only b x b matrices are compared, student and teacher dimensions may differ.
+"CC" is a different, simplified loss (products of neighbouring samples' embedding differences).
+torchdistill's ``CCKDLoss`` (torchdistill/losses/mid_level.py, read at commit 3e4373c) is not
+this formula either: it compares the outputs of a linear layer added to each model
+(``Linear4CCKD``), not L2-normalised, through the kernel's Taylor series up to ``max_p`` (2 in its
+sample configs) or a bilinear kernel (e e^T), and returns the Frobenius *distance*
+``||C_s - C_t||_F / b^2`` (not its square). Defaults: gamma 0.4 (the paper's), weight 0.02
+(RepDistiller's CC weight). Because only b x b matrices are compared, student and teacher
+dimensions may differ.
 Loss term ``cc``.
 """
 

@@ -42,10 +42,15 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     """(TCKD, NCKD), each T^2 * KL(teacher || student) averaged over the batch."""
     s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
     gt = F.one_hot(targets, s.shape[-1]).bool()
-    p_s, p_t = F.softmax(s, dim=-1), F.softmax(t, dim=-1)
-    b_s = torch.stack([p_s[gt], 1 - p_s[gt]], dim=1).clamp_min(1e-12)  # [p_y, rest]
-    b_t = torch.stack([p_t[gt], 1 - p_t[gt]], dim=1).clamp_min(1e-12)
-    tckd = F.kl_div(b_s.log(), b_t, reduction="batchmean")
+    # the binary [p_y, rest] in log space, the rest as the log-sum of the other classes'
+    # probabilities (as the authors' code sums them): 1 - p_y by subtraction rounds to 0 once
+    # p_y rounds to 1 in float32 (a margin of about 17 after the temperature) and the gradient vanished
+    def binary(z):
+        log_p = F.log_softmax(z, dim=-1)
+        return torch.stack([log_p[gt], log_p.masked_fill(gt, float("-inf")).logsumexp(-1)], dim=1)
+
+    log_b_s, log_b_t = binary(s), binary(t)
+    tckd = F.kl_div(log_b_s, log_b_t, reduction="batchmean", log_target=True)
     # the target class is removed by a large negative logit, as in the authors' code
     log_hat_s = F.log_softmax(s.masked_fill(gt, -1000.0), dim=-1)
     hat_t = F.softmax(t.masked_fill(gt, -1000.0), dim=-1)

@@ -3,7 +3,7 @@ Information Distillation for Knowledge Transfer", CVPR, arXiv:1904.05835).
 
 Maximises a variational lower bound on the mutual information between a teacher feature t and a
 student feature s: a Gaussian q(t | s) whose mean is a small network of s (1x1 conv, ReLU, 1x1
-conv, ReLU, 1x1 conv, as published) and whose variance is one learned value per teacher channel,
+conv, ReLU, 1x1 conv, without biases, as published) and whose variance is one learned value per teacher channel,
 sigma_c^2 = softplus(a_c) + eps. The loss is its negative log-likelihood (up to a constant):
 
     loss = weight * mean over batch, channels, positions of
@@ -47,8 +47,10 @@ class VIDHead(nn.Module):
     def __init__(self, student_channels: int, teacher_channels: int, init_var: float, eps: float):
         super().__init__()
         mid = teacher_channels
-        self.mean = nn.Sequential(nn.Conv2d(student_channels, mid, 1), nn.ReLU(), nn.Conv2d(mid, mid, 1), nn.ReLU(),
-                                  nn.Conv2d(mid, teacher_channels, 1))
+        # without biases, as the paper's regressor and RepDistiller's (its conv1x1 has bias=False)
+        self.mean = nn.Sequential(nn.Conv2d(student_channels, mid, 1, bias=False), nn.ReLU(),
+                                  nn.Conv2d(mid, mid, 1, bias=False), nn.ReLU(),
+                                  nn.Conv2d(mid, teacher_channels, 1, bias=False))
         # softplus(a) + eps = init_var at the start
         self.log_scale = nn.Parameter(torch.full((teacher_channels,), math.log(math.expm1(init_var - eps))))
         self.eps = eps

@@ -147,6 +147,10 @@ def test_vid_is_the_gaussian_negative_log_likelihood_per_channel():
     head = VIDHead(2, 3, init_var=5.0, eps=1e-5)
     assert torch.allclose(head.variance(), torch.full((3,), 5.0))
     assert head.mean(MS).shape == MT.shape
+    # the regressor is three bias-free 1x1 convolutions (the paper's, RepDistiller's): a zero
+    # student feature maps to a zero mean, and the parameters are the weights and variances alone
+    assert head.mean(torch.zeros_like(MS)).abs().max() == 0
+    assert sum(p.numel() for p in head.parameters()) == 2 * 3 + 3 * 3 + 3 * 3 + 3
 
 
 def test_crd_nce_contrast_and_memory_update_by_hand():

@@ -47,6 +47,26 @@ def test_dkd_splits_kd_into_target_and_non_target_terms():
     assert kd.item() == pytest.approx(one[0].item() + (1 - pt_y) * one[1].item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("margin", [20.0, 70.0, 90.0])
+def test_dkd_target_term_keeps_its_gradient_at_large_target_margins(margin):
+    """1 - p_y by subtraction is 0 in float32 once p_y rounds to 1 (a margin over about 17 after
+    the temperature): TCKD's gradient vanished there. The float64 reference keeps it."""
+    student = torch.tensor([[margin, 0.0, -1.0, 2.0]], requires_grad=True)
+    teacher = torch.tensor([[margin / 2, 1.0, 0.0, 0.5]])
+    targets = torch.tensor([0])
+    tckd, _ = dkd_terms(student, teacher, targets, temperature=4.0)
+    (grad,) = torch.autograd.grad(tckd, student)
+    s64 = student.detach().double().requires_grad_()
+    log_ps, log_pt = torch.log_softmax(s64 / 4, -1), torch.log_softmax(teacher.double() / 4, -1)
+    bs = torch.stack([log_ps[0, 0], torch.logsumexp(log_ps[0, 1:], 0)])
+    bt = torch.stack([log_pt[0, 0], torch.logsumexp(log_pt[0, 1:], 0)])
+    want = 16 * (bt.exp() * (bt - bs)).sum()
+    (want_grad,) = torch.autograd.grad(want, s64)
+    assert tckd.item() == pytest.approx(want.item(), rel=5e-3)  # float32 rounding of a small KL
+    assert grad.abs().max() > 0
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-3, atol=1e-3 * float(want_grad.abs().max()))
+
+
 def test_dkd_warmup_ramps_per_epoch():
     assert [warmup_factor(e, 4) for e in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_factor(0, 0) == 1.0
