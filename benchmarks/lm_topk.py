@@ -3,14 +3,14 @@ teacher's full next-token distribution, and from its top k (k = 8, 32, 128) plus
 bucket, with forward and reverse KL, over seeds.
 
     python -m benchmarks.lm_topk [--source /usr/share/vim/vim90/doc] [--seeds 0 1 2]
-                                 [--train-chars 1000000] [--epochs 6] [--teacher-epochs 8]
+                                 [--train-chars 600000] [--eval-chars 150000] [--epochs 5] [--teacher-epochs 8]
 
 Corpus: the Vim documentation as Debian's ``vim-runtime`` package installs it (English prose
 and examples, written by people; the Vim licence allows using and redistributing it), every
 ``*.txt`` file of ``--source`` in name order, cut into paragraphs (blank-line separated, each
 joined into one line: a document of the plain-text data set); a paragraph goes to val or test
-by a CRC-32 of its text (1 in 20 each), the rest to train, the first ``--train-chars``
-characters of it kept. No code here generated any of it.
+by a CRC-32 of its text (1 in 20 each), the rest to train; the first ``--train-chars``
+characters of train and ``--eval-chars`` of val and of test are kept. No code here generated any of it.
 
 One teacher (transformer, 4 layers, width 128) is trained once (seed 0) and exported; each seed
 then trains the students (transformer, 2 layers, width 48) in one recipe that reads the exported
@@ -71,7 +71,7 @@ methods.lm = {{}}
 """
 
 
-def corpus(source: Path, out: Path, train_chars: int) -> Path:
+def corpus(source: Path, out: Path, train_chars: int, eval_chars: int) -> Path:
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for path in sorted(source.glob("*.txt")):
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -81,13 +81,14 @@ def corpus(source: Path, out: Path, train_chars: int) -> Path:
                 continue
             h = zlib.crc32(para.encode()) % 20
             splits["val" if h == 0 else "test" if h == 1 else "train"].append(para)
-    kept, size = [], 0
-    for para in splits["train"]:
-        if size >= train_chars:
-            break
-        kept.append(para)
-        size += len(para) + 1
-    splits["train"] = kept
+    for name, limit in (("train", train_chars), ("val", eval_chars), ("test", eval_chars)):
+        kept, size = [], 0
+        for para in splits[name]:
+            if size >= limit:
+                break
+            kept.append(para)
+            size += len(para) + 1
+        splits[name] = kept
     out.mkdir(parents=True, exist_ok=True)
     for name, paras in splits.items():
         (out / f"{name}.txt").write_text("\n".join(paras) + "\n", encoding="utf-8")
@@ -114,8 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", type=Path, default=Path("/usr/share/vim/vim90/doc"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train-chars", type=int, default=1_000_000)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--train-chars", type=int, default=600_000)
+    parser.add_argument("--eval-chars", type=int, default=150_000, help="characters of val and of test kept")
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--work", type=Path, help="keep the corpus, teacher and caches here (default: a temporary dir)")
     args = parser.parse_args()
@@ -123,7 +125,7 @@ def main() -> None:
         raise SystemExit(f"{args.source}: not a directory (install Debian's vim-runtime, or pass --source)")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        data = corpus(args.source, work / "corpus", args.train_chars)
+        data = corpus(args.source, work / "corpus", args.train_chars, args.eval_chars)
         teacher_run = run_recipe(work / "teacher.toml", TEACHER.format(
             common=COMMON.format(seed=0, corpus=data), epochs=args.teacher_epochs), work / "runs")
         teacher = teacher_run.run_dir / "models" / "teacher.pt"
