@@ -46,11 +46,12 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, ModelOutput, Requirements, TopK, hookimpl
+from kdlab import Batch, KdlabError, ModelOutput, Requirements, TopK, hookimpl
 from kdlab.engine.errors import writing
 from kdlab.engine.stage_store import code_digest
 from kdlab.methods.amp import autocast_dtype
 from kdlab.methods.vocab_chunks import topk_logprobs
+from kdlab.infra import teacher_store
 
 log = logging.getLogger("kdlab")
 NAME = "teacher_cache"
@@ -64,6 +65,9 @@ class TeacherCacheConfig:
     max_gb: float = field(default=4.0, validator=v.gt(0))
     topk: int | None = field(default=None, validator=v.optional(v.ge(1)))  # keep the k largest log-probabilities
     views: int | None = field(default=None, validator=v.optional(v.ge(1)))  # fixed augmented views per sample
+    # a language model's top-k in the compact sharded store (kdlab.infra.teacher_store): needs
+    # topk and dir; streamed to disk while the teacher runs, read row by row while training
+    compact: bool = False
 
 
 def file_sha256(path: Path) -> str:
@@ -182,6 +186,10 @@ class TeacherCache:
     @staticmethod
     def requires(config, stage):
         problems = []
+        if config.compact and (config.topk is None or config.dir is None):
+            problems.append(("compact", "the compact store needs topk = k and dir = \"...\" (where it is written)"))
+        if config.compact and (len(stage.teachers) != 1 or any(stage.teacher_taps)):
+            problems.append(("compact", "the compact store holds one teacher's top-k and no tapped features"))
         if stage.augmented is True and config.views is None:
             problems.append(("views", "the training data is augmented (data.augment = true), so the teacher's "
                                       "outputs change every epoch; set views = 8 (say), or data.augment = false"))
@@ -223,6 +231,8 @@ class TeacherCache:
         cfg = self.config
         if self.teacher_hashes is None:
             self.teacher_hashes = [file_sha256(stage.resolve_model_ref(ref)) for ref in stage.config.teachers]
+        if cfg.compact:
+            return self._compact(stage, split)
         key = cache_key(stage, split, self.teacher_hashes)
         target = Path(cfg.dir) / key if cfg.dir else None
         views = cfg.views if split == "train" else None
@@ -244,6 +254,62 @@ class TeacherCache:
             # looked up utterance by utterance, stay on the host)
             store = Store({k: t.to(stage.device) for k, t in store.tensors.items()}, store.views)
         return store
+
+    def _compact(self, stage, split: str) -> Compact:
+        """The split's compact store: read if complete, else labelled (resuming) and then read."""
+        cfg, where = self.config, f"stages.{stage.name}.methods.{NAME}.compact"
+        loader = getattr(stage.data, split)
+        x = getattr(loader, "x", None)
+        text = stage.data.extra.get("text")
+        if x is None or text is None or x.dim() != 2:
+            raise KdlabError(f"{where}: the compact store is for in-memory text data (token sequences); "
+                             f"data set '{stage.recipe.data.name}' is not")
+        tokenizer = text.tokenizer.to_str() if hasattr(text.tokenizer, "to_str") else str(text.tokenizer)
+        key = hashlib.sha256(json.dumps({
+            "format": teacher_store.FORMAT, "teachers": self.teacher_hashes, "k": cfg.topk, "split": split,
+            "tokenizer": hashlib.sha256(tokenizer.encode()).hexdigest(),
+            "corpus": hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest(),  # the token ids themselves
+            "code": code_digest([type(t) for t in stage.teachers]), "device": stage.device.type,
+            "amp": str(autocast_dtype(stage.config.methods["amp"], stage.device)) if "amp" in stage.config.methods else None,
+        }, sort_keys=True).encode()).hexdigest()[:20]
+        target = Path(cfg.dir) / f"compact-{key}"
+        if not (target / "meta.json").is_file():
+            self._label(stage, split, x, target)
+        store = teacher_store.CompactStore(target)
+        self.kept[split] = (store.meta["kept_mean"], store.meta["kept_min"])
+        log.info("%s: %s split read from the compact store %s (%d bytes a token)", NAME, split, target, store.width)
+        return Compact(store)
+
+    def _label(self, stage, split: str, x: torch.Tensor, target: Path) -> None:
+        cfg = self.config
+        vocab = stage.data.num_classes
+        n, length = x.shape
+        log.info("%s: labelling the %s split into %s: %d sequences, top %d, %d bytes a token", NAME, split, target,
+                 n, cfg.topk, teacher_store.row_bytes(cfg.topk, vocab))
+
+        def topk_of(rows):
+            batch = Batch(x[rows.to(x.device)].to(stage.device), torch.zeros(len(rows), length, dtype=torch.long,
+                                                                           device=stage.device), rows)
+            out = stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch)[0]
+            return topk_logprobs(out, cfg.topk)
+
+        self.building = True
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                # under --nproc every rank labels its own shards; rank 0 finishes the store
+                count = math.ceil(n / teacher_store.rows_per_shard(length, cfg.topk, vocab))
+                teacher_store.label(target, n, length, cfg.topk, vocab, topk_of,
+                                    getattr(stage.recipe.data.config, "eval_batch_size", 64),
+                                    shards=range(stage.rank, count, stage.world_size),
+                                    log=lambda m: log.info("%s: %s split, %s", NAME, split, m))
+        finally:
+            self.building = False
+        if stage.world_size > 1:
+            torch.distributed.barrier()
+        if stage.is_main:
+            teacher_store.finish(target, n, length, cfg.topk, vocab, {"split": split})
+        if stage.world_size > 1:
+            torch.distributed.barrier()
 
     def _build(self, stage, split: str, cfg: TeacherCacheConfig, target: Path | None, views: int | None) -> Store:
         loader = getattr(stage.data, split)
@@ -339,6 +405,18 @@ class TeacherCache:
         self.stores.clear()  # (self.kept stays for the stage summary, which comes after)
         if self.config.views is not None:
             stage.data.train.fix_views(None)
+
+
+class Compact:
+    """A split's compact store, answering lookups like :class:`Store` (one teacher's top-k)."""
+
+    def __init__(self, store):
+        self.store, self.tensors = store, {}
+
+    def lookup(self, batch, n_teachers: int, aliases: list[list[str]], device) -> list[ModelOutput]:
+        values, index = self.store.rows(batch.index)
+        return [ModelOutput(None, topk=TopK(values.to(device, non_blocking=True), index.to(device, non_blocking=True),
+                                            self.store.vocab))]
 
 
 def _stored_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
