@@ -7,12 +7,15 @@ from the lm_metrics plugin: input tokens, padding included, over the wall time o
 One process, every writer off; each configuration is a stage of one recipe trained ``epochs``
 epochs on the generated corpus (2,000 dialogues); ``--repeats`` runs the recipe again and prints
 each stage's median and the ratio to the transformer student trained alone measured in the same
-repeat (median over repeats).
+repeat (median over repeats). ``student_kd_store`` reads the teacher's top-32 from the compact
+store (``compact = true``, labelled in the first repeat, reused by the later ones: the teacher is
+the same, trained from the same seed); its bytes per token and labelling speed are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import tempfile
@@ -53,6 +56,11 @@ teachers = ["teacher"]
 methods.lm = {{}}
 methods.token_kd = {{}}
 methods.teacher_cache = {{ topk = 32 }}
+[stages.student_kd_store]
+teachers = ["teacher"]
+methods.lm = {{}}
+methods.token_kd = {{}}
+methods.teacher_cache = {{ topk = 32, dir = "{store}", compact = true }}
 [stages.conv_lm]
 model = {{ arch = "conv_lm", width = 128, layers = 4, receptive_field = 16 }}
 methods.lm = {{}}
@@ -78,7 +86,7 @@ def main() -> None:
         corpus = Path(tmp) / "dialogues"
         dialogue_corpus.generate(corpus, dialogues=2000, seed=0)
         recipe = Path(tmp) / "r.toml"
-        recipe.write_text(RECIPE.format(device=args.device, corpus=corpus, epochs=args.epochs))
+        recipe.write_text(RECIPE.format(device=args.device, corpus=corpus, epochs=args.epochs, store=Path(tmp) / "store"))
         for i in range(args.repeats):
             metrics = run(recipe, out=Path(tmp) / f"runs{i}").metrics
             base = metrics["student_lm"]["train_tokens_per_s"]
@@ -87,12 +95,16 @@ def main() -> None:
                 ratios.setdefault(stage, []).append(m["train_tokens_per_s"] / base)
             params = {stage: m["params"] for stage, m in metrics.items()}
             macs = {stage: m["macs_per_token"] for stage, m in metrics.items()}
+        stores = [json.loads(p.read_text()) for p in sorted((Path(tmp) / "store").glob("compact-*/meta.json"))]
     print(f"device {args.device}, {args.epochs} epochs per stage, {args.repeats} repeats (median)")
     print("| stage | params | MACs/token | train tokens/s | / student_lm alone |")
     print("|---|---|---|---|---|")
     for stage in speeds:
         print(f"| {stage} | {params[stage]:,} | {macs[stage]:,.0f} | {statistics.median(speeds[stage]):,.0f} | "
               f"{statistics.median(ratios[stage]):.2f} |")
+    for m in stores:
+        print(f"compact store ({m['split']}): {m['row_bytes']} bytes a token, labelled at "
+              f"{m['label_tokens_per_s']:,.0f} tokens/s (first repeat)")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def label(target: Path, sequences: int, seq_len: int, k: int, vocab: int,
             continue  # written whole before (a resumed labelling)
         first, last = s * per, min(sequences, (s + 1) * per)
         tmp = path.with_suffix(".bin.tmp")
-        kept_sum, kept_min = 0.0, 1.0
+        kept_sum, kept_min, started = 0.0, 1.0, time.perf_counter()
         with open(tmp, "wb") as f:
             for start in range(first, last, batch_size):
                 rows = torch.arange(start, min(last, start + batch_size))
@@ -127,7 +128,8 @@ def label(target: Path, sequences: int, seq_len: int, k: int, vocab: int,
                 f.write(encode(values.reshape(-1, k), index.reshape(-1, k), vocab).tobytes())
             f.flush()
             os.fsync(f.fileno())
-        (target / f"shard-{s:05d}.json").write_text(json.dumps({"kept_sum": kept_sum, "kept_min": kept_min}))
+        (target / f"shard-{s:05d}.json").write_text(json.dumps({"kept_sum": kept_sum, "kept_min": kept_min,
+                                                                 "seconds": time.perf_counter() - started}))
         if tmp.stat().st_size != (last - first) * seq_len * width:
             raise KdlabError(f"{tmp}: {tmp.stat().st_size} bytes written, expected {(last - first) * seq_len * width}")
         (target / f"shard-{s:05d}.sha256").write_text(_sha256(tmp) + "\n")
@@ -146,7 +148,9 @@ def finish(target: Path, sequences: int, seq_len: int, k: int, vocab: int, extra
     meta = {"format": FORMAT, "sequences": sequences, "seq_len": seq_len, "k": k, "vocab": vocab,
             "rows_per_shard": per, "row_bytes": row_bytes(k, vocab),
             "kept_mean": sum(x["kept_sum"] for x in stats) / max(1, sequences * seq_len),
-            "kept_min": min(x["kept_min"] for x in stats), **extra}
+            "kept_min": min(x["kept_min"] for x in stats),
+            # the teacher's forward, top-k and encoding of every token, over the shards' wall time
+            "label_tokens_per_s": sequences * seq_len / max(1e-9, sum(x["seconds"] for x in stats)), **extra}
     with writing(target / "meta.json"):
         (target / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
