@@ -12,8 +12,10 @@ teacher's feature at the same depth (``teacher``) by the hierarchical context lo
                 pools l = 4, 2, 1 (those smaller than the map), w = 1/2, 1/4, 1/8
     loss = weight * warmup * sum over depths of HCL,  warmup = min(epoch / warmup_epochs, 1)
 
-Defaults are mdistiller's CIFAR-100 settings (weight 1, 20 warm-up epochs, mid channels
-min(512, the deepest student width)). mdistiller compares with the teacher's pre-activation
+Defaults are mdistiller's CIFAR-100 settings: weight 5 (configs/cifar100/reviewkd.yaml,
+``REVIEWKD_WEIGHT: 5.0``, read at mdistiller commit a08d46f; its engine/cfg.py default is 1.0,
+which the CIFAR-100 config overrides), 20 warm-up epochs (cfg.py ``WARMUP_EPOCHS``), mid channels
+min(512, the deepest student width) (cfg.py ``MAX_MID_CHANNEL``). mdistiller compares with the teacher's pre-activation
 features; kdlab taps module outputs, so point ``teacher`` taps at the layers you want (a block's
 output is after its ReLU). The ABF modules train with the student and are not exported. Loss term
 ``reviewkd``.
@@ -40,7 +42,7 @@ class ReviewKDConfig:
     student: tuple[str, ...] = ("l1", "l2", "l3", "emb")  # shallow to deep
     teacher: tuple[str, ...] = ("l1", "l2", "l3", "emb")
     teacher_index: int = field(default=0, validator=v.ge(0))
-    weight: float = field(default=1.0, validator=v.ge(0))
+    weight: float = field(default=5.0, validator=v.ge(0))  # mdistiller configs/cifar100/reviewkd.yaml
     warmup_epochs: int = field(default=20, validator=v.ge(0))
     max_mid_channels: int = field(default=512, validator=v.ge(1))
 

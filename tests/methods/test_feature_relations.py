@@ -171,6 +171,13 @@ def test_crd_nce_contrast_and_memory_update_by_hand():
     assert memory[0].tolist() == [1.0, 0.0]  # other rows untouched
 
 
+def test_reviewkd_defaults_are_mdistillers_cifar100_config():
+    from kdlab.methods.reviewkd import ReviewKDConfig
+
+    # mdistiller configs/cifar100/reviewkd.yaml: REVIEWKD_WEIGHT 5.0; engine/cfg.py: WARMUP_EPOCHS 20
+    assert (ReviewKDConfig().weight, ReviewKDConfig().warmup_epochs) == (5.0, 20)
+
+
 def test_reviewkd_hcl_by_hand_and_fusion_shapes():
     from kdlab.methods.reviewkd import ReviewHead, hcl_loss
 
