@@ -5,8 +5,11 @@ Network", arXiv:1503.02531).
 
 The KL is averaged over the batch; T^2 keeps the gradient scale independent of T. With several
 teachers the KD term is the mean over teachers. Loss terms: ``kd`` (already multiplied by alpha)
-and ``ce`` (multiplied by 1 - alpha, left out when alpha = 1). Because this method supplies the
-hard-label term itself, do not enable ``supervised`` in the same stage.
+and ``ce`` (multiplied by 1 - alpha, left out when alpha = 1). ``kd_weight`` and ``ce_weight``
+replace alpha where a paper publishes the two weights apart (logit standardisation's CIFAR-100
+setting: ``temperature = 2, kd_weight = 9, ce_weight = 0.1``, which no alpha in [0, 1] gives).
+Because this method supplies the hard-label term itself, do not enable ``supervised`` in the same
+stage.
 
 ``standardize = true``: logit standardisation (Sun et al. 2024, "Logit Standardization in
 Knowledge Distillation", arXiv:2403.01427): each sample's student and teacher logits are z-scored
@@ -31,6 +34,16 @@ class LogitKDConfig:
     temperature: float = field(default=4.0, validator=v.gt(0))
     alpha: float = field(default=0.9, validator=[v.ge(0), v.le(1)])
     standardize: bool = False
+    # separate weights, as papers that publish them use (logit standardisation's CIFAR-100 KD:
+    # kd_weight 9, ce_weight 0.1, T 2): set either and they replace alpha (the other then 1)
+    kd_weight: float | None = field(default=None, validator=v.optional(v.ge(0)))
+    ce_weight: float | None = field(default=None, validator=v.optional(v.ge(0)))
+
+    def weights(self) -> tuple[float, float]:
+        """(KD weight, CE weight)."""
+        if self.kd_weight is None and self.ce_weight is None:
+            return self.alpha, 1 - self.alpha
+        return (1.0 if self.kd_weight is None else self.kd_weight), (1.0 if self.ce_weight is None else self.ce_weight)
 
 
 def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -61,7 +74,7 @@ class LogitKD:
 
     @staticmethod
     def requires(config, stage):
-        return Requirements(teachers=1, terms={"kd", "ce"} if config.alpha < 1 else {"kd"})
+        return Requirements(teachers=1, terms={"kd", "ce"} if config.weights()[1] > 0 else {"kd"})
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
@@ -69,7 +82,8 @@ class LogitKD:
         norm = logits_of(cfg)
         kd = sum(hinton_kd_loss(norm(student_out.logits), norm(t.logits), temperature=cfg.temperature)
                  for t in teacher_outs)
-        terms = {"kd": cfg.alpha * kd / len(teacher_outs)}
-        if cfg.alpha < 1:
-            terms["ce"] = (1 - cfg.alpha) * F.cross_entropy(student_out.logits, batch.targets)
+        kd_weight, ce_weight = cfg.weights()
+        terms = {"kd": kd_weight * kd / len(teacher_outs)}
+        if ce_weight > 0:
+            terms["ce"] = ce_weight * F.cross_entropy(student_out.logits, batch.targets)
         return terms

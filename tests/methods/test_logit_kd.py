@@ -42,3 +42,25 @@ def test_zero_when_student_equals_teacher_and_gradient_flows_to_student_only():
     loss = hinton_kd_loss(s, torch.randn(5, 7), temperature=3.0)
     loss.backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_separate_kd_and_ce_weights_give_what_alpha_cannot():
+    """Logit standardisation's CIFAR-100 setting, 9 KD + 0.1 CE: the terms the plugin returns."""
+    from types import SimpleNamespace
+
+    from kdlab import ModelOutput
+    from kdlab.methods.logit_kd import LogitKD, LogitKDConfig
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    y = torch.randint(0, 5, (6,), generator=g)
+    batch = SimpleNamespace(targets=y)
+    cfg = LogitKDConfig(temperature=2.0, kd_weight=9.0, ce_weight=0.1)
+    terms = LogitKD(cfg).kdlab_loss_terms(None, batch, ModelOutput(s), [ModelOutput(t)])
+    kd = hinton_kd_loss(s, t, temperature=2.0)
+    assert terms["kd"].item() == pytest.approx(9.0 * kd.item(), rel=1e-6)
+    assert terms["ce"].item() == pytest.approx(0.1 * torch.nn.functional.cross_entropy(s, y).item(), rel=1e-6)
+    # alpha alone as before; a zero ce_weight drops the term
+    assert LogitKDConfig(alpha=0.3).weights() == (0.3, pytest.approx(0.7))
+    assert "ce" not in LogitKD(LogitKDConfig(kd_weight=1.0, ce_weight=0.0)).kdlab_loss_terms(
+        None, batch, ModelOutput(s), [ModelOutput(t)])
