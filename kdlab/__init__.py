@@ -19,7 +19,7 @@ _PUBLIC = {
     "Requirements": "kdlab.engine.types",
     "StageView": "kdlab.engine.types",
     "TopK": "kdlab.engine.types",
-    "HiddenStates": "kdlab.models.heads",
+    "HiddenStates": "kdlab.engine.heads",
     "Stage": "kdlab.engine.types",
     "KdlabError": "kdlab.engine.errors",
     "hookimpl": "kdlab.engine.hookspecs",

@@ -14,7 +14,7 @@ from torch import nn
 
 from kdlab.engine import collective
 from kdlab.engine.errors import KdlabError
-from kdlab.models.heads import HiddenStates
+from kdlab.engine.heads import HiddenStates
 
 
 @attrs.frozen

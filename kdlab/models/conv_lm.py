@@ -21,7 +21,7 @@ from attrs import validators as v
 from torch import nn
 from torch.nn import functional as F
 
-from kdlab.models.heads import HiddenStates
+from kdlab.engine.heads import HiddenStates
 
 
 @attrs.frozen(kw_only=True)

@@ -27,7 +27,7 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab.engine.errors import KdlabError
-from kdlab.models.heads import HiddenStates
+from kdlab.engine.heads import HiddenStates
 from kdlab.models.hf_files import from_pretrained
 
 # the families whose logits are the LM head applied to the base model's last hidden state
