@@ -150,7 +150,7 @@ def _train(stage: Stage, train_teachers: bool) -> None:
                                  "lower the learning rate; the last checkpoint is from before") from exc
             hook.kdlab_after_optimizer_step(stage=stage)
             stage.step += 1
-            stage.tokens += _positions(stage, window)
+            stage.tokens += _positions(stage)
             if per_step and stage.scheduler is not None:
                 stage.scheduler.step()
             hook.kdlab_step_end(stage=stage, loss=loss.detach(), terms={k: t.detach() for k, t in terms.items()})
@@ -180,11 +180,9 @@ def _windows(loader, n: int):
         yield window
 
 
-def _positions(stage: Stage, window: list[Batch]) -> int:
+def _positions(stage: Stage) -> int:
     """The input positions of a step, all processes (for text: its sequences x seq_len)."""
     per_sample = math.prod(stage.data.input_shape) if stage.data.input_shape else 1
-    if stage.world_size == 1:
-        return sum(len(b.index) for b in window) * per_sample
     return stage.step_samples * per_sample
 
 
@@ -226,7 +224,7 @@ def _micro_step(stage: Stage, batch: Batch, train_teachers: bool, weights: dict,
     stage.accumulation = acc
     if stage.world_size > 1:  # what stage.gather needs to rebuild the global batch
         stage.shard_sizes = size if size is not None else collective.shard_sizes(batch)
-        stage.step_samples += sum(stage.shard_sizes)
+    stage.step_samples += sum(stage.shard_sizes) if stage.world_size > 1 else len(batch.index)
     if len(batch.index) == 0:
         # only in distributed training: this rank's share of a last global batch smaller
         # than the number of processes. It computes nothing but joins the gradient

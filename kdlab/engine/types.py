@@ -321,7 +321,7 @@ class Stage:
     batch: Batch | None = None  # the training batch of the current step (this rank's share of it)
     # the step's batches: (batch,), or its micro-batches under gradient accumulation
     micro_batches: tuple[Batch, ...] = ()
-    step_samples: int = 0  # under --nproc, the global samples of the step so far (all micro-batches)
+    step_samples: int = 0  # the step's samples so far, all micro-batches and processes
     _configs: dict = attrs.field(factory=dict, init=False, repr=False)  # plugin id -> its table (deprecated path)
     phase: str = "setup"  # what the loop is doing: "setup", "train", "val" or "test"
     rank: int = 0  # this process's rank in distributed training (0 alone writes files)

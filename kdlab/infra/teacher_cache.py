@@ -52,6 +52,7 @@ from kdlab.engine.stage_store import code_digest
 from kdlab.methods.amp import autocast_dtype
 from kdlab.methods.vocab_chunks import topk_logprobs
 from kdlab.infra import teacher_store
+from kdlab.infra.teacher_store import file_sha256
 
 log = logging.getLogger("kdlab")
 NAME = "teacher_cache"
@@ -68,14 +69,6 @@ class TeacherCacheConfig:
     # a language model's top-k in the compact sharded store (kdlab.infra.teacher_store): needs
     # topk and dir; streamed to disk while the teacher runs, read row by row while training
     compact: bool = False
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_key(stage, split: str, teacher_hashes: list[str]) -> str:

@@ -89,7 +89,9 @@ def decode(rows: np.ndarray, k: int, vocab: int) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(values.astype(np.float32)), torch.from_numpy(index)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read every time (kdlab.data.fingerprint's memoised one trusts
+    an unchanged stat, which a checksum against damage must not)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -132,7 +134,7 @@ def label(target: Path, sequences: int, seq_len: int, k: int, vocab: int,
                                                                  "seconds": time.perf_counter() - started}))
         if tmp.stat().st_size != (last - first) * seq_len * width:
             raise KdlabError(f"{tmp}: {tmp.stat().st_size} bytes written, expected {(last - first) * seq_len * width}")
-        (target / f"shard-{s:05d}.sha256").write_text(_sha256(tmp) + "\n")
+        (target / f"shard-{s:05d}.sha256").write_text(file_sha256(tmp) + "\n")
         os.replace(tmp, path)
         log(f"shard {s + 1}/{count} ({last - first} sequences)")
 
@@ -175,7 +177,7 @@ class CompactStore:
         if s not in self.maps:
             path = self.target / f"shard-{s:05d}.bin"
             want = (self.target / f"shard-{s:05d}.sha256").read_text().strip()
-            if _sha256(path) != want:  # once per shard per stage
+            if file_sha256(path) != want:  # once per shard per stage
                 raise KdlabError(f"{path}: does not match its checksum; delete the store directory to label again")
             rows = min(self.per, self.meta["sequences"] - s * self.per)
             self.maps[s] = np.memmap(path, dtype=np.uint8, mode="r", shape=(rows, self.seq_len, self.width))
