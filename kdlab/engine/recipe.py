@@ -155,6 +155,9 @@ def _strict(kind: type):
     return structure
 
 
+ALIASES = str | tuple[str, ...]  # the type of a method's tap-alias setting that takes one or several
+
+
 def _is_sequence(t) -> bool:
     return typing.get_origin(t) in (tuple, list)
 
@@ -175,6 +178,16 @@ def make_converter() -> cattrs.Converter:
         return base.structure(value, type_)
 
     conv.register_structure_hook_func(_is_sequence, sequence)
+
+    def aliases(value, _type):
+        # a method over one tap pair or several: a tap alias, or a list of them
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise TypeError(f"must be a tap alias or a list of them, got {value!r}")
+        return conv.structure(value, tuple[str, ...])
+
+    conv.register_structure_hook(ALIASES, aliases)
     return conv
 
 

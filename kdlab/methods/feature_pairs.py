@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
+from torch import nn
 
 from kdlab import KdlabError, Requirements
 
@@ -45,6 +46,13 @@ def feature_pair_requirements(config, stage, terms, minimum: int = 1) -> Require
     problems = tuple(problems)
     return Requirements(teachers=1, terms=terms, student_taps=config.student,
                         teacher_taps=((config.teacher_index, teacher),), problems=problems)
+
+
+def alias_pairs(cfg) -> list[tuple[str, str]]:
+    """The (student, teacher) alias pairs of a config whose ``student`` and ``teacher`` are one
+    alias each or paired lists (:data:`kdlab.engine.recipe.ALIASES`)."""
+    one = isinstance(cfg.student, str)
+    return [(cfg.student, cfg.teacher)] if one else list(zip(cfg.student, cfg.teacher))
 
 
 def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
@@ -93,3 +101,23 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 def paired(cfg: FeaturePairConfig, student_out, teacher_outs) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's tapped feature and the paired teacher's, as a method's table names them."""
     return student_out.features[cfg.student], teacher_outs[cfg.teacher_index].features[cfg.teacher]
+
+
+def conv_regressor(student: torch.Tensor, teacher: torch.Tensor, relu: bool) -> nn.Module:
+    """The convolutional regressor of RepDistiller (models/util.py ConvReg) from a student map's
+    shape to a teacher map's: a 3x3 stride-2 convolution when the student map is twice the
+    size, a 4x4 stride-2 transposed one when half, else a convolution whose kernel covers the
+    difference (1x1 at equal sizes); then BatchNorm, and ReLU if ``relu`` (FitNets' hint
+    regressor; activation boundaries use it without)."""
+    s, t = as_spatial(student), as_spatial(teacher)
+    (sc, sh, sw), (tc, th, tw) = s.shape[1:], t.shape[1:]
+    if sh == 2 * th:
+        conv = nn.Conv2d(sc, tc, kernel_size=3, stride=2, padding=1)
+    elif 2 * sh == th:
+        conv = nn.ConvTranspose2d(sc, tc, kernel_size=4, stride=2, padding=1)
+    elif sh >= th and sw >= tw:
+        conv = nn.Conv2d(sc, tc, kernel_size=(1 + sh - th, 1 + sw - tw))
+    else:
+        raise KdlabError(f"no regressor from a {sh}x{sw} student map to a {th}x{tw} teacher map")
+    layers = [conv, nn.BatchNorm2d(tc)] + ([nn.ReLU()] if relu else [])
+    return nn.Sequential(*layers)

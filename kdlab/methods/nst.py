@@ -8,8 +8,10 @@ teacher's by the maximum mean discrepancy with a polynomial kernel k(x, y) = (x 
     loss = weight * MMD^2
 
 Channel counts may differ (the kernel compares channels pairwise); the larger map of the pair is
-average-pooled to the smaller one's size. Weight 50 as in RepDistiller's CIFAR-100 runs. Loss
-term ``nst``.
+average-pooled to the smaller one's size. ``student`` and ``teacher``: one tap alias each, or
+paired lists (the loss is the sum over the pairs, as RepDistiller's over its three stage
+outputs, feat_s[1:-1] in helper/loops.py). Weight 50 as in RepDistiller's CIFAR-100 script
+(scripts/run_cifar_distill.sh, ``-b 50``) and mdistiller's NST.LOSS.FEAT_WEIGHT. Loss term ``nst``.
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from attrs import field
 from attrs import validators as v
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_map, feature_pair_requirements,
-                                         match_spatial, paired)
+from kdlab.engine.recipe import ALIASES
+from kdlab.methods.feature_pairs import FeaturePairConfig, alias_pairs, as_map, feature_pair_requirements, match_spatial
 
 NAME = "nst"
 
 
 @attrs.frozen(kw_only=True)
 class NSTConfig(FeaturePairConfig):
-    student: str = "feat"
-    teacher: str = "feat"
+    student: ALIASES = "feat"  # a tap alias, or a list of them
+    teacher: ALIASES = "feat"  # the paired alias(es) of the teacher
     weight: float = field(default=50.0, validator=v.ge(0))
 
 
@@ -59,5 +61,6 @@ class NST:
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = self.config
-        s, t = paired(cfg, student_out, teacher_outs)
-        return {"nst": cfg.weight * nst_loss(s, t)}
+        teacher = teacher_outs[cfg.teacher_index].features
+        loss = sum(nst_loss(student_out.features[s], teacher[t]) for s, t in alias_pairs(cfg))
+        return {"nst": cfg.weight * loss}

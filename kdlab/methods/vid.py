@@ -10,9 +10,11 @@ sigma_c^2 = softplus(a_c) + eps. The loss is its negative log-likelihood (up to 
            0.5 * ((mu_c(s) - t_c)^2 / sigma_c^2 + log sigma_c^2)
 
 The larger map of the pair is average-pooled to the smaller one's size; vectors are treated as
-1x1 maps; token sequences are laid out on their grid. Settings as in RepDistiller: hidden width =
-the teacher's channels, initial variance 5, eps 1e-5, weight 1. The regressor and variances train
-with the student and are not exported. Loss term ``vid``.
+1x1 maps; token sequences are laid out on their grid. ``student`` and ``teacher``: one tap alias
+each, or paired lists, one regressor per pair and the sum of the pairs' losses (RepDistiller:
+its three stage outputs, feat_s[1:-1], helper/loops.py). Settings as in RepDistiller: hidden
+width = the teacher's channels, initial variance 5, eps 1e-5, weight 1 (scripts/run_cifar_distill.sh,
+``-b 1``). The regressors and variances train with the student and are not exported. Loss term ``vid``.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from attrs import validators as v
 from torch import nn
 
 from kdlab import hookimpl
-from kdlab.methods.feature_pairs import (FeaturePairConfig, as_spatial, feature_pair_requirements, match_spatial, paired)
+from kdlab.engine.recipe import ALIASES
+from kdlab.methods.feature_pairs import FeaturePairConfig, alias_pairs, as_spatial, feature_pair_requirements, match_spatial
 
 NAME = "vid"
 
 
 @attrs.frozen(kw_only=True)
 class VIDConfig(FeaturePairConfig):
-    student: str = "feat"
-    teacher: str = "feat"
+    student: ALIASES = "feat"  # a tap alias, or a list of them
+    teacher: ALIASES = "feat"  # the paired alias(es) of the teacher
     weight: float = field(default=1.0, validator=v.ge(0))
     init_var: float = field(default=5.0, validator=v.gt(0))
     eps: float = field(default=1e-5, validator=v.gt(0))
@@ -79,13 +82,21 @@ class VID:
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
         cfg = self.config
-        s, t = paired(cfg, *probe)
-        return {NAME: VIDHead(as_spatial(s).shape[1], as_spatial(t).shape[1], cfg.init_var, cfg.eps)}
+        student_out, teacher_outs = probe
+        teacher = teacher_outs[cfg.teacher_index].features
+        heads = [VIDHead(as_spatial(student_out.features[s]).shape[1], as_spatial(teacher[t]).shape[1],
+                         cfg.init_var, cfg.eps) for s, t in alias_pairs(cfg)]
+        # one alias: the head itself (the module layout of checkpoints before several pairs)
+        return {NAME: heads[0] if isinstance(cfg.student, str) else nn.ModuleList(heads)}
 
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out, teacher_outs):
         cfg = self.config
-        s, t = paired(cfg, student_out, teacher_outs)
-        s, t = match_spatial(as_spatial(s).float(), as_spatial(t).float())
-        head = stage.extra[NAME]
-        return {"vid": cfg.weight * vid_loss(head.mean(s), head.variance(), t)}
+        teacher = teacher_outs[cfg.teacher_index].features
+        heads = stage.extra[NAME]
+        heads = [heads] if isinstance(heads, VIDHead) else list(heads)
+        loss = 0.0
+        for head, (a, b) in zip(heads, alias_pairs(cfg)):
+            s, t = match_spatial(as_spatial(student_out.features[a]).float(), as_spatial(teacher[b]).float())
+            loss = loss + vid_loss(head.mean(s), head.variance(), t)
+        return {"vid": cfg.weight * loss}

@@ -152,10 +152,17 @@ CHECK_CONFIG = {"crd": {"negatives": 256, "feat_dim": 16}, "rkd": {"angle_weight
                 "reviewkd": {"warmup_epochs": 1}}  # and its warm-up's state across a resume
 
 
+# check_method's teacher is twice the student's width: FSP and KDSVD compare taps of equal
+# widths, the student's second block (8 channels) with the teacher's first
+EQUAL_WIDTH = {"student": {"feat": "blocks.1"}, "teacher": {"feat": "blocks.0"}}
+CHECK_TAPS = {"fsp": EQUAL_WIDTH, "kdsvd": EQUAL_WIDTH}
+CHECK_CONFIG.update({m: {"student": ["feat", "feat"], "teacher": ["feat", "feat"]} for m in CHECK_TAPS})
+
+
 @pytest.mark.parametrize("method", CHECKED)
 def test_method_passes_check_method(method, tmp_path):
     config = {**REQUIRED.get(method, {}), **CHECK_CONFIG.get(method, {})}
-    check_method(method, config, taps=TAPS, terms=method not in NO_TERMS, teachers=2 if method == "triplet_ae" else 1,
+    check_method(method, config, taps=CHECK_TAPS.get(method, TAPS), terms=method not in NO_TERMS, teachers=2 if method == "triplet_ae" else 1,
                  workdir=tmp_path)
 
 
@@ -177,7 +184,8 @@ def test_all_methods_compose_in_one_stage(write_recipe, tmp_path, catalogue):
     terms = {t for t in acc.Tags()["scalars"] if t.startswith("loss/")}
     assert terms == {"loss/total", "loss/ce", "loss/kd", "loss/hint", "loss/geometry", "loss/contrastive",
                      "loss/ae_recon", "loss/triplet", "loss/latent_kd", "loss/dkd", "loss/dist", "loss/at", "loss/sp",
-                     "loss/rkd", "loss/pkt", "loss/cc", "loss/nst", "loss/vid", "loss/crd", "loss/reviewkd"}
+                     "loss/rkd", "loss/pkt", "loss/cc", "loss/nst", "loss/vid", "loss/crd", "loss/reviewkd",
+                     "loss/nkd", "loss/uskd", "loss/ctkd", "loss/fsp", "loss/ab", "loss/kdsvd"}
     assert {"geometry/student", "geometry/teacher"} <= set(acc.Tags()["images"])
 
 

@@ -200,3 +200,36 @@ def test_reviewkd_hcl_by_hand_and_fusion_shapes():
 
 # Each method's round trip (alone, composed, every kind of stop and resume) is
 # tests/methods/test_conformance.py::test_method_passes_check_method.
+
+
+def test_nst_and_vid_take_several_tap_pairs_and_sum_them(tmp_path):
+    """NST and VID over a list of tap pairs (as published over three stages): the recipe keys
+    take a list, and the term is the sum over the pairs (one VID regressor per pair)."""
+    import attrs
+
+    from kdlab import ModelOutput
+    from kdlab.engine.recipe import CONVERTER
+    from kdlab.methods.nst import NSTConfig, NST, nst_loss
+    from kdlab.methods.vid import VID, VIDConfig
+
+    g = torch.Generator().manual_seed(0)
+    feats = {"a": torch.randn(4, 3, 4, 4, generator=g), "b": torch.randn(4, 5, 2, 2, generator=g)}
+    tfeats = {"a": torch.randn(4, 6, 4, 4, generator=g), "b": torch.randn(4, 2, 2, 2, generator=g)}
+    student, teachers = ModelOutput(torch.zeros(4, 2), feats), [ModelOutput(torch.zeros(4, 2), tfeats)]
+    cfg = CONVERTER.structure({"student": ["a", "b"], "teacher": ["a", "b"]}, NSTConfig)
+    assert cfg.student == ("a", "b")
+    got = NST(cfg).kdlab_loss_terms(None, None, student, teachers)["nst"]
+    want = 50.0 * (nst_loss(feats["a"], tfeats["a"]) + nst_loss(feats["b"], tfeats["b"]))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    one = CONVERTER.structure({"student": "a", "teacher": "a"}, VIDConfig)
+    two = attrs.evolve(one, student=("a", "b"), teacher=("a", "b"))
+    vid_one, vid_two = VID(one), VID(two)
+    heads = vid_two.kdlab_extra_modules(None, (student, teachers))["vid"]
+    assert len(heads) == 2
+    stage = type("S", (), {"extra": {"vid": heads}})()
+    single = type("S", (), {"extra": {"vid": heads[0]}})()
+    both = vid_two.kdlab_loss_terms(stage, None, student, teachers)["vid"]
+    first = vid_one.kdlab_loss_terms(single, None, student, teachers)["vid"]
+    second = VID(attrs.evolve(one, student="b", teacher="b")).kdlab_loss_terms(
+        type("S", (), {"extra": {"vid": heads[1]}})(), None, student, teachers)["vid"]
+    assert both.item() == pytest.approx((first + second).item(), rel=1e-6)

@@ -112,6 +112,26 @@ def test_top_k_plus_tail_is_the_divergence_of_the_bucketed_distributions_values_
     assert torch.allclose(g_sparse, g_dense, atol=1e-6)
 
 
+@pytest.mark.parametrize(("vocab", "k"), [(300, 8), (300, 64), (50, 50), (50, 49)])
+def test_the_closed_form_bucket_kl_equals_autograd_through_the_buckets(vocab, k):
+    """token_kd's forward KL from a top-k at temperature 1 (closed-form gradient) against the
+    same divergence differentiated by autograd through bucket_logprobs; k = V floors the tail
+    (no gradient through it), k = V - 1 leaves one tail token."""
+    from kdlab.methods.token_kd import _BucketForwardKL
+
+    student = _peaked((4, 5), vocab, 4).requires_grad_()
+    top, _ = _sparse(_peaked((4, 5), vocab, 5), k)
+    s, t = bucket_logprobs(student, top)
+    want = divergence_of(s, t, divergence="forward_kl")
+    (g_want,) = torch.autograd.grad(want.sum(), student)
+    got = _BucketForwardKL.apply(student, top.index.long(), top.values.float(), top.tail())
+    (g_got,) = torch.autograd.grad(got.sum(), student)
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(g_got, g_want, atol=1e-6)
+    mask = torch.ones(4, 5, dtype=torch.bool)  # and token_kd takes it
+    assert torch.allclose(token_kd_loss(student, ModelOutput(None, topk=top), mask), want.mean(), atol=1e-6)
+
+
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_with_k_equal_to_the_vocabulary_the_sparse_divergence_is_the_full_one(divergence):
     student, teacher = _peaked((3, 4), 50, 2), _peaked((3, 4), 50, 3)
