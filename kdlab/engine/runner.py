@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -239,24 +238,13 @@ def _open_run_dir(recipe, catalogue, out, resume, run_id) -> Path:
     return run_dir
 
 
-def _deterministic(mode: bool, warn_only: bool) -> None:
-    """torch.use_deterministic_algorithms without importing torch._inductor where nothing has:
-    the public call imports it to set one flag of its config (70 MB of resident memory and 0.3 s
-    for every run, also when nothing is compiled); the compile plugin sets that flag itself
-    (kdlab.infra.compile) when it brings inductor in."""
-    if "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
-    else:
-        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
-
-
 @contextlib.contextmanager
 def _determinism(on: bool):
     """Deterministic kernels for the run, and the process's previous settings back afterwards."""
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.benchmark)
     if on:
-        _deterministic(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         # Filling every new tensor with NaN finds reads of uninitialised memory; it does not
         # change results, and costs time on every allocation.
         torch.utils.deterministic.fill_uninitialized_memory = False
@@ -264,7 +252,7 @@ def _determinism(on: bool):
     try:
         yield
     finally:
-        _deterministic(before[0], warn_only=before[1])
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.utils.deterministic.fill_uninitialized_memory = before[2]
         torch.backends.cudnn.benchmark = before[3]
 

@@ -9,6 +9,7 @@ import time
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 
@@ -30,10 +31,6 @@ def count_nonzero(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward on ``example`` (flop_counter counts 2 flops per MAC)."""
-    # imported here: torch.utils.flop_counter imports triton where it is installed (70 MB of
-    # resident memory and 0.2 s for every run otherwise, also on a CPU)
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(example)
     return counter.get_total_flops() // 2

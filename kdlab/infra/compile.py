@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-import torch
 
 from kdlab import Requirements, hookimpl
 
@@ -36,10 +35,6 @@ class Compile:
     @hookimpl(trylast=True)  # after other plugins changed the models (channels_last, pruning)
     def kdlab_stage_start(self, stage):
         cfg = self.config
-        # the run set torch's deterministic flag without importing inductor (kdlab.engine.runner):
-        # inductor's own copy of it follows here, where inductor comes in
-        torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled(),
-                                           warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
         for model in [stage.student, *(stage.teachers if cfg.teachers else [])]:
             model.compile(mode=cfg.mode, dynamic=cfg.dynamic)
 

@@ -20,7 +20,7 @@ MALFORMED = [
     ("lr = 0.01", 'lr = "fast"', "lr must be a number, got 'fast'", "$.stages.teacher.optimizer.lr"),
     ('name = "adam"', 'name = "adagrad"', "name must be one of 'sgd', 'adam', 'adamw'",
      "$.stages.teacher.optimizer.name"),
-    ("methods.supervised = {}", "methods.supervisd = {}", "unknown method 'supervisd' (methods: amp,",
+    ("methods.supervised = {}", "methods.supervisd = {}", "unknown method 'supervisd' (methods: ab, amp,",
      "$.stages.teacher.methods.supervisd"),
     ('dataset = "digits"', 'dataset = "imagenet"', "unknown data set 'imagenet' (available: cifar10, cifar100, digits, mnist, phonemes, speech_commands, text)",
      "$.data.dataset"),
