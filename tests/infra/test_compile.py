@@ -10,7 +10,7 @@ from kdlab.engine.runner import run
 from tests.conftest import TINY
 
 TAPPED = TINY.replace("alpha = 0.5 }", 'alpha = 0.5 }\ntaps = { student = { emb = "embed" }, teacher = { emb = "embed" } }\n'
-                      'methods.feature_kd = { student = "emb", teacher = "emb" }')
+                      'methods.feature_kd = { student = "emb", teacher = "emb", weight = 1.0 }')
 
 
 class Compiled:
