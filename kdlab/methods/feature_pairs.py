@@ -55,6 +55,19 @@ def alias_pairs(cfg) -> list[tuple[str, str]]:
     return [(cfg.student, cfg.teacher)] if one else list(zip(cfg.student, cfg.teacher))
 
 
+def check_equal_widths(cfg, stage, name: str, probe, why: str) -> None:
+    """Refuse tap pairs whose student and teacher channels differ (methods that compare
+    same-width matrices: FSP, KDSVD), naming the method and the taps; ``probe`` is the
+    ``kdlab_extra_modules`` probe (student output, teacher outputs)."""
+    student_out, teacher_outs = probe
+    for s, t in alias_pairs(cfg):
+        cs = as_spatial(student_out.features[s]).shape[1]
+        ct = as_spatial(teacher_outs[cfg.teacher_index].features[t]).shape[1]
+        if cs != ct:
+            raise KdlabError(f"stages.{stage.name}.methods.{name}: student tap '{s}' has {cs} channels, "
+                             f"teacher tap '{t}' {ct}; {why}")
+
+
 def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
     """(N, T, D) tokens -> (N, D, h, w) map; a leading class token is dropped when T - 1 is a
     square and T is not (a ViT's patch grid)."""

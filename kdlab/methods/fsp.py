@@ -24,8 +24,8 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
-from kdlab.methods.feature_pairs import as_spatial, feature_pair_requirements, match_spatial
+from kdlab import hookimpl
+from kdlab.methods.feature_pairs import as_spatial, check_equal_widths, feature_pair_requirements, match_spatial
 
 NAME = "fsp"
 
@@ -64,15 +64,8 @@ class FSP:
 
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        # no modules: the shapes are checked here, once, where the probe's outputs are seen
-        cfg = self.config
-        student_out, teacher_outs = probe
-        for s, t in zip(cfg.student, cfg.teacher):
-            cs = as_spatial(student_out.features[s]).shape[1]
-            ct = as_spatial(teacher_outs[cfg.teacher_index].features[t]).shape[1]
-            if cs != ct:
-                raise KdlabError(f"stages.{stage.name}.methods.{NAME}: student tap '{s}' has {cs} channels, "
-                                 f"teacher tap '{t}' {ct}; FSP compares the matrices of taps of equal widths")
+        # no modules: the widths are checked here, once, where the probe's outputs are seen
+        check_equal_widths(self.config, stage, NAME, probe, "FSP compares the matrices of taps of equal widths")
         return {}
 
     @hookimpl

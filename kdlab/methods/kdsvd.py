@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
-from kdlab.methods.feature_pairs import as_spatial, feature_pair_requirements
+from kdlab import hookimpl
+from kdlab.methods.feature_pairs import as_spatial, check_equal_widths, feature_pair_requirements
 
 NAME = "kdsvd"
 
@@ -94,15 +94,8 @@ class KDSVD:
 
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        # no modules: the shapes are checked once here, where the probe's outputs are seen
-        cfg = self.config
-        student_out, teacher_outs = probe
-        for s, t in zip(cfg.student, cfg.teacher):
-            cs = as_spatial(student_out.features[s]).shape[1]
-            ct = as_spatial(teacher_outs[cfg.teacher_index].features[t]).shape[1]
-            if cs != ct:
-                raise KdlabError(f"stages.{stage.name}.methods.{NAME}: student tap '{s}' has {cs} channels, "
-                                 f"teacher tap '{t}' {ct}; KDSVD aligns singular vectors of equal length")
+        # no modules: the widths are checked here, once, where the probe's outputs are seen
+        check_equal_widths(self.config, stage, NAME, probe, "KDSVD aligns singular vectors of equal length")
         return {}
 
     @hookimpl
