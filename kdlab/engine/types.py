@@ -268,6 +268,7 @@ class Taps:
 
     def __init__(self, model: nn.Module, paths: dict[str, str], where: str):
         self.captured: dict[str, torch.Tensor] = {}
+        self.modules: dict[str, nn.Module] = {}  # alias -> the tapped module (its weights, e.g. a BatchNorm's)
         self._handles = []
         modules = dict(model.named_modules())
         for alias, path in paths.items():
@@ -276,6 +277,7 @@ class Taps:
                 raise KdlabError(
                     f"{where}.{alias}: no module '{path}' in the model; some that exist: {', '.join(near)}"
                 )
+            self.modules[alias] = modules[path]
             self._handles.append(modules[path].register_forward_hook(self._keeper(alias)))
 
     def _keeper(self, alias: str):

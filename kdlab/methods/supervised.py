@@ -20,6 +20,7 @@ from kdlab import Requirements, hookimpl
 class SupervisedConfig:
     label_smoothing: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
     classes: tuple[int, ...] | None = field(default=None, validator=v.optional(v.deep_iterable(v.ge(0))))
+    weight: float = field(default=1.0, validator=v.ge(0))  # the term's factor (a method's CE weight, e.g. MLKD's)
 
 
 def supervised_loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0,
@@ -46,5 +47,5 @@ class Supervised:
     @hookimpl
     def kdlab_loss_terms(self, stage, batch, student_out):
         cfg = self.config
-        return {"ce": supervised_loss(student_out.logits, batch.targets, label_smoothing=cfg.label_smoothing,
-                                      classes=cfg.classes)}
+        ce = supervised_loss(student_out.logits, batch.targets, label_smoothing=cfg.label_smoothing, classes=cfg.classes)
+        return {"ce": ce if cfg.weight == 1.0 else cfg.weight * ce}

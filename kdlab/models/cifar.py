@@ -9,7 +9,9 @@ whose ResNets and VGGs are the ImageNet ones (a 7x7 stem, four stages, 4096-wide
 The generic forms are registered too: ``cifar_resnet`` (``depth`` = 6n + 2, ``filters``), ``wrn``
 (``depth`` = 6n + 4, ``widen``) and ``vgg_bn`` (``layers`` 8, 11, 13, 16 or 19). Tap points by
 module name: ``layer1``..``layer3`` (ResNets), ``block1``..``block3`` (WRNs), ``block0``..
-``block4`` (VGG), and ``pool`` (the pooled embedding before the classifier ``fc``) in all.
+``block4`` (VGG), and ``pool`` (the pooled embedding before the classifier ``fc``) in all; a
+ResNet block's output before its last ReLU is ``layer<s>.<i>.preact`` (pre-activation taps, as
+OFD and AB use; a WRN block's output is already before the next block's ReLU).
 """
 
 from __future__ import annotations
@@ -72,10 +74,11 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
             nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.preact = nn.Identity()  # a tap point: the block's output before its last ReLU
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return self.relu(self.preact(self.bn2(self.conv2(out)) + self.shortcut(x)))
 
 
 class CifarResNet(nn.Module):

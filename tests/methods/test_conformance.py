@@ -19,7 +19,11 @@ from kdlab.testing import _TermProbe, check_method
 
 # Settings a method needs that have no default, and whether it supplies a loss term itself.
 REQUIRED = {"pruning": {"sparsity": 0.5}, "reviewkd": {"student": ["feat", "emb"], "teacher": ["feat", "emb"]},
-            "minilm": {"pairs": {"feat": "feat"}, "relation_heads": 2}}
+            "minilm": {"pairs": {"feat": "feat"}, "relation_heads": 2},
+            # the compact CNN's block 1 is conv, BatchNorm (blocks.1.1, tapped as `pre`), ReLU, pool
+            "ofd": {"student": "pre", "teacher": "pre"},
+            "vitkd": {"low_student": ["feat"], "low_teacher": ["feat"]},
+            "ft": {"paraphraser_epochs": 1}}
 SUPPLIES_LOSS = {"supervised", "logit_kd", "ctc", "ctc_kd", "lm"}
 # Methods for sequence models (CTC): checked on a tiny phoneme corpus instead of digits.
 SEQUENCE = {"ctc", "ctc_kd"}
@@ -91,7 +95,7 @@ model = {{ arch = "cnn", channels = [4, 8] }}
 methods.supervised = {{}}
 [stages.student]
 teachers = ["teacher", "teacher"]   # two, for multi-teacher methods
-taps = {{ student = {{ emb = "embed", feat = "blocks.1" }}, teacher = {{ emb = "embed", feat = "blocks.1" }} }}
+taps = {{ student = {{ emb = "embed", feat = "blocks.1", pre = "blocks.1.1" }}, teacher = {{ emb = "embed", feat = "blocks.1", pre = "blocks.1.1", head = "head" }} }}
 {methods}
 """
 
@@ -145,7 +149,8 @@ def test_method_trains_two_steps_and_its_terms_reach_the_student(method, write_r
 # each of the runs (minutes); it is checked in tests/infra/test_compile.py. The sequence and
 # text methods need other data.
 CHECKED = [m for m in discover().methods if m not in SEQUENCE | TEXT | {"compile", "supervised", "logit_kd"}]
-TAPS = {"student": {"emb": "embed", "feat": "blocks.1"}, "teacher": {"emb": "embed", "feat": "blocks.1"}}
+TAPS = {"student": {"emb": "embed", "feat": "blocks.1", "pre": "blocks.1.1"},
+        "teacher": {"emb": "embed", "feat": "blocks.1", "pre": "blocks.1.1", "head": "head"}}
 # smaller than the defaults, for the CPU: CRD's 16,384 negatives per sample and RKD's angle term
 # (batch^3 triplets) take minutes at check_method's batch of 539
 CHECK_CONFIG = {"crd": {"negatives": 256, "feat_dim": 16}, "rkd": {"angle_weight": 0.0},
@@ -155,8 +160,8 @@ CHECK_CONFIG = {"crd": {"negatives": 256, "feat_dim": 16}, "rkd": {"angle_weight
 # check_method's teacher is twice the student's width: FSP and KDSVD compare taps of equal
 # widths, the student's second block (8 channels) with the teacher's first
 EQUAL_WIDTH = {"student": {"feat": "blocks.1"}, "teacher": {"feat": "blocks.0"}}
-CHECK_TAPS = {"fsp": EQUAL_WIDTH, "kdsvd": EQUAL_WIDTH}
-CHECK_CONFIG.update({m: {"student": ["feat", "feat"], "teacher": ["feat", "feat"]} for m in CHECK_TAPS})
+CHECK_TAPS = {"fsp": EQUAL_WIDTH, "kdsvd": EQUAL_WIDTH, "dist_plus": EQUAL_WIDTH}
+CHECK_CONFIG.update({m: {"student": ["feat", "feat"], "teacher": ["feat", "feat"]} for m in ("fsp", "kdsvd")})
 
 
 @pytest.mark.parametrize("method", CHECKED)
@@ -185,7 +190,8 @@ def test_all_methods_compose_in_one_stage(write_recipe, tmp_path, catalogue):
     assert terms == {"loss/total", "loss/ce", "loss/kd", "loss/hint", "loss/geometry", "loss/contrastive",
                      "loss/ae_recon", "loss/triplet", "loss/latent_kd", "loss/dkd", "loss/dist", "loss/at", "loss/sp",
                      "loss/rkd", "loss/pkt", "loss/cc", "loss/nst", "loss/vid", "loss/crd", "loss/reviewkd",
-                     "loss/nkd", "loss/uskd", "loss/ctkd", "loss/fsp", "loss/ab", "loss/kdsvd"}
+                     "loss/nkd", "loss/uskd", "loss/ctkd", "loss/fsp", "loss/ab", "loss/kdsvd", "loss/mlkd",
+                     "loss/dist_plus", "loss/ft", "loss/ofd", "loss/srrl", "loss/vitkd"}
     assert {"geometry/student", "geometry/teacher"} <= set(acc.Tags()["images"])
 
 

@@ -35,3 +35,14 @@ def test_classes_restricts_the_loss_to_those_samples():
     assert got.item() == pytest.approx(((per_sample[0] + per_sample[1]) / 2).item())
     none = supervised_loss(logits, targets, classes=(5,))
     assert none.item() == 0.0
+
+
+def test_weight_scales_the_term():
+    from kdlab.methods.supervised import Supervised, SupervisedConfig
+
+    logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    batch = type("B", (), {"targets": targets})()
+    out = type("O", (), {"logits": logits})()
+    plain = Supervised(SupervisedConfig()).kdlab_loss_terms(None, batch, out)["ce"]
+    scaled = Supervised(SupervisedConfig(weight=0.2)).kdlab_loss_terms(None, batch, out)["ce"]
+    assert scaled.item() == pytest.approx(0.2 * plain.item(), rel=1e-6)

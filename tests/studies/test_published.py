@@ -23,7 +23,7 @@ def test_protocol_sweep_reported_beside_the_published_table(tmp_path, capsys):
     assert recipe["defaults"]["epochs"] == 240 and recipe["data"]["batch_size"] == 64
     assert recipe["defaults"]["scheduler"]["milestones"] == [150, 180, 210]
     methods = recipe["sweep"]["grid"]["stages.student.methods"]
-    assert len(methods) == 14
+    assert len(methods) == 19
     # smoke scale: the first pair, three of the methods, two seeds, one short epoch
     recipe["sweep"] = {"seeds": [0, 1], "zip": {k: v[:1] for k, v in recipe["sweep"]["zip"].items()},
                        "grid": {"stages.student.methods": [methods[0], methods[1], methods[10]]}}
