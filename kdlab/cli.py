@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
                    "and the same as TensorBoard images to DIR")
     p.add_argument("--published", metavar="FILE", help="the runs as a published table (rows: teacher -> student "
                    "pairs, columns: methods) with the published values beside (e.g. docs/published/cifar100.toml)")
+    p.add_argument("--rows", metavar="KEYS", help="the paper layout for any sweep: comma-separated recipe keys "
+                   "that make the rows (e.g. stages.teacher.model.arch,stages.student.model.arch); with --columns")
+    p.add_argument("--columns", metavar="KEY", help="the recipe key that makes the columns of the paper layout "
+                   "(e.g. stages.student.methods, named by the methods)")
+    p.add_argument("--stage", default="student", help="the stage whose --metric the paper layout shows (default: student)")
     p = sub.add_parser("store", help="the stage store: list its entries, verify their checksums, remove entries")
     common(p, recipe=False)
     store = p.add_subparsers(dest="action", required=True)
@@ -413,10 +418,17 @@ def cmd_report(args) -> int:
                 print(f"wrote {path}", file=sys.stderr)
         return 0
     runs = aggregate.find_runs(args.run_dirs)
-    if args.published:
+    if args.published or args.rows or args.columns:
         from kdlab.studies import published
 
-        print(published.compare(runs, published.load_table(args.published)), end="")
+        command = shlex.join(["kdlab", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else None
+        if args.published:
+            print(published.compare(runs, published.load_table(args.published), command=command), end="")
+            return 0
+        if not (args.rows and args.columns):
+            raise KdlabError("kdlab report: the paper layout needs both --rows and --columns")
+        print(published.paper_table(runs, rows=args.rows.split(","), column=args.columns, stage=args.stage,
+                                    metric=args.metric, command=command), end="")
         return 0
     if args.per_run:
         rows = [{"run": str(r.run_dir), "stage": s, **m} for r in runs for s, m in r.metrics.items()]

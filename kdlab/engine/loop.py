@@ -27,7 +27,7 @@
                 kdlab_step_end(stage, loss, terms)                        # scheduler.step() here with interval = "step"
             stop with an error if the loss is not finite                  # one sync per epoch
             scheduler.step()                                              # with interval = "epoch"
-            metrics = evaluate("val"):                                    # every eval_every epochs
+            metrics = evaluate("val"):                                    # every eval_every epochs (and "test" with eval_test)
                 kdlab_eval_start(stage, split)
                 for batch in val: kdlab_eval_batch(stage, split, batch, output, teacher_outputs)
                 kdlab_eval_metrics(stage, split)                          # collected, merged
@@ -164,6 +164,8 @@ def _train(stage: Stage, train_teachers: bool) -> None:
         last = epoch + 1 == cfg.epochs or stage.budget_spent
         due = (epoch + 1) % cfg.eval_every == 0 or last
         metrics = evaluate(stage, "val") if due else {}
+        if due and cfg.eval_test:
+            metrics.update(evaluate(stage, "test"))
         stage.epoch = epoch + 1
         hook.kdlab_epoch_end(stage=stage, epoch=epoch, metrics=metrics)
 

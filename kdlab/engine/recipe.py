@@ -116,6 +116,9 @@ class StageConfig:
     loss_weights: dict[str, float] = field(factory=dict, validator=_weights_non_negative)
     taps: TapsConfig = Factory(TapsConfig)
     eval_every: int = field(default=1, validator=v.ge(1))
+    # also evaluate the test split at each evaluation (history gets test/* per epoch, for the
+    # papers' "best epoch" figures); never used to pick a checkpoint unless `monitor` names it
+    eval_test: bool = False
     # metric that decides the best checkpoint; unset: val/accuracy where a plugin reports it
     monitor: str | None = None
     monitor_mode: Literal["max", "min"] = "max"

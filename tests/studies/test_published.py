@@ -63,3 +63,77 @@ def test_bad_published_tables_are_one_line_errors(tmp_path):
     bad.write_text('source = "x"\nmetric = "test/accuracy"\ncolumns = {}\nrows = [{ teacher = "a" }]\n')
     with pytest.raises(KdlabError, match=r"rows\[0\] needs teacher, student and values"):
         published.load_table(bad)
+
+
+SWEEP = """
+name = "layout"
+device = "cpu"
+[data]
+dataset = "digits"
+batch_size = 600
+[plugins.progress]
+enabled = false
+[plugins.tensorboard]
+enabled = false
+[defaults]
+epochs = 3
+eval_test = true
+model = { arch = "cnn", channels = [4, 8] }
+[stages.teacher]
+model = { arch = "cnn", channels = [8, 16] }
+methods.supervised = {}
+[stages.student]
+teachers = ["teacher"]
+methods.supervised = {}
+[sweep]
+seeds = [0, 1, 2]
+grid."stages.student.model.channels" = [[4, 8], [2, 4]]
+grid."stages.student.methods" = [{ supervised = {} }, { logit_kd = { temperature = 4.0, alpha = 0.9 } }]
+"""
+
+
+def test_the_paper_layout_for_any_sweep(write_recipe, tmp_path, capsys, monkeypatch):
+    """mean +- sample std over seeds of the last and the best epoch, per row key x column key, with
+    the command that printed it; the numbers are the runs' own (metrics.json, history)."""
+    import json
+    import statistics
+
+    assert main(["sweep", str(write_recipe(SWEEP)), "--out", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    argv = ["report", str(tmp_path / "runs" / "layout"), "--rows", "stages.student.model.channels",
+            "--columns", "stages.student.methods"]
+    monkeypatch.setattr("sys.argv", ["kdlab", *argv])
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "last epoch / best epoch (seeds)" in out
+    assert f"command: `kdlab {' '.join(argv)}`" in out
+    head = next(line for line in out.splitlines() if line.startswith("| stages.student.model.channels"))
+    assert [c.strip() for c in head.strip("|").split("|")][1:] == ["alone", "logit_kd"]
+    runs = [p.parent for p in (tmp_path / "runs" / "layout").rglob("metrics.json")]
+    assert len(runs) == 12
+    for channels in ("[4, 8]", "[2, 4]"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {channels} "))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for column, methods in ((1, {"supervised"}), (2, {"logit_kd"})):
+            last, best = [], []
+            for run in runs:
+                recipe = tomllib.loads((run / "recipe.toml").read_text())
+                student = recipe["stages"]["student"]
+                if str(student["model"]["channels"]) != channels or set(student["methods"]) != methods:
+                    continue
+                last.append(100 * json.loads((run / "metrics.json").read_text())["student"]["test/accuracy"])
+                history = [json.loads(x) for x in (run / "history" / "student.jsonl").read_text().splitlines() if x]
+                best.append(100 * max(h["test/accuracy"] for h in history if "test/accuracy" in h))
+            assert len(last) == 3
+            want = (f"{statistics.fmean(last):.2f} ± {statistics.stdev(last):.2f} / "
+                    f"{statistics.fmean(best):.2f} ± {statistics.stdev(best):.2f} (3)")
+            assert cells[column] == want
+            assert all(b >= v for b, v in zip(best, last))
+
+
+def test_the_paper_layout_needs_both_keys(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"student": {"test/accuracy": 0.5}}')
+    assert main(["report", str(run), "--rows", "stages.student.model.arch"]) == 2
+    assert "needs both --rows and --columns" in capsys.readouterr().err
