@@ -7,6 +7,10 @@
     zip."defaults.optimizer.lr" = [0.01, 0.003]              # ...times the rows of the zip lists,
     zip."stages.student.methods.logit_kd.temperature" = [4.0, 2.0]   # which vary together
 
+A setting of one method (``zip."stages.student.methods.dkd.beta"``) beside a swept methods table
+(``grid."stages.student.methods"``) applies only to the runs whose methods row enables that
+method: DKD's beta per teacher -> student pair, say, without adding DKD to the other rows.
+
 Each run is the recipe with ``--set KEY=VALUE`` for its values, in its own run directory
 ``<out>/<recipe name>/<run id>``; the run id is derived from the values (readable part plus a
 hash), so a finished run is recognised and skipped and an interrupted one is continued when
@@ -126,6 +130,19 @@ def expand(table: dict, file: str = "<recipe>") -> list[SweepRun]:
     if isinstance(zipped, dict) and len({len(v) for v in zipped.values() if isinstance(v, list)}) > 1:
         lengths = ", ".join(f"{k}: {len(v)}" for k, v in zipped.items())
         problems.append(f"{at('zip')}: zip lists must have the same length ({lengths}) @ $.sweep.zip")
+    # a setting of one method under a swept methods table (zip."stages.s.methods.dkd.beta" with
+    # grid."stages.s.methods"): it applies to the runs whose methods row enables that method
+    # (DKD's beta per teacher -> student pair), not to every run
+    gated = {}
+    for name, part in (("grid", grid), ("zip", zipped)):
+        for key in part if isinstance(part, dict) else ():
+            m = re.fullmatch(r"(stages\.[^.]+\.methods)\.([^.]+)\..+", key)
+            rows = grid.get(m.group(1)) if m and isinstance(grid, dict) else None
+            if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+                if not any(m.group(2) in r for r in rows):
+                    problems.append(f"{at(name, key)}: {name}.{key} sets method '{m.group(2)}', which no row of "
+                                    f"grid.\"{m.group(1)}\" enables @ $.sweep.{name}.{key}")
+                gated[key] = (m.group(1), m.group(2))
     if problems:
         raise RecipeError(problems)
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
@@ -134,6 +151,7 @@ def expand(table: dict, file: str = "<recipe>") -> list[SweepRun]:
         for row in zip_rows:
             for seed in seeds:
                 values = {**dict(zip(grid, combo)), **row}
+                values = {k: v for k, v in values.items() if k not in gated or gated[k][1] in values[gated[k][0]]}
                 if seed is not None:
                     values["seed"] = seed
                 runs.append(SweepRun.of(values))

@@ -130,3 +130,24 @@ def test_sweep_in_parallel_processes(write_recipe, tmp_path):
 def test_recipe_without_sweep(write_recipe, capsys):
     assert main(["sweep", str(write_recipe())]) == 2
     assert "no [sweep] table" in capsys.readouterr().err
+
+
+def test_a_methods_setting_per_zip_row_applies_where_its_method_runs():
+    """DKD's beta per pair: zip."stages.s.methods.dkd.beta" beside grid."stages.s.methods"."""
+    table = {"seeds": [0],
+             "grid": {"stages.student.methods": [{"supervised": {}}, {"supervised": {}, "dkd": {}}]},
+             "zip": {"stages.teacher.model.arch": ["a", "b"], "stages.student.methods.dkd.beta": [8.0, 2.0]}}
+    runs = sweep.expand(table)
+    assert len(runs) == 4
+    for r in runs:
+        has_dkd = "dkd" in r.values["stages.student.methods"]
+        assert ("stages.student.methods.dkd.beta" in r.values) == has_dkd
+        if has_dkd:
+            assert r.values["stages.student.methods.dkd.beta"] == {"a": 8.0, "b": 2.0}[r.values["stages.teacher.model.arch"]]
+    # the overrides set the methods table first, then the beta inside it
+    dkd = next(r for r in runs if "dkd" in r.values["stages.student.methods"])
+    keys = [o.split("=")[0] for o in dkd.overrides]
+    assert keys.index("stages.student.methods") < keys.index("stages.student.methods.dkd.beta")
+    table["zip"]["stages.student.methods.dkx.beta"] = [1.0, 2.0]
+    with pytest.raises(RecipeError, match="sets method 'dkx', which no row of grid"):
+        sweep.expand(table)
