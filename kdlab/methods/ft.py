@@ -54,9 +54,12 @@ class FTConfig(FeaturePairConfig):
 
 
 def _encoder(cin: int, cout: int, bn: bool) -> nn.Sequential:
+    # RepDistiller's convolutions all carry a bias; before a BatchNorm (the translator's) it is
+    # cancelled by the normalisation, so kdlab leaves it out there: its gradient is rounding noise,
+    # which Adam would turn into steps that differ between one process and several
     layers = []
     for a, b in ((cin, cin), (cin, cout), (cout, cout)):
-        layers += [nn.Conv2d(a, b, 3, 1, 1), nn.BatchNorm2d(b) if bn else nn.Identity(), nn.LeakyReLU(0.1)]
+        layers += [nn.Conv2d(a, b, 3, 1, 1, bias=not bn), nn.BatchNorm2d(b) if bn else nn.Identity(), nn.LeakyReLU(0.1)]
     return nn.Sequential(*layers)
 
 
@@ -132,16 +135,24 @@ class FT:
             stage.data.train.set_epoch(epoch)
             for batch in stage.data.train:
                 batch = batch.to(stage.device)
-                with torch.no_grad():
-                    outs = stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch)
-                target = as_spatial(outs[cfg.teacher_index].features[cfg.teacher]).float()
-                loss = F.mse_loss(paraphraser(target), target)
+                n = int(batch.index.numel())  # under --nproc a rank's share of a step may be empty
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if distributed:  # every rank takes the same step: the mean gradient
+                if n:
+                    with torch.no_grad():
+                        outs = stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch)
+                    target = as_spatial(outs[cfg.teacher_index].features[cfg.teacher]).float()
+                    loss = F.mse_loss(paraphraser(target), target)
+                    loss.backward()
+                if distributed:  # every rank takes the same step: the sample-weighted mean gradient
+                    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) * n
+                                      for p in params] + [torch.tensor([float(n)], device=stage.device)])
+                    torch.distributed.all_reduce(flat)
+                    offset = 0
                     for p in params:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= stage.world_size
+                        p.grad = flat[offset:offset + p.numel()].view_as(p) / flat[-1]
+                        offset += p.numel()
+                elif not n:
+                    continue
                 opt.step()
             if stage.is_main:
                 log.info("%s: paraphraser epoch %d/%d, reconstruction loss %.4g", NAME, epoch + 1,

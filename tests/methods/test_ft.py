@@ -16,7 +16,7 @@ from kdlab.methods.ft import FT, FTConfig, Paraphraser, translator
 
 class _Batch:
     def __init__(self, x):
-        self.x = x
+        self.x, self.index = x, torch.arange(len(x))
 
     def to(self, device):
         return self

@@ -147,7 +147,10 @@ def test_ft_matches_repdistiller_with_its_paraphraser_and_translator():
     _check({"value": case["reconstruction"], "grads": case["reconstruction_grads"]}, rec,
            _params("paraphraser", paraphraser))
     trans = translator(4, 8, 0.5).train()
-    _load_state(trans, {k.removeprefix("encoder."): v for k, v in case["translator"].items()})
+    # kdlab's translator convolutions have no bias (the BatchNorm after each cancels it): the
+    # peer's biases are left out, and the loss and gradients still agree
+    _load_state(trans, {k.removeprefix("encoder."): v for k, v in case["translator"].items()
+                        if not (k.endswith(".bias") and k.removeprefix("encoder.").split(".")[0] in ("0", "3", "6"))})
     with torch.no_grad():
         factor_t = paraphraser.encoder(t)
     loss = 200 * ft_loss(trans(x["s"]), factor_t)
