@@ -137,3 +137,29 @@ def test_the_paper_layout_needs_both_keys(tmp_path, capsys):
     (run / "metrics.json").write_text('{"student": {"test/accuracy": 0.5}}')
     assert main(["report", str(run), "--rows", "stages.student.model.arch"]) == 2
     assert "needs both --rows and --columns" in capsys.readouterr().err
+
+
+def test_the_two_stage_protocol_rows_run_and_report(tmp_path, capsys):
+    """FSP and AB as published: a first stage on the method's loss alone, then the student from
+    it (init) on cross-entropy; smoke scale, the first pair, one seed."""
+    make_cifar(tmp_path / "data", hundred=True)
+    recipe = tomllib.loads((ROOT / "recipes" / "cifar100_protocol_twostage.toml").read_text())
+    assert recipe["stages"]["student_init"]["epochs"] == 30 and recipe["stages"]["student"]["init"] == "student_init"
+    recipe["sweep"] = {"seeds": [0], "zip": {k: v[:1] for k, v in recipe["sweep"]["zip"].items()},
+                       "grid": recipe["sweep"]["grid"]}
+    recipe["data"].update(root=str(tmp_path / "data"), verify=False, val_size=4, batch_size=8, eval_batch_size=8,
+                          train_limit=16, num_workers=0)
+    recipe["defaults"]["epochs"] = 1
+    recipe["stages"]["student_init"]["epochs"] = 1
+    recipe["device"] = "cpu"
+    recipe["plugins"] = {"progress": {"enabled": False}, "tensorboard": {"enabled": False}}
+    path = tmp_path / "twostage.toml"
+    path.write_text(tomli_w.dumps(recipe))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs" / "cifar100_protocol_twostage"), "--rows",
+                 "stages.teacher.model.arch,stages.student.model.arch", "--columns", "stages.student_init.methods"]) == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.startswith("| teacher -> student"))
+    assert [c.strip() for c in head.strip("|").split("|")][1:] == ["ab", "fsp"]
+    assert next(line for line in out.splitlines() if line.startswith("| resnet32x4 -> resnet8x4")).count("(1)") == 2
