@@ -13,7 +13,8 @@ trains with the student, and the normalised factors are matched:
 the paraphraser's training as RepDistiller (models/util.py Paraphraser and Translator,
 distiller_zoo/FT.py, helper/pretrain.py, scripts/run_cifar_distill.sh: k 0.5, weight 200, the
 paraphraser trained for 30 epochs with SGD at lr 0.01, momentum 0.9, weight decay 5e-4 on the
-reconstruction MSE, then frozen; checked against it, values and gradients with both modules:
+reconstruction MSE, then frozen; kdlab's translator convolutions drop the bias that the BatchNorm after each
+cancels; checked against it, values and gradients with both modules:
 benchmarks/parity_peers.py). In kdlab the paraphraser is trained by this plugin at the start
 of the stage (``paraphraser_epochs`` passes over the training data, the teacher's features only;
 under ``--nproc`` its gradients are averaged over the processes, so every rank holds the same
