@@ -42,11 +42,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import peak_of
 from benchmarks.lm_topk import corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,21 +210,10 @@ methods.token_kd = {{}}
 
 
 def child(python: str, code: str, args: list[str]) -> dict:
-    """``code`` in a fresh ``python`` -> its last JSON line, with the process's own peak resident
-    memory (wait4's ru_maxrss) as ``peak``."""
+    """``code`` in a fresh ``python`` -> its last JSON line, with its peak resident memory as ``peak``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": args[2] if len(args) > 2 else "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([python, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
-                                text=True, env=env)
-        out = proc.stdout.read()  # communicate() would reap the child and lose its rusage: wait4 it here
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            err.seek(0)
-            raise SystemExit(f"{python} failed:\n{err.read()[-4000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak"] = usage.ru_maxrss * 1024
-    return result
+    return peak_of(code, args, ROOT, python=python, env=env)
 
 
 def main() -> None:

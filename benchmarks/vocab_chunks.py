@@ -25,13 +25,12 @@ that process's), the variants interleaved ``--repeats`` times and reported as me
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from benchmarks.common import peak_of
 
 VOCAB = 151_936
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,23 +151,6 @@ teachers = ["teacher"]
 methods.lm = {{}}
 methods.token_kd = {{}}
 """
-
-
-def peak_of(code: str, args: list[str], cwd: Path) -> dict:
-    """Run ``code`` in a fresh interpreter in ``cwd`` (whose kdlab it imports) -> its JSON line,
-    with the process's own peak resident memory (wait4's ru_maxrss) as ``peak`` if it gives none."""
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=err,
-                                text=True, env={**os.environ, "PYTHONPATH": str(cwd)})
-        out = proc.stdout.read()  # communicate() would reap the child and lose its rusage: wait4 it here
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"child failed in {cwd}:\n{err.read()[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result.setdefault("peak", usage.ru_maxrss * 1024)
-    return result
 
 
 def main() -> None:

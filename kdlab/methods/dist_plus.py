@@ -28,9 +28,10 @@ import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import KdlabError, hookimpl
+from kdlab import hookimpl
 from kdlab.methods.dist import dist_loss, pearson_rows
-from kdlab.methods.feature_pairs import FeaturePairConfig, as_spatial, feature_pair_requirements, match_spatial, paired
+from kdlab.methods.feature_pairs import (FeaturePairConfig, as_spatial, check_equal_widths, feature_pair_requirements,
+                                         match_spatial, paired)
 
 NAME = "dist_plus"
 
@@ -81,12 +82,7 @@ class DISTPlus:
 
     @hookimpl
     def kdlab_extra_modules(self, stage, probe):
-        s, t = paired(self.config, *probe)
-        s, t = as_spatial(s), as_spatial(t)
-        if s.shape[1] != t.shape[1]:
-            raise KdlabError(f"stages.{stage.name}.methods.{NAME}: student tap '{self.config.student}' has "
-                             f"{s.shape[1]} channels, teacher tap '{self.config.teacher}' {t.shape[1]}; "
-                             "DIST+ correlates the channels of maps of equal widths")
+        check_equal_widths(self.config, stage, NAME, probe, "DIST+ correlates the channels of maps of equal widths")
         return {}
 
     @hookimpl

@@ -68,12 +68,19 @@ def check_equal_widths(cfg, stage, name: str, probe, why: str) -> None:
                              f"teacher tap '{t}' {ct}; {why}")
 
 
-def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
-    """(N, T, D) tokens -> (N, D, h, w) map; a leading class token is dropped when T - 1 is a
-    square and T is not (a ViT's patch grid)."""
-    n, t, d = tokens.shape
+def patch_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, T, D) tokens without a leading class token: it is dropped when T - 1 is a square and T
+    is not (a ViT's patch grid)."""
+    t = tokens.shape[1]
     if math.isqrt(t) ** 2 != t and math.isqrt(t - 1) ** 2 == t - 1:
-        tokens, t = tokens[:, 1:], t - 1
+        return tokens[:, 1:]
+    return tokens
+
+
+def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, T, D) tokens -> (N, D, h, w) map, a class token dropped (:func:`patch_tokens`)."""
+    tokens = patch_tokens(tokens)
+    n, t, d = tokens.shape
     side = math.isqrt(t)
     if side * side != t:
         raise KdlabError(f"cannot arrange {t} tokens on a square grid")

@@ -48,4 +48,4 @@ class Supervised:
     def kdlab_loss_terms(self, stage, batch, student_out):
         cfg = self.config
         ce = supervised_loss(student_out.logits, batch.targets, label_smoothing=cfg.label_smoothing, classes=cfg.classes)
-        return {"ce": ce if cfg.weight == 1.0 else cfg.weight * ce}
+        return {"ce": cfg.weight * ce}

@@ -33,6 +33,7 @@ from torch import nn
 
 from kdlab import KdlabError, Requirements, hookimpl
 from kdlab.engine.recipe import ALIASES
+from kdlab.methods.feature_pairs import patch_tokens
 
 NAME = "vitkd"
 
@@ -59,10 +60,7 @@ def as_tokens(x: torch.Tensor) -> torch.Tensor:
         return x.flatten(2).transpose(1, 2)
     if x.dim() != 3:
         raise KdlabError(f"ViTKD needs token sequences (N, T, D) or maps (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
-    t = x.shape[1]
-    if math.isqrt(t) ** 2 != t and math.isqrt(t - 1) ** 2 == t - 1:
-        return x[:, 1:]
-    return x
+    return patch_tokens(x)
 
 
 class ViTKDModules(nn.Module):
