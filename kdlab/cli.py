@@ -51,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-store", metavar="DIR", help="reuse a stage filed in DIR by an earlier run with the same "
                    "settings and inputs instead of training it, and file the stages trained here")
 
+    p = sub.add_parser("label", help="run a stage's teachers once over the corpus into its teacher cache's store "
+                       "(methods.teacher_cache with dir; compact = true for a language model's sharded top-k store), "
+                       "training first only the stages it reads; later runs of any recipe with the same teacher, "
+                       "tokenizer and corpus read the store")
+    common(p)
+    p.add_argument("--stage", required=True, help="the stage whose teacher cache is filled")
+    p.add_argument("--splits", default="train", type=lambda s: [x for x in s.split(",") if x],
+                   help="comma-separated splits to label (default: train, the one training reads)")
+    p.add_argument("--out", default="runs", help="parent directory of run directories, for the teachers' stages "
+                   "if they train (default: runs)")
+    p.add_argument("--run-id", metavar="ID", help="the run directory OUT/<recipe name>/ID (continued if it exists): "
+                   "`kdlab run RECIPE --run-id ID` then trains the stage from the store")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                   help="label with N processes on this machine, each writing its own shards")
+
     p = sub.add_parser("sweep", help="run every combination of a recipe's [sweep] table")
     common(p)
     p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs)")
@@ -216,40 +231,7 @@ def cmd_run(args) -> int:
     from kdlab.engine.runner import run
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from kdlab.engine.recipe import load_recipe
-        from kdlab.engine.registry import discover
-        from kdlab.engine.runner import check_gpus, resolve_device
-
-        from kdlab.engine.preflight import check_requirements
-
-        # what would fail in every process fails here once, before any is started
-        catalogue = discover()
-        recipe = load_recipe(args.recipe, catalogue, args.overrides)
-        check_requirements(recipe, catalogue, args.recipe)
-        check_gpus(resolve_device(recipe), args.nproc)
-        # relaunch through torchrun, which starts N copies of this command with their ranks
-        argv, skip = [], False
-        for a in args.argv:
-            if skip or a.startswith("--nproc="):
-                skip = False
-                continue
-            skip = a == "--nproc"
-            if not skip:
-                argv.append(a)
-        cmd = [sys.executable, "-m", "kdlab.engine.launch", "--standalone", f"--nproc-per-node={args.nproc}",
-               "-m", "kdlab", *argv]
-        from kdlab.engine.processes import die_with_parent
-
-        # killed (even with SIGKILL), this launcher takes torchrun with it, and torchrun its workers
-        proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers save and stop, rank 0 says how to continue
-            try:  # a terminal's Ctrl-C or a scheduler's killpg reached them too; they stop within a step
-                return proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # the signal was for this process alone: pass it on
-                proc.send_signal(signal.SIGTERM)
-                return proc.wait()
+        return _relaunch(args)
     result = run(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume, run_id=args.run_id,
                  stage_store=args.stage_store, stages=args.stages)
     if os.environ.get("RANK", "0") != "0":
@@ -261,6 +243,57 @@ def cmd_run(args) -> int:
     if (result.run_dir / "tb").is_dir():  # not when TensorBoard was switched off
         print(f"tensorboard --logdir {result.run_dir / 'tb'}")
     return 0
+
+
+def cmd_label(args) -> int:
+    import os
+
+    from kdlab.engine.runner import run
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch(args)
+    result = run(args.recipe, overrides=args.overrides, out=args.out, run_id=args.run_id,
+                 label=(args.stage, args.splits))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"stage {args.stage}: its teachers' outputs over {', '.join(args.splits)} are in its teacher cache "
+              f"(the log names the store); train from it with: kdlab run {args.recipe} --resume {result.run_dir}")
+    return 0
+
+
+def _relaunch(args) -> int:
+    """``--nproc N`` of ``kdlab run`` and ``kdlab label``: this command again in N processes."""
+    from kdlab.engine.preflight import check_requirements
+    from kdlab.engine.processes import die_with_parent
+    from kdlab.engine.recipe import load_recipe
+    from kdlab.engine.registry import discover
+    from kdlab.engine.runner import check_gpus, resolve_device
+
+    # what would fail in every process fails here once, before any is started
+    catalogue = discover()
+    recipe = load_recipe(args.recipe, catalogue, args.overrides)
+    check_requirements(recipe, catalogue, args.recipe)
+    check_gpus(resolve_device(recipe), args.nproc)
+    # relaunch through torchrun, which starts N copies of this command with their ranks
+    argv, skip = [], False
+    for a in args.argv:
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        skip = a == "--nproc"
+        if not skip:
+            argv.append(a)
+    cmd = [sys.executable, "-m", "kdlab.engine.launch", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "kdlab", *argv]
+    # killed (even with SIGKILL), this launcher takes torchrun with it, and torchrun its workers
+    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers save and stop, rank 0 says how to continue
+        try:  # a terminal's Ctrl-C or a scheduler's killpg reached them too; they stop within a step
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # the signal was for this process alone: pass it on
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait()
 
 
 def cmd_sweep(args) -> int:
@@ -531,7 +564,7 @@ def cmd_kws_stream(args) -> int:
     return streaming.cli(args)
 
 
-COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "sweep": cmd_sweep, "search": cmd_search, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report, "store": cmd_store}
+COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "label": cmd_label, "sweep": cmd_sweep, "search": cmd_search, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report, "store": cmd_store}
 
 
 def main(argv: list[str] | None = None) -> int:

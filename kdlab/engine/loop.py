@@ -56,23 +56,7 @@ from kdlab.engine.types import Accumulation, Batch, DeferredTerm, ModelOutput, M
 
 def fit(stage: Stage) -> dict[str, float]:
     hook, cfg = stage.hook, stage.config
-
-    # Same seed for every stage: two students of the same architecture start from the same
-    # weights, so a KD stage and its baseline differ only by the method.
-    torch.manual_seed(stage.recipe.seed)
-    stage.student = build_model(stage, cfg.model).to(stage.device)
-    if cfg.init is not None:
-        checkpoint.load_weights(stage.student, load_model(stage, cfg.init).state_dict(), f"stages.{stage.name}.init = '{cfg.init}'")
-    if cfg.teachers:
-        stage.teachers = hook.kdlab_load_teachers(stage=stage)
-        for teacher in stage.teachers:
-            teacher.to(stage.device).train(False).requires_grad_(False)
-    stage.student_taps = Taps(stage.student, cfg.taps.student, f"stages.{stage.name}.taps.student")
-    stage.teacher_taps = [
-        Taps(t, cfg.taps.for_teacher(ref), f"stages.{stage.name}.taps.teacher" + (f"s.{ref}" if ref in cfg.taps.teachers else ""))
-        for ref, t in zip(cfg.teachers, stage.teachers)
-    ]
-
+    _build_models(stage)
     hook.kdlab_stage_start(stage=stage)
     if hook.kdlab_extra_modules.get_hookimpls():
         for extra in hook.kdlab_extra_modules(stage=stage, probe=_probe(stage)):
@@ -118,6 +102,49 @@ def fit(stage: Stage) -> dict[str, float]:
         metrics.update(model_stats(stage.student, stage.data.input_shape, _batch_size(stage)))
     hook.kdlab_stage_summary(stage=stage, metrics=metrics)
     return metrics
+
+
+def label_stage(stage: Stage, splits: list[str]) -> None:
+    """``kdlab label``: the stage set up as for training, then the teachers' outputs asked for
+    once per split in ``splits``, and nothing trained. A cache plugin answering
+    ``kdlab_teacher_outputs`` (``teacher_cache``) builds, or reads, each split's store on the
+    first lookup, exactly as the training of the stage would."""
+    _build_models(stage)
+    stage.hook.kdlab_stage_start(stage=stage)
+    try:
+        for split in splits:
+            loader = getattr(stage.data, split)
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(0)
+            phase, stage.phase = stage.phase, split
+            try:
+                batch = next(iter(loader)).to(stage.device)
+                stage.hook.kdlab_teacher_outputs(stage=stage, batch=batch)
+            finally:
+                stage.phase = phase
+    finally:
+        for taps in [stage.student_taps, *stage.teacher_taps]:
+            taps.remove()
+
+
+def _build_models(stage: Stage) -> None:
+    """The student (from ``init`` if set), the frozen teachers and the taps of both."""
+    hook, cfg = stage.hook, stage.config
+    # Same seed for every stage: two students of the same architecture start from the same
+    # weights, so a KD stage and its baseline differ only by the method.
+    torch.manual_seed(stage.recipe.seed)
+    stage.student = build_model(stage, cfg.model).to(stage.device)
+    if cfg.init is not None:
+        checkpoint.load_weights(stage.student, load_model(stage, cfg.init).state_dict(), f"stages.{stage.name}.init = '{cfg.init}'")
+    if cfg.teachers:
+        stage.teachers = hook.kdlab_load_teachers(stage=stage)
+        for teacher in stage.teachers:
+            teacher.to(stage.device).train(False).requires_grad_(False)
+    stage.student_taps = Taps(stage.student, cfg.taps.student, f"stages.{stage.name}.taps.student")
+    stage.teacher_taps = [
+        Taps(t, cfg.taps.for_teacher(ref), f"stages.{stage.name}.taps.teacher" + (f"s.{ref}" if ref in cfg.taps.teachers else ""))
+        for ref, t in zip(cfg.teachers, stage.teachers)
+    ]
 
 
 def _train(stage: Stage, train_teachers: bool) -> None:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from kdlab.engine import checkpoint, rundir
 from kdlab.engine.errors import KdlabError, WriteError
-from kdlab.engine.loop import fit
+from kdlab.engine.loop import fit, label_stage
 from kdlab.engine.plan import build_data, stage_configs, stage_manager, stage_plugins
 from kdlab.engine.preflight import check_requirements, check_taps
 from kdlab.engine.recipe import Recipe, load_recipe, pending_files, recipe_to_dict
@@ -127,6 +127,7 @@ def run(
     stage_store: str | Path | None = None,
     wait: bool = False,
     stages: list[str] | None = None,
+    label: tuple[str, list[str]] | None = None,
 ) -> RunResult:
     """Train every stage of a recipe. ``resume`` continues the run in that directory;
     ``run_id`` names the run directory ``<out>/<recipe name>/<run_id>``, continuing it if it
@@ -135,12 +136,17 @@ def run(
     filed there is reused instead of trained. ``wait``: if another process holds the run
     directory, wait for it instead of failing. ``stages``: train only these; the others are read
     from the run directory (``resume``) or the stage store, and a named stage that needs one
-    found in neither (its teacher, its ``init``) is an error before anything trains."""
+    found in neither (its teacher, its ``init``) is an error before anything trains.
+    ``label = (stage, splits)`` (``kdlab label``): train only the stages that stage reads (its
+    teachers, its ``init``, and theirs) unless done, then fill its teacher cache's store over
+    ``splits`` (:func:`kdlab.engine.loop.label`) and stop; the stage itself does not train."""
     catalogue = catalogue or discover()
     recipe = load_recipe(recipe_path, catalogue, overrides)
+    if label is not None:
+        stages = _check_label(recipe, recipe_path, *label)
     if stages is not None:
         unknown = [s for s in stages if s not in recipe.stages]
-        if unknown or not stages:
+        if unknown or not (stages or label):
             raise KdlabError(f"--stages: {'no stage ' + ', '.join(repr(s) for s in unknown) if unknown else 'empty'} "
                              f"in {recipe_path} (its stages: {', '.join(recipe.stages)})")
     check_requirements(recipe, catalogue, recipe_path)  # what validate checks, before anything is written
@@ -169,7 +175,7 @@ def run(
         with _determinism(recipe.deterministic):
             store = StageStore(stage_store) if stage_store is not None else None
             return _run_stages(recipe, catalogue, run_dir, rank, world_size, recipe_path, store,
-                               None if stages is None else set(stages))
+                               None if stages is None else set(stages), label)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say where the run can be continued
         raise Interrupted(run_dir) from exc
     except (WriteError, OSError) as exc:  # a full disk: the same, once there is room
@@ -258,7 +264,8 @@ def _determinism(on: bool):
 
 
 def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, world_size: int,
-                recipe_path: str | Path, store: StageStore | None = None, only: set[str] | None = None) -> RunResult:
+                recipe_path: str | Path, store: StageStore | None = None, only: set[str] | None = None,
+                label: tuple[str, list[str]] | None = None) -> RunResult:
     device = resolve_device(recipe)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -282,6 +289,9 @@ def _run_stages(recipe: Recipe, catalogue: Catalogue, run_dir: Path, rank: int, 
                         and store.has(keys[n][0])} if rank == 0 else None)
         _check_subset(recipe, only, done | filed, run_dir, store)
     for index, (name, config) in enumerate(recipe.stages.items()):
+        if label is not None and name == label[0]:  # its upstream stages are done: label, then stop
+            _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index, name, config, label[1])
+            break
         if name in done:
             log.info("stage %s: already complete, skipped", name)
             continue
@@ -331,7 +341,31 @@ def _check_subset(recipe: Recipe, only: set[str], present: set[str], run_dir: Pa
                                  + ("" if store else ", or give the --stage-store that filed it"))
 
 
-def _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index, name, config) -> dict:
+def _check_label(recipe: Recipe, recipe_path, name: str, splits: list[str]) -> list[str]:
+    """``kdlab label``'s stage and splits checked; the stages it reads, to train first."""
+    if name not in recipe.stages:
+        raise KdlabError(f"--stage: no stage '{name}' in {recipe_path} (its stages: {', '.join(recipe.stages)})")
+    cfg = recipe.stages[name]
+    cache = cfg.methods.get("teacher_cache")
+    if cache is None or getattr(cache, "dir", None) is None:
+        raise KdlabError(f"stages.{name}.methods.teacher_cache{'.dir' if cache is not None else ''}: kdlab label "
+                         f"fills a teacher cache kept on disk, and stage '{name}' has none; add e.g. "
+                         "methods.teacher_cache = { topk = 64, compact = true, dir = \"cache\" }")
+    bad = [s for s in splits if s not in ("train", "val", "test")]
+    if bad or not splits:
+        raise KdlabError(f"--splits: {', '.join(repr(s) for s in bad) or 'empty'}; the splits are train, val and test")
+    upstream, todo = [], [name]
+    while todo:
+        stage = recipe.stages[todo.pop()]
+        for ref in [*stage.teachers, stage.init]:
+            if ref in recipe.stages and ref not in upstream:
+                upstream.append(ref)
+                todo.append(ref)
+    return [s for s in recipe.stages if s in upstream]
+
+
+def _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index, name, config,
+               label_splits: list[str] | None = None) -> dict:
     names = stage_plugins(recipe, catalogue, name, world_size)
     stage = Stage(
         name=name,
@@ -349,4 +383,7 @@ def _fit_stage(recipe, catalogue, run_dir, rank, world_size, device, data, index
     )
     if rank == 0:
         log.info("stage %s: plugins %s", name, ", ".join(names))
+    if label_splits is not None:
+        label_stage(stage, label_splits)
+        return {}
     return fit(stage)

@@ -167,3 +167,55 @@ def test_two_processes_label_the_same_store_and_train_like_one(tmp_path):
     assert stores["one"].name == stores["two"].name  # keyed by teacher, tokenizer and corpus, not by process count
     a, b = (torch.load(tmp_path / n / "store/r/models/student.pt", weights_only=True)["state_dict"] for n in ("one", "two"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def test_kdlab_label_fills_the_store_that_a_later_run_reads_and_refuses_a_stage_without_one(tmp_path, capsys,
+                                                                                           caplog):
+    import os
+    import subprocess
+    import sys
+
+    from kdlab.cli import main
+    from kdlab.data.word_corpus import generate
+
+    root = generate(tmp_path / "corpus", 2_000, {"train": 8 * 16 + 1, "val": 4 * 16 + 1, "test": 4 * 16 + 1})
+    for name in ("labelled", "plain", "two"):
+        (tmp_path / f"{name}.toml").write_text(RECIPE.format(root=root, cache=tmp_path / f"cache_{name}",
+                                                             compact=", compact = true"))
+    out = str(tmp_path / "runs")
+    assert main(["label", str(tmp_path / "labelled.toml"), "--stage", "student", "--splits", "train,test",
+                 "--out", out, "--run-id", "r"]) == 0
+    run_dir = tmp_path / "runs/store/r"
+    assert (run_dir / "models/teacher.pt").is_file()  # the stage it reads trained first
+    assert not (run_dir / "models/student.pt").exists()  # the labelled stage itself did not train
+    stores = sorted((tmp_path / "cache_labelled").glob("compact-*"))
+    assert len(stores) == 2 and all((s / "meta.json").is_file() for s in stores)  # train and test
+    assert f"--resume {run_dir}" in capsys.readouterr().out
+
+    with caplog.at_level(logging.INFO, logger="kdlab"):
+        assert main(["run", str(tmp_path / "labelled.toml"), "--resume", str(run_dir)]) == 0
+    assert not any("labelling" in r.getMessage() for r in caplog.records)  # read, not labelled again
+    # the same as a run that labels its own store as it starts the stage
+    assert main(["run", str(tmp_path / "plain.toml"), "--out", out, "--run-id", "p"]) == 0
+    (plain,) = (tmp_path / "cache_plain").glob("compact-*")
+    assert plain.name in {s.name for s in stores}
+    assert (plain / "shard-00000.bin").read_bytes() == (tmp_path / "cache_labelled" / plain.name /
+                                                         "shard-00000.bin").read_bytes()
+    a, b = (torch.load(tmp_path / f"runs/store/{r}/models/student.pt", weights_only=True)["state_dict"]
+            for r in ("r", "p"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # two processes, each writing its shards, fill the same store; the teacher is the first run's file,
+    # so nothing trains before the labelling
+    two = tmp_path / "two.toml"
+    two.write_text(two.read_text().replace('teachers = ["teacher"]', f'teachers = ["{run_dir}/models/teacher.pt"]'))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "kdlab", "label", str(two), "--stage", "student",
+                           "--out", out, "--run-id", "t", "--nproc", "2"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (two,) = (tmp_path / "cache_two").glob("compact-*")
+    assert (two / "shard-00000.bin").read_bytes() == (plain / "shard-00000.bin").read_bytes()
+
+    capsys.readouterr()
+    assert main(["label", str(tmp_path / "plain.toml"), "--stage", "teacher", "--out", out]) == 2
+    assert "stages.teacher.methods.teacher_cache: kdlab label fills a teacher cache" in capsys.readouterr().err
