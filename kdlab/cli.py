@@ -152,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="directory for manifest.jsonl and phonemes.txt")
     q.add_argument("--voice", default="ru", help="espeak-ng voice that phonemises the sentences (default ru)")
 
+    p = sub.add_parser("export", help="an exported language model as a Hugging Face transformers directory "
+                       "(weights, configuration, tokenizer, generation settings)")
+    common(p, recipe=False)
+    p.add_argument("model", help="an exported transformer_lm (RUN_DIR/models/<stage>.pt)")
+    p.add_argument("--out", required=True, help="the directory to write (AutoModelForCausalLM / AutoTokenizer read it)")
+    p.add_argument("--format", choices=["transformers"], default="transformers")
+    p.add_argument("--tokenizer", help="the tokenizer.json it was trained with (default: RUN_DIR/tokenizer.json)")
+
     p = sub.add_parser("kws-stream", help="keyword probability over time for an audio file, chunk by chunk")
     common(p, recipe=False)
     p.add_argument("model", help="an exported CRNN (RUN_DIR/models/<stage>.pt)")
@@ -558,13 +566,27 @@ def cmd_store(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from kdlab.data.text import END, PAD
+    from kdlab.models.hf_files import save_transformers
+    from kdlab.models.transformer_lm import load_exported
+
+    model_file = Path(args.model)
+    tokenizer = Path(args.tokenizer) if args.tokenizer else model_file.resolve().parent.parent / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise KdlabError(f"{tokenizer}: no tokenizer there; name the run's tokenizer.json with --tokenizer")
+    out = save_transformers(load_exported(model_file), tokenizer.read_text(encoding="utf-8"), args.out, pad=PAD, end=END)
+    print(f"{out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
+    return 0
+
+
 def cmd_kws_stream(args) -> int:
     from kdlab.speech import streaming
 
     return streaming.cli(args)
 
 
-COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "label": cmd_label, "sweep": cmd_sweep, "search": cmd_search, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report, "store": cmd_store}
+COMMANDS = {"data": cmd_data, "kws-stream": cmd_kws_stream, "transcribe": cmd_transcribe, "run": cmd_run, "label": cmd_label, "export": cmd_export, "sweep": cmd_sweep, "search": cmd_search, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report, "store": cmd_store}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,6 +179,21 @@ def cached_bpe(texts: list[str], vocab_size: int):
     return tok
 
 
+def tokenizer_difference(a, b) -> str | None:
+    """None when two tokenizers turn text into the same ids (compared by content: the token -> id
+    map with the added tokens, the model's merges, the normaliser and pre-tokeniser), else what
+    differs, in a few words. Two tokenizers of one size can differ; that is the point."""
+    va, vb = a.get_vocab(with_added_tokens=True), b.get_vocab(with_added_tokens=True)
+    if va != vb:
+        moved = sum(1 for t, i in va.items() if vb.get(t) != i)
+        return f"{len(va):,} and {len(vb):,} tokens, {moved:,} of the first missing or at other ids in the second"
+    ja, jb = json.loads(a.to_str()), json.loads(b.to_str())
+    for part in ("model", "normalizer", "pre_tokenizer"):
+        if ja.get(part) != jb.get(part):
+            return f"the same vocabulary, another {part.replace('_', '-')}" + (" (merges)" if part == "model" else "")
+    return None
+
+
 def load_tokenizer(ref: str):
     """A ``tokenizer.json`` file, or the one in a Hugging Face model directory; specials added."""
     tk = _tokenizers()

@@ -34,3 +34,35 @@ def _a_bad_file(exc: Exception) -> bool:
     # file; transformers raises OSError / ValueError for a missing or malformed one
     return (isinstance(exc, (OSError, ValueError, EOFError, UnicodeDecodeError, pickle.UnpicklingError))
             or type(exc).__name__ == "SafetensorError")
+
+
+def save_transformers(model, tokenizer_json: str, out: str | Path, *, pad: str, end: str) -> Path:
+    """Write a ``transformer_lm`` (:class:`kdlab.models.transformer_lm.TransformerLM`) as a
+    Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` and
+    ``AutoTokenizer.from_pretrained`` read: its weights (safetensors), configuration, tokenizer
+    (``tokenizer_json``, the run's, with kdlab's special tokens) and a generation configuration
+    that stops at ``end`` and never emits ``pad``, as kdlab's own generation loop
+    (:mod:`kdlab.models.generation`), so greedy decoding gives the same tokens in both."""
+    import tokenizers
+    import transformers
+
+    out = Path(out)
+    tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+    if tok.get_vocab_size(with_added_tokens=True) != model.vocab:
+        raise KdlabError(f"the tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, the model "
+                         f"{model.vocab}: not the model's tokenizer")
+    pad_id, end_id = tok.token_to_id(pad), tok.token_to_id(end)
+    if pad_id is None or end_id is None:
+        raise KdlabError(f"the tokenizer has no {pad if pad_id is None else end} token: not a kdlab text run's tokenizer")
+    hf = model.hf
+    if hf.get_input_embeddings().num_embeddings > model.vocab:
+        # kdlab cuts a padded vocabulary's logits to the tokenizer's; so does the exported model
+        hf.resize_token_embeddings(model.vocab)
+    hf.generation_config = transformers.GenerationConfig(eos_token_id=end_id, pad_token_id=pad_id,
+                                                         suppress_tokens=[pad_id], do_sample=False)
+    hf.config.pad_token_id, hf.config.eos_token_id = pad_id, end_id
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out), safe_serialization=True)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, eos_token=end)
+    fast.save_pretrained(str(out))
+    return out

@@ -18,6 +18,7 @@ e.g. ``hf.model.layers.1`` (a block; Llama), ``hf.model.layers.1.self_attn.q_pro
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import attrs
@@ -109,7 +110,28 @@ def build(config: TransformerLMConfig, data) -> TransformerLM:
             raise KdlabError(f"model hf_dir = '{config.hf_dir}': {positions} positions, fewer than data.seq_len = {context}")
         if hf.get_input_embeddings().num_embeddings < vocab:
             hf.resize_token_embeddings(vocab)
-    return TransformerLM(hf, vocab, context)
+    model = TransformerLM(hf, vocab, context)
+    # the tokenizer the directory carries (compared with the data's by content when it trains or teaches)
+    tokenizer = Path(config.hf_dir) / "tokenizer.json" if config.hf_dir is not None else None
+    model.tokenizer_file = tokenizer if tokenizer is not None and tokenizer.is_file() else None
+    return model
 
 
 ARCH = (TransformerLMConfig, build)  # the `kdlab.models` entry point: config class, builder
+
+
+def load_exported(path) -> TransformerLM:
+    """An exported ``transformer_lm`` model file (``RUN_DIR/models/<stage>.pt``) rebuilt with its
+    weights, outside any run (``kdlab export``)."""
+    from types import SimpleNamespace
+
+    from kdlab.engine.checkpoint import load_model_file, load_weights
+    from kdlab.engine.recipe import structure_stored
+
+    data = load_model_file(path)
+    if data["arch"] != "transformer_lm":
+        raise KdlabError(f"{path}: a '{data['arch']}' model; only transformer_lm exports as a transformers directory")
+    config = structure_stored(data["config"], TransformerLMConfig, path)
+    model = build(config, SimpleNamespace(num_classes=data["num_classes"], input_shape=tuple(data["input_shape"])))
+    load_weights(model, data["state_dict"], str(path))
+    return model.train(False)
