@@ -132,6 +132,28 @@ def test_the_closed_form_bucket_kl_equals_autograd_through_the_buckets(vocab, k)
     assert torch.allclose(token_kd_loss(student, ModelOutput(None, topk=top), mask), want.mean(), atol=1e-6)
 
 
+def test_a_student_whose_mass_outside_the_teachers_top_k_is_tiny_gets_its_exact_tail():
+    """The closed form reads the student's tail from its top-k mass (1 - mass) where that is
+    precise, and sums the other tokens where the tail is under 1e-4: a student that put all but
+    1e-12 of its mass on the teacher's top 8 has the loss and gradient of autograd there too."""
+    from kdlab.methods.token_kd import _BucketForwardKL
+
+    top, _ = _sparse(_peaked((4, 5), 300, 5), 8)
+    student = _peaked((4, 5), 300, 4)
+    sure = torch.zeros(4, 5, dtype=torch.bool)
+    sure[0, :3] = sure[2, 4] = True  # some rows almost certain of the teacher's top 8, the others not
+    student[sure] = student[sure].scatter(-1, top.index[sure].long(), 40.0)
+    student.requires_grad_()
+    s, t = bucket_logprobs(student, top)
+    assert float(s[..., -1][sure].exp().max()) < 1e-9 and float(s[..., -1][~sure].exp().min()) > 1e-3
+    want = divergence_of(s, t, divergence="forward_kl")
+    (g_want,) = torch.autograd.grad(want.sum(), student)
+    got = _BucketForwardKL.apply(student, top.index.long(), top.values.float(), top.tail())
+    (g_got,) = torch.autograd.grad(got.sum(), student)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(g_got, g_want, atol=1e-6)
+
+
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_with_k_equal_to_the_vocabulary_the_sparse_divergence_is_the_full_one(divergence):
     student, teacher = _peaked((3, 4), 50, 2), _peaked((3, 4), 50, 3)
