@@ -167,9 +167,16 @@ import torch
 torch.set_num_threads(int(sys.argv[3]))
 from kdlab.engine.runner import run
 logging.basicConfig(level=logging.WARNING)
+said = []
+class Said(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger("kdlab").addHandler(Said(level=logging.INFO))
+logging.getLogger("kdlab").setLevel(logging.INFO)
 r = run(Path(sys.argv[1]), out=Path(sys.argv[2]))
 m = r.metrics["student"]
-print(json.dumps({"tokens_s": m["train_tokens_per_s"]}))
+print(json.dumps({"tokens_s": m["train_tokens_per_s"], "labelled": any("labelling" in x for x in said),
+                  "log": [x for x in said if "teacher_cache" in x][:6]}))
 """
 
 RECIPE = """
@@ -254,7 +261,11 @@ def main() -> None:
                 else:
                     r = child(sys.executable, KDLAB, [str(recipes[name]), str(work / f"{name}{i}"), args.threads])
                 runs.setdefault(name, []).append(r)
-                print(f"{name}: {r['tokens_s']:.0f} tokens/s, peak {r['peak'] / 2**30:.2f} GiB", flush=True)
+                print(f"{name}: {r['tokens_s']:.0f} tokens/s, peak {r['peak'] / 2**30:.2f} GiB"
+                      + (" (it labelled the store again: the run is not a read from the store)"
+                         if r.get("labelled") else ""), flush=True)
+                if r.get("labelled"):
+                    print("\n".join(r["log"]), flush=True)
     med = lambda name, k: statistics.median(r[k] for r in runs[name])  # noqa: E731
     print(f"\n{args.steps} steps of {BATCH} x {SEQ} tokens, {args.threads} thread(s), median of {args.repeats}")
     print("| variant | train tokens/s | peak GiB | tokens/s / TRL | peak / TRL |")

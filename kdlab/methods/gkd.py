@@ -8,21 +8,34 @@ loss is the divergence between the two next-token distributions on the student's
 tokens. In the other steps the same divergence is taken on the data's response tokens (the
 teacher's outputs for the batch, cached or not). The divergence is one of :mod:`token_kd`'s
 (default GKD's generalised JSD with beta = 0.5). Loss term: ``gkd``.
+
+``on_policy = "sampled_reverse_kl"``: the on-policy steps take instead the per-token reverse KL
+of the sampled tokens as the advantage (the "on-policy distillation" recipe of Lu et al. 2025,
+Thinking Machines; also the estimator of MiniLLM's policy gradient without its length terms): for
+each response token x_t the student sampled, A_t = log p_teacher(x_t) - log p_student(x_t), and
+the term is the mean of -sg(A_t) log p_student(x_t). Its gradient is the score-function estimate
+of the gradient of the sequence-level reverse KL (the samples come from the current student:
+no importance ratio), and it needs only the log-probabilities of the sampled tokens, not a
+divergence over the vocabulary at each position (the teacher's logits are still formed a chunk
+at a time here). The off-policy steps (``fraction`` < 1) keep ``divergence``: GKD's mixture.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import attrs
 import torch
 from attrs import field
 from attrs import validators as v
 
-from kdlab import Batch, Requirements, hookimpl
+from kdlab import Batch, ModelOutput, Requirements, hookimpl
 from kdlab.data.loader import batch_seed
 from kdlab.engine.types import run_model
 from kdlab.methods.lm import check_token_logits
 from kdlab.methods.seq_kd import require_text
 from kdlab.methods.token_kd import Divergence, token_kd_term
+from kdlab.methods.vocab_chunks import RowsTerm, teacher_rows
 from kdlab.models.generation import generate, gumbel_noise, response_mask
 
 
@@ -35,6 +48,8 @@ class GKDConfig:
     temperature: float = field(default=1.0, validator=v.gt(0))  # of the divergence
     sample_temperature: float = field(default=1.0, validator=v.ge(0))  # of the student's responses; 0: greedy
     max_new_tokens: int = field(default=32, validator=v.ge(1))
+    # the loss of the on-policy steps: the divergence above, or the sampled tokens' reverse KL as the advantage
+    on_policy: Literal["divergence", "sampled_reverse_kl"] = "divergence"
 
 
 def on_policy_step(seed: int, step: int, fraction: float) -> bool:
@@ -89,4 +104,27 @@ class GKD:
         with torch.no_grad():
             scores = [run_model(teacher, own)[0] for teacher in stage.teachers]  # hidden states, if it splits its head
         divisor = stage.mean_divisor(mask)
+        if cfg.on_policy == "sampled_reverse_kl":
+            return {"gkd": sampled_reverse_kl_term(out, scores, own.targets, divisor=divisor, defer=True)}
         return {"gkd": token_kd_term(out, scores, mask, divisor=divisor, defer=True, **div)}
+
+
+def sampled_reverse_kl_term(student, teachers: list, targets: torch.Tensor, *, divisor=None, defer: bool = False):
+    """The mean over the positions with a target (>= 0) and over ``teachers`` of
+    -sg(log p_t(x) - log p_s(x)) * log p_s(x), x the target token (one the student sampled): a
+    term whose gradient is the score-function estimate of the reverse KL's (see the module doc)."""
+    flat = targets.flatten()
+    teachers = [t if isinstance(t, ModelOutput) else ModelOutput(logits=t) for t in teachers]
+
+    def per_token(logits, rows):
+        x = flat[rows]
+        log_s = torch.log_softmax(logits.float(), -1).gather(-1, x[:, None]).squeeze(-1)
+        total = 0.0
+        for teacher in teachers:
+            with torch.no_grad():
+                log_t = torch.log_softmax(teacher_rows(teacher, rows).float(), -1).gather(-1, x[:, None]).squeeze(-1)
+            total = total - (log_t - log_s.detach()) * log_s
+        return total / len(teachers)
+
+    term = RowsTerm(student, targets >= 0, per_token, divisor)
+    return term if defer else term.value()

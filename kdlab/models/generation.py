@@ -3,8 +3,15 @@
 
 Written by hand rather than with ``transformers``' ``generate()``: ``conv_lm`` is not a Hugging
 Face model, and prompts of different lengths sit right-padded in one tensor (the layout of the
-training data), which ``generate()`` does not accept for decoder-only models. Each new token
-costs one forward over the sequence so far (no key-value cache): the responses here are short.
+training data), which ``generate()`` does not accept for decoder-only models.
+
+A model with a key-value cache (``new_cache()`` and ``forward_cached(tokens, cache)``: kdlab's
+``transformer_lm``, through transformers' ``DynamicCache``) is decoded one column at a time: the
+prompts' common length in one forward, then each position once for every row, a row taking its
+prompt's token while it has one and its own next token after it. Every row then sees the same
+tokens as in the loop without the cache, which runs one forward over the whole sequence so far
+per new token (``conv_lm``, or ``use_cache=False``); tests/models/test_generation.py checks that
+both give the same tokens, and BENCHMARKS.md what the cache saves.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ import torch
 
 @torch.no_grad()
 def generate(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, *, max_new_tokens: int, end_id: int,
-             pad_id: int, temperature: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
+             pad_id: int, temperature: float = 0.0, noise: torch.Tensor | None = None,
+             use_cache: bool = True) -> torch.Tensor:
     """Continue each row's prompt (``tokens[i, :prompt_lens[i]]``) until the end token or
     ``max_new_tokens``. Greedy when ``temperature == 0``; otherwise sampled from the softmax at
     that temperature by the Gumbel-max trick with ``noise`` from :func:`gumbel_noise` (batch,
@@ -32,6 +40,9 @@ def generate(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, *, max_new_
     rows = torch.arange(len(lens), device=tokens.device)
     if temperature > 0 and noise is None:
         raise ValueError("sampling (temperature > 0) needs noise from gumbel_noise()")
+    inner = getattr(model, "module", model)  # under DistributedDataParallel: no gradient, no sync needed
+    if use_cache and hasattr(inner, "forward_cached"):
+        return _generate_cached(inner, out, lens, width, max_new_tokens, end_id, pad_id, temperature, noise)
     for step in range(max_new_tokens):
         if bool(done.all()):  # one sync per generated token
             break
@@ -46,6 +57,33 @@ def generate(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, *, max_new_
         out[rows[active], lens[active]] = nxt[active]
         lens = lens + active.long()
         done = done | (nxt == end_id) | (lens >= width)
+    return out
+
+
+def _generate_cached(model, out, lens, width, max_new_tokens, end_id, pad_id, temperature, noise):
+    """:func:`generate` with the model's key-value cache, column by column (see the module doc)."""
+    first, done = lens.clone(), lens >= width
+    rows = torch.arange(len(lens), device=out.device)
+    start = int(lens.min())
+    cache = model.new_cache()
+    logits = model.forward_cached(out[:, :start], cache)[:, -1]  # predicts position `start`
+    for pos in range(start, width):
+        if bool(done.all()):
+            break
+        turn = (lens == pos) & ~done  # the rows whose token at `pos` is generated now
+        if bool(turn.any()):
+            scores = logits.float()
+            scores[:, pad_id] = float("-inf")  # padding is never a response token
+            if temperature > 0:
+                step = (pos - first).clamp(0, max_new_tokens - 1)  # the row's own count, as the loop's step
+                nxt = (scores / temperature + noise[rows, step].to(scores.device)).argmax(-1)
+            else:
+                nxt = scores.argmax(-1)
+            out[rows[turn], pos] = nxt[turn]
+            lens = lens + turn.long()
+            done = done | (turn & ((nxt == end_id) | (lens >= width) | (lens - first >= max_new_tokens)))
+        if pos + 1 < width and not bool(done.all()):
+            logits = model.forward_cached(out[:, pos: pos + 1], cache)[:, -1]
     return out
 
 

@@ -92,6 +92,15 @@ class TransformerLM(nn.Module):
         logits = self.hf(input_ids=tokens, use_cache=False).logits
         return logits[..., : self.vocab] if logits.shape[-1] > self.vocab else logits
 
+    def new_cache(self):
+        """An empty key-value cache for :meth:`forward_cached` (kdlab.models.generation)."""
+        return _transformers().DynamicCache()
+
+    def forward_cached(self, tokens: torch.Tensor, cache) -> torch.Tensor:
+        """Logits of ``tokens`` (batch, new) that follow what ``cache`` holds, which then holds them too."""
+        logits = self.hf(input_ids=tokens, past_key_values=cache, use_cache=True).logits
+        return logits[..., : self.vocab] if logits.shape[-1] > self.vocab else logits
+
     def example_input(self) -> torch.Tensor:
         """One sequence of the data's length (what ``macs`` counts; per token: divide by it)."""
         return torch.zeros(1, self.context, dtype=torch.long)

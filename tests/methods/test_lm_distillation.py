@@ -101,6 +101,18 @@ class _StopAfterFirstEpoch:
             raise KeyboardInterrupt
 
 
+class _Terms:
+    default_enabled = True
+    seen: list = []
+
+    from kdlab import hookimpl as _hookimpl
+
+    @_hookimpl
+    def kdlab_step_end(self, stage, terms):
+        if stage.name == "student":
+            _Terms.seen.append(dict(terms))
+
+
 class _CountSteps:
     default_enabled = True
     steps = 0
@@ -140,3 +152,40 @@ def test_language_model_methods_resume_bit_exactly(write_recipe, tmp_path):
     b = torch.load(resumed.run_dir / "checkpoints/student/last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
+
+
+def test_the_sampled_reverse_kl_term_is_an_unbiased_estimate_of_the_reverse_kl_gradient():
+    """GKD's on_policy = "sampled_reverse_kl": over tokens sampled from the student, the mean
+    gradient of -sg(log p_t - log p_s) log p_s is the gradient of KL(student || teacher)."""
+    from kdlab import ModelOutput
+    from kdlab.methods.gkd import sampled_reverse_kl_term
+
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(7, generator=g) * 1.5, torch.randn(7, generator=g) * 1.5
+    z.requires_grad_()
+    exact = (torch.softmax(z, -1) * (torch.log_softmax(z, -1) - torch.log_softmax(t, -1))).sum()
+    (want,) = torch.autograd.grad(exact, z)
+    n = 400_000
+    x = torch.multinomial(torch.softmax(z.detach(), -1), n, replacement=True, generator=g)
+    term = sampled_reverse_kl_term(ModelOutput(z.expand(1, n, 7)), [ModelOutput(t.expand(1, n, 7))], x[None])
+    (got,) = torch.autograd.grad(term, z)
+    assert float(want.abs().max()) > 0.1  # a gradient to estimate
+    torch.testing.assert_close(got, want, atol=0.01, rtol=0)
+    # its value is not the KL, but the KL is the mean of its advantage: log p_s(x) - log p_t(x)
+    lp = torch.log_softmax(z.detach(), -1)[x] - torch.log_softmax(t, -1)[x]
+    assert float(lp.mean()) == pytest.approx(float(exact), abs=0.01)
+
+
+def test_gkd_trains_with_the_sampled_reverse_kl_on_every_step(write_recipe, tmp_path):
+    pytest.importorskip("transformers")
+    from kdlab.engine.registry import discover
+    from kdlab.engine.runner import run
+    from tests.data.test_text import make_dialogues
+    from tests.methods.test_conformance import TEXT_RECIPE
+
+    text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus"), methods="\n".join([
+        "methods.lm = {}", 'methods.gkd = { fraction = 1.0, max_new_tokens = 4, on_policy = "sampled_reverse_kl" }']))
+    result = run(write_recipe(text), out=tmp_path / "runs", catalogue=discover(extra={"_terms": _Terms}))
+    values = [float(t["gkd"]) for t in _Terms.seen]
+    assert len(values) == 2 and all(math.isfinite(v) and v != 0 for v in values)  # two steps, both on-policy
+    assert math.isfinite(result.metrics["student"]["test/perplexity"])

@@ -67,3 +67,53 @@ def test_gumbel_max_samples_from_the_softmax():
     noise = gumbel_noise(torch.Generator().manual_seed(0), 20000, 1, 3)[:, 0]
     freq = torch.bincount((logits + noise).argmax(-1), minlength=3).float() / 20000
     assert torch.allclose(freq, torch.softmax(logits, 0), atol=0.015)
+
+
+class CachedCounter(Counter):
+    """Counter with a key-value 'cache' (it needs only the last token): counts the tokens it is fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.fed = 0
+
+    def new_cache(self):
+        return []
+
+    def forward_cached(self, tokens, cache):
+        self.fed += tokens.shape[1]
+        cache.append(tokens)
+        return self.forward(tokens)
+
+
+def test_with_a_cache_each_position_is_fed_once_and_the_tokens_are_those_of_the_loop_without_it():
+    tokens = torch.tensor([[5, 6, 0, 0, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 0, 0, 0, 0]])
+    lens = torch.tensor([2, 1, 4])
+    model = CachedCounter()
+    cached = generate(model, tokens, lens, max_new_tokens=6, end_id=END, pad_id=PAD)
+    plain = generate(model, tokens, lens, max_new_tokens=6, end_id=END, pad_id=PAD, use_cache=False)
+    assert torch.equal(cached, plain)
+    assert cached.tolist()[1] == [2, 3, 4, 5, 6, 7, 8, 0]
+    assert model.fed <= cached.shape[1]  # every column once (the loop without it: a whole prefix per token)
+
+
+def test_the_key_value_cache_of_a_transformer_lm_gives_the_same_tokens_greedy_and_sampled():
+    import pytest
+
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from kdlab.models import transformer_lm
+
+    for family in ("llama", "gpt2"):
+        torch.manual_seed(0)
+        model = transformer_lm.build(transformer_lm.TransformerLMConfig(family=family, layers=2, width=16, heads=2),
+                                     SimpleNamespace(num_classes=40, input_shape=(16,))).eval()
+        tokens = torch.randint(1, 40, (4, 16))
+        lens = torch.tensor([1, 3, 5, 2])
+        for temperature in (0.0, 1.0):
+            noise = gumbel_noise(torch.Generator().manual_seed(1), 4, 9, 40) if temperature else None
+            kw = dict(max_new_tokens=9, end_id=39, pad_id=0, temperature=temperature, noise=noise)
+            cached = generate(model, tokens, lens, **kw)
+            plain = generate(model, tokens, lens, use_cache=False, **kw)
+            assert torch.equal(cached, plain), (family, temperature)
+            assert (cached[:, :1] == tokens[:, :1]).all()
