@@ -18,6 +18,7 @@ e.g. ``hf.model.layers.1`` (a block; Llama), ``hf.model.layers.1.self_attn.q_pro
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Literal
 
@@ -98,7 +99,9 @@ class TransformerLM(nn.Module):
 
     def forward_cached(self, tokens: torch.Tensor, cache) -> torch.Tensor:
         """Logits of ``tokens`` (batch, new) that follow what ``cache`` holds, which then holds them too."""
-        logits = self.hf(input_ids=tokens, past_key_values=cache, use_cache=True).logits
+        # transformers 5.x names it `cache` (`past_key_values` is deprecated there), 4.x `past_key_values`
+        name = "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
+        logits = self.hf(input_ids=tokens, use_cache=True, **{name: cache}).logits
         return logits[..., : self.vocab] if logits.shape[-1] > self.vocab else logits
 
     def example_input(self) -> torch.Tensor:
