@@ -159,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the directory to write (AutoModelForCausalLM / AutoTokenizer read it)")
     p.add_argument("--format", choices=["transformers"], default="transformers")
     p.add_argument("--tokenizer", help="the tokenizer.json it was trained with (default: RUN_DIR/tokenizer.json)")
+    p.add_argument("--adapter", action="store_true", help="a LoRA student: write its adapter alone (peft), "
+                   "not the merged model")
 
     p = sub.add_parser("kws-stream", help="keyword probability over time for an audio file, chunk by chunk")
     common(p, recipe=False)
@@ -575,7 +577,8 @@ def cmd_export(args) -> int:
     tokenizer = Path(args.tokenizer) if args.tokenizer else model_file.resolve().parent.parent / "tokenizer.json"
     if not tokenizer.is_file():
         raise KdlabError(f"{tokenizer}: no tokenizer there; name the run's tokenizer.json with --tokenizer")
-    out = save_transformers(load_exported(model_file), tokenizer.read_text(encoding="utf-8"), args.out, pad=PAD, end=END)
+    out = save_transformers(load_exported(model_file), tokenizer.read_text(encoding="utf-8"), args.out, pad=PAD, end=END,
+                            adapter=args.adapter)
     print(f"{out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
     return 0
 

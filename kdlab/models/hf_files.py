@@ -36,13 +36,16 @@ def _a_bad_file(exc: Exception) -> bool:
             or type(exc).__name__ == "SafetensorError")
 
 
-def save_transformers(model, tokenizer_json: str, out: str | Path, *, pad: str, end: str) -> Path:
+def save_transformers(model, tokenizer_json: str, out: str | Path, *, pad: str, end: str,
+                      adapter: bool = False) -> Path:
     """Write a ``transformer_lm`` (:class:`kdlab.models.transformer_lm.TransformerLM`) as a
     Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` and
     ``AutoTokenizer.from_pretrained`` read: its weights (safetensors), configuration, tokenizer
     (``tokenizer_json``, the run's, with kdlab's special tokens) and a generation configuration
     that stops at ``end`` and never emits ``pad``, as kdlab's own generation loop
-    (:mod:`kdlab.models.generation`), so greedy decoding gives the same tokens in both."""
+    (:mod:`kdlab.models.generation`), so greedy decoding gives the same tokens in both. A LoRA
+    student is merged into its weights first, or with ``adapter`` saved as its adapter alone
+    (peft's ``adapter_config.json`` and weights, read with ``PeftModel.from_pretrained(base, dir)``)."""
     import tokenizers
     import transformers
 
@@ -54,7 +57,17 @@ def save_transformers(model, tokenizer_json: str, out: str | Path, *, pad: str, 
     pad_id, end_id = tok.token_to_id(pad), tok.token_to_id(end)
     if pad_id is None or end_id is None:
         raise KdlabError(f"the tokenizer has no {pad if pad_id is None else end} token: not a kdlab text run's tokenizer")
-    hf = model.hf
+    from kdlab.models.transformer_lm import merged
+
+    peft_model = getattr(model, "_peft", (None,))[0]
+    if adapter:
+        if peft_model is None:
+            raise KdlabError("--adapter: the model has no LoRA adapters (model lora); export it whole")
+        out.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(str(out))
+        transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, eos_token=end).save_pretrained(str(out))
+        return out
+    hf = merged(model).hf
     if hf.get_input_embeddings().num_embeddings > model.vocab:
         # kdlab cuts a padded vocabulary's logits to the tokenizer's; so does the exported model
         hf.resize_token_embeddings(model.vocab)

@@ -37,6 +37,18 @@ HEAD_ONLY_FAMILIES = frozenset({"llama", "gpt2", "qwen2", "qwen3", "mistral"})
 
 
 @attrs.frozen(kw_only=True)
+class LoraSettings:
+    """LoRA adapters (Hu et al. 2022) through peft (the ``lora`` extra): the base model frozen,
+    only the adapters train."""
+
+    r: int = field(default=8, validator=v.ge(1))
+    alpha: float = field(default=16.0, validator=v.gt(0))
+    dropout: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
+    # module names to adapt (e.g. ["q_proj", "v_proj"]); None: peft's default for the model family
+    target_modules: tuple[str, ...] | None = field(default=None, converter=lambda x: None if x is None else tuple(x))
+
+
+@attrs.frozen(kw_only=True)
 class TransformerLMConfig:
     family: Literal["llama", "gpt2"] = "llama"
     layers: int = field(default=4, validator=v.ge(1))
@@ -45,6 +57,7 @@ class TransformerLMConfig:
     ffn: int | None = field(default=None, validator=v.optional(v.ge(1)))  # None: 4 x width (gpt2), 8/3 x width (llama)
     dropout: float = field(default=0.0, validator=[v.ge(0), v.lt(1)])
     hf_dir: str | None = None  # a local Hugging Face causal-LM directory: weights and architecture from there
+    lora: LoraSettings | None = None  # train LoRA adapters on the frozen model instead of the whole model
 
     def __attrs_post_init__(self):
         if self.width % self.heads:
@@ -122,10 +135,38 @@ def build(config: TransformerLMConfig, data) -> TransformerLM:
             raise KdlabError(f"model hf_dir = '{config.hf_dir}': {positions} positions, fewer than data.seq_len = {context}")
         if hf.get_input_embeddings().num_embeddings < vocab:
             hf.resize_token_embeddings(vocab)
+    peft_model = None
+    if config.lora is not None:
+        peft_model = _with_lora(hf, config.lora)
     model = TransformerLM(hf, vocab, context)
+    model._peft = (peft_model,)  # a tuple: not a submodule (the adapters live inside hf itself)
     # the tokenizer the directory carries (compared with the data's by content when it trains or teaches)
     tokenizer = Path(config.hf_dir) / "tokenizer.json" if config.hf_dir is not None else None
     model.tokenizer_file = tokenizer if tokenizer is not None and tokenizer.is_file() else None
+    return model
+
+
+def _with_lora(hf, lora: LoraSettings):
+    """Inject LoRA adapters into ``hf`` in place (peft); its other parameters are frozen."""
+    try:
+        import peft
+    except ImportError as exc:
+        raise KdlabError("model lora needs peft: pip install 'kdlab[lora]'") from exc
+    try:
+        return peft.get_peft_model(hf, peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                       target_modules=None if lora.target_modules is None
+                                                       else list(lora.target_modules)))
+    except ValueError as exc:  # a target module the model does not have, or no default for its family
+        raise KdlabError(f"model lora: {str(exc).splitlines()[0][:300]}") from None
+
+
+def merged(model: TransformerLM) -> TransformerLM:
+    """``model`` with its LoRA adapters merged into the weights (peft's ``merge_and_unload``): a
+    plain transformers model again. Modifies ``model``; one without adapters is returned as it is."""
+    peft_model = getattr(model, "_peft", (None,))[0]
+    if peft_model is not None:
+        model.hf = peft_model.merge_and_unload()
+        model._peft = (None,)
     return model
 
 
