@@ -691,3 +691,28 @@ def test_the_issue_31_methods_over_two_processes_match_one(write_recipe, tmp_pat
         "methods.srrl = {}", "methods.nkd = {}", "methods.ctkd = {}",
         batch=51)
     _assert_trained_alike(*_one_and_two(write_recipe(text), tmp_path))
+
+
+def test_a_lora_student_with_sampled_reverse_kl_and_draft_metrics_over_two_processes_matches_one(write_recipe, tmp_path):
+    """Issue #30's pieces under --nproc 2: a LoRA student (frozen base: DDP reduces the adapters'
+    gradients alone), GKD's on-policy steps with the sampled reverse KL (responses from the
+    key-value cache, noise drawn for the global batch) and the draft-acceptance metrics."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("peft")
+    from tests.data.test_text import make_dialogues
+    from tests.methods.test_conformance import TEXT_RECIPE
+
+    lines = ['model = { arch = "transformer_lm", layers = 1, width = 16, heads = 2, lora = { r = 4, alpha = 8 } }',
+             "methods.lm = {}", 'methods.gkd = { fraction = 0.5, max_new_tokens = 4, on_policy = "sampled_reverse_kl" }',
+             "methods.draft_acceptance = {}"]
+    text = TEXT_RECIPE.format(corpus=make_dialogues(tmp_path / "corpus", n=50), methods="\n".join(lines))
+    text = text.replace("batch_size = 16 ", "batch_size = 15 ").replace('name = "conformance_text"', 'name = "tiny"')
+    one, two = _one_and_two(write_recipe(text), tmp_path)
+    assert any("lora_B" in k for k in one["student"])
+    _assert_trained_alike(one, two, parts=("student",))
+    m = {n: json.loads((tmp_path / f"{n}/tiny/r/metrics.json").read_text())["student"] for n in ("one", "two")}
+    assert 0 < m["one"]["test/acceptance"] < 1
+    assert m["two"]["test/acceptance"] == pytest.approx(m["one"]["test/acceptance"], abs=1e-4)
