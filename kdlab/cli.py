@@ -570,14 +570,18 @@ def cmd_store(args) -> int:
 
 def cmd_export(args) -> int:
     from kdlab.data.text import END, PAD
+    from kdlab.engine.checkpoint import load_model_file
+    from kdlab.engine.loop import rebuild_exported
     from kdlab.models.hf_files import save_transformers
-    from kdlab.models.transformer_lm import load_exported
 
     model_file = Path(args.model)
+    arch = load_model_file(model_file)["arch"]
+    if arch != "transformer_lm":
+        raise KdlabError(f"{model_file}: a '{arch}' model; only transformer_lm exports as a transformers directory")
     tokenizer = Path(args.tokenizer) if args.tokenizer else model_file.resolve().parent.parent / "tokenizer.json"
     if not tokenizer.is_file():
         raise KdlabError(f"{tokenizer}: no tokenizer there; name the run's tokenizer.json with --tokenizer")
-    out = save_transformers(load_exported(model_file), tokenizer.read_text(encoding="utf-8"), args.out, pad=PAD, end=END,
+    out = save_transformers(rebuild_exported(model_file), tokenizer.read_text(encoding="utf-8"), args.out, pad=PAD, end=END,
                             adapter=args.adapter)
     print(f"{out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
     return 0

@@ -350,6 +350,23 @@ def load_model(stage: Stage, ref: str) -> torch.nn.Module:
     return model
 
 
+def rebuild_exported(path, catalogue=None) -> torch.nn.Module:
+    """An exported model file (``RUN_DIR/models/<stage>.pt``) rebuilt with its weights, in eval
+    mode, outside any run (``kdlab export``): its architecture from the installed plugins."""
+    from types import SimpleNamespace
+
+    from kdlab.engine.registry import discover
+
+    catalogue = catalogue or discover()
+    data = checkpoint.load_model_file(path)
+    spec = exported_spec(catalogue, data, path)
+    shape = SimpleNamespace(num_classes=data["num_classes"], input_shape=tuple(data["input_shape"]),
+                            classes=tuple(data["classes"]))
+    model = catalogue.models[spec.arch].build(spec.config, shape)
+    checkpoint.load_weights(model, data["state_dict"], str(path))
+    return model.train(False)
+
+
 def exported_spec(catalogue, data: dict, path) -> ModelSpec:
     """The architecture and settings of a loaded model file, structured by its registered class."""
     registry = catalogue.models

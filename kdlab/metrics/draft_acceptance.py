@@ -61,6 +61,7 @@ def acceptance_sums(student: ModelOutput, teacher: ModelOutput, targets: torch.T
 
 
 class DraftAcceptance:
+    data_kinds = {"text"}  # kdlab validate refuses it on other data
     config_class = DraftAcceptanceConfig
 
     def __init__(self, config):

@@ -171,20 +171,3 @@ def merged(model: TransformerLM) -> TransformerLM:
 
 
 ARCH = (TransformerLMConfig, build)  # the `kdlab.models` entry point: config class, builder
-
-
-def load_exported(path) -> TransformerLM:
-    """An exported ``transformer_lm`` model file (``RUN_DIR/models/<stage>.pt``) rebuilt with its
-    weights, outside any run (``kdlab export``)."""
-    from types import SimpleNamespace
-
-    from kdlab.engine.checkpoint import load_model_file, load_weights
-    from kdlab.engine.recipe import structure_stored
-
-    data = load_model_file(path)
-    if data["arch"] != "transformer_lm":
-        raise KdlabError(f"{path}: a '{data['arch']}' model; only transformer_lm exports as a transformers directory")
-    config = structure_stored(data["config"], TransformerLMConfig, path)
-    model = build(config, SimpleNamespace(num_classes=data["num_classes"], input_shape=tuple(data["input_shape"])))
-    load_weights(model, data["state_dict"], str(path))
-    return model.train(False)

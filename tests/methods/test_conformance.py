@@ -28,9 +28,10 @@ SUPPLIES_LOSS = {"supervised", "logit_kd", "ctc", "ctc_kd", "lm"}
 # Methods for sequence models (CTC): checked on a tiny phoneme corpus instead of digits.
 SEQUENCE = {"ctc", "ctc_kd"}
 # Methods for language models: checked on a tiny generated dialogue corpus.
-TEXT = {"lm", "token_kd", "seq_kd", "gkd", "minilm"}
+TEXT = {"lm", "token_kd", "seq_kd", "gkd", "minilm", "draft_acceptance"}
 # Methods that add no loss term: precision, speed, pruning, caching, export, metrics.
-NO_TERMS = {"amp", "channels_last", "compile", "feature_metrics", "fp16_export", "grad_clip", "pruning", "teacher_cache"}
+NO_TERMS = {"amp", "channels_last", "compile", "feature_metrics", "fp16_export", "grad_clip", "pruning", "teacher_cache",
+            "draft_acceptance"}
 
 TEXT_RECIPE = """
 name = "conformance_text"

@@ -66,7 +66,7 @@ def test_a_family_distils_into_another_and_leaves_as_a_transformers_directory(tm
                                                                               vocab):
     from kdlab.data.text import END, PAD, load_tokenizer
     from kdlab.models.generation import generate as kdlab_generate
-    from kdlab.models.transformer_lm import load_exported
+    from kdlab.engine.loop import rebuild_exported as load_exported
 
     root = generate(tmp_path / "corpus", vocab, {"train": 8 * 16 + 1, "val": 4 * 16 + 1, "test": 4 * 16 + 1})
     save_tiny(teacher, tmp_path / "teacher", vocab, 0)

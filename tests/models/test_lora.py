@@ -47,7 +47,7 @@ def test_a_lora_student_trains_its_adapters_alone_resumes_exactly_and_exports_me
     from kdlab.data.word_corpus import generate
     from kdlab.engine.registry import discover
     from kdlab.engine.runner import run
-    from kdlab.models.transformer_lm import load_exported
+    from kdlab.engine.loop import rebuild_exported as load_exported
     from tests.methods.test_lm_distillation import _CountSteps, _StopAfterFirstEpoch
 
     root = generate(tmp_path / "corpus", 300, {"train": 8 * 16 + 1, "val": 4 * 16 + 1, "test": 4 * 16 + 1})
