@@ -95,22 +95,13 @@ def test_a_run_reports_the_acceptance_of_the_exported_student_under_the_exported
     assert m["test/tokens_per_call"] == pytest.approx(1 + m["test/acceptance"] + m["test/acceptance"] ** 2)
 
     # the same from the exported files over the test split, outside kdlab's loop
-    from types import SimpleNamespace
-
-    from kdlab.engine.checkpoint import load_model_file, load_weights
+    from kdlab.engine.loop import rebuild_exported
     from kdlab.engine.plan import build_data
-    from kdlab.engine.recipe import load_recipe, structure_stored
+    from kdlab.engine.recipe import load_recipe
 
     catalogue = discover()
     data = build_data(catalogue, load_recipe(recipe, catalogue, []))
-    models = []
-    for name in ("student", "teacher"):
-        f = load_model_file(result.run_dir / "models" / f"{name}.pt")
-        entry = catalogue.models[f["arch"]]
-        model = entry.build(structure_stored(f["config"], entry.config_class, name),
-                            SimpleNamespace(num_classes=f["num_classes"], input_shape=tuple(f["input_shape"])))
-        load_weights(model, f["state_dict"], name)
-        models.append(model.eval())
+    models = [rebuild_exported(result.run_dir / "models" / f"{n}.pt", catalogue) for n in ("student", "teacher")]
     total = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for batch in data.test:
